@@ -1,0 +1,179 @@
+"""Configuration: a TOML file of apps, secrets, keys and the database.
+
+Any string value written as "env:NAME" is read from the environment variable NAME, so secrets
+need not sit in the file. `ENTITLEMENTS_DATABASE_URL` overrides `[database] url`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from domain.durations import InvalidDuration, duration_seconds
+from domain.policy import AppPolicy
+
+DEMO_CONFIG = Path(__file__).with_name("demo.toml")
+DEFAULT_DATABASE_URL = "sqlite:///var/entitlements.sqlite"
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    app_id: str
+    webhook_secrets: tuple[str, ...]
+    rest_api_key_digests: tuple[bytes, ...]  # SHA-256 digests; plain keys are hashed on load
+    policy: AppPolicy = field(default_factory=AppPolicy)
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    catalogue_file: Path | None = None
+
+    def accepts_api_key(self, key: str) -> bool:
+        """Constant-time comparison of the key's digest with every configured digest."""
+        digest = hashlib.sha256(key.encode()).digest()
+        matches = [hmac.compare_digest(digest, known) for known in self.rest_api_key_digests]
+        return any(matches)
+
+    def __repr__(self) -> str:  # never print secrets
+        return f"AppConfig(app_id={self.app_id!r})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    apps: dict[str, AppConfig] = field(default_factory=dict)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    signature_tolerance: int = 300  # seconds, as Stripe's libraries
+
+
+def load_settings(
+    path: str | Path | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Read the file named by `path`, else `ENTITLEMENTS_CONFIG`, else the demo configuration."""
+    env = os.environ if environ is None else environ
+    chosen = Path(path or env.get("ENTITLEMENTS_CONFIG") or DEMO_CONFIG)
+    try:
+        with chosen.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError as error:
+        raise ConfigError(f"configuration file not found: {chosen}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{chosen}: invalid TOML: {error}") from error
+    return settings_from_dict(doc, env, base_dir=chosen.parent)
+
+
+def settings_from_dict(doc: dict[str, Any], env: Any, base_dir: Path = Path()) -> Settings:
+    doc = _resolve_env(doc, env)
+    database = doc.get("database", {})
+    server = doc.get("server", {})
+    apps = {
+        app_id: _app_config(app_id, raw, base_dir) for app_id, raw in _table(doc, "apps").items()
+    }
+    if not apps:
+        raise ConfigError("no apps configured: add an [apps.<id>] table")
+    return Settings(
+        database_url=env.get("ENTITLEMENTS_DATABASE_URL")
+        or database.get("url")
+        or DEFAULT_DATABASE_URL,
+        apps=apps,
+        max_body_bytes=_int(server, "max_body_bytes", DEFAULT_MAX_BODY_BYTES),
+        host=server.get("host", "127.0.0.1"),
+        port=_int(server, "port", 8000),
+        workers=_int(server, "workers", 1),
+    )
+
+
+def _app_config(app_id: str, raw: Any, base_dir: Path) -> AppConfig:
+    where = f"apps.{app_id}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    secrets = _strings(raw, "webhook_secrets", where)
+    if not secrets:
+        raise ConfigError(f"{where}.webhook_secrets: at least one signing secret is needed")
+    catalogue = raw.get("catalogue")
+    return AppConfig(
+        app_id=app_id,
+        webhook_secrets=tuple(secrets),
+        rest_api_key_digests=tuple(
+            _key_digest(k, where) for k in _strings(raw, "rest_api_keys", where)
+        ),
+        policy=_policy(raw, where),
+        stripe_api_key=raw.get("stripe_api_key"),
+        stripe_api_base=raw.get("stripe_api_base"),
+        catalogue_file=(base_dir / catalogue) if isinstance(catalogue, str) else None,
+    )
+
+
+def _policy(raw: dict[str, Any], where: str) -> AppPolicy:
+    refund_policy = raw.get("refund_policy", "full")
+    if refund_policy not in ("full", "any", "never"):
+        raise ConfigError(f"{where}.refund_policy must be one of full, any, never")
+    try:
+        return AppPolicy(
+            grace_period=duration_seconds(raw.get("grace_period", "P3D")),
+            renewal_leeway=duration_seconds(raw.get("renewal_leeway", "P1D")),
+            refund_policy=refund_policy,
+            pause_enabled=bool(raw.get("pause_enabled", False)),
+        )
+    except InvalidDuration as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def _key_digest(key: str, where: str) -> bytes:
+    if key.startswith("sha256:"):
+        try:
+            digest = bytes.fromhex(key.removeprefix("sha256:"))
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise ConfigError(f"{where}.rest_api_keys: a sha256: key needs 64 hex digits")
+        return digest
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _resolve_env(value: Any, env: Any) -> Any:
+    """Replace every "env:NAME" string by the value of environment variable NAME."""
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, env) for v in value]
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value.removeprefix("env:")
+        if name not in env:
+            raise ConfigError(f"environment variable {name} is not set")
+        return env[name]
+    return value
+
+
+def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{key}] must be a table")
+    return value
+
+
+def _strings(raw: dict[str, Any], key: str, where: str) -> list[str]:
+    value = raw.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}.{key} must be a list of non-empty strings")
+    return value
+
+
+def _int(raw: dict[str, Any], key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer")
+    return value

@@ -1,0 +1,84 @@
+"""The event store: the eventsourcing library's Application on SQLite or PostgreSQL.
+
+The application `name` is storage identity (it names PostgreSQL tables and tracking rows): never
+change it. Raw Stripe bodies are stored as text inside the events, uncompressed and unencrypted;
+that choice cannot be changed later without migrating every stored event.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from eventsourcing.application import Application
+
+from domain.aggregates import Buyer
+
+
+class UnsupportedDatabase(ValueError):
+    pass
+
+
+class EventLog(Application):
+    """Every domain event of every app: buyers' histories, webhook receipts, catalogues."""
+
+    name = "Entitlements"
+
+    def last_version(self, aggregate_id: Any) -> int | None:
+        """The version of an aggregate's newest event, without replaying its history."""
+        newest = self.recorder.select_events(aggregate_id, desc=True, limit=1)
+        return newest[0].originator_version if newest else None
+
+    def history(self, aggregate_id: Any) -> list[Buyer.Event]:
+        return list(self.events.get(aggregate_id))
+
+
+def store_env(database_url: str) -> dict[str, str]:
+    """The eventsourcing environment for a database URL (sqlite:///path or postgresql://...)."""
+    parts = urlsplit(database_url)
+    if parts.scheme == "sqlite":
+        return _sqlite_env(database_url)
+    if parts.scheme in ("postgres", "postgresql"):
+        return _postgres_env(parts)
+    raise UnsupportedDatabase(f"unsupported database URL scheme {parts.scheme!r}")
+
+
+def sqlite_path(database_url: str) -> str:
+    """sqlite:///relative/path, sqlite:////absolute/path, or sqlite:///:memory:."""
+    path = database_url.removeprefix("sqlite://").removeprefix("/")
+    if not path:
+        raise UnsupportedDatabase("sqlite URL needs a path: sqlite:///var/entitlements.sqlite")
+    return path
+
+
+def _sqlite_env(database_url: str) -> dict[str, str]:
+    path = sqlite_path(database_url)
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": path,
+        "SQLITE_LOCK_TIMEOUT": "10",
+    }
+
+
+def _postgres_env(parts: Any) -> dict[str, str]:
+    query = parse_qs(parts.query)
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
+        "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(parts.port or 5432),
+        "POSTGRES_USER": unquote(parts.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(parts.password or ""),
+        # Writers wait for the table lock rather than fail at once under contention.
+        "POSTGRES_LOCK_TIMEOUT": "10",
+    }
+    if "schema" in query:
+        env["POSTGRES_SCHEMA"] = query["schema"][0]
+    return env
+
+
+def open_event_log(database_url: str) -> EventLog:
+    return EventLog(env=store_env(database_url))

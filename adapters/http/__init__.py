@@ -1,0 +1,1 @@
+"""The HTTP API (Starlette): handlers parse, call the application, render; nothing else."""

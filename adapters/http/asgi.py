@@ -1,0 +1,26 @@
+"""ASGI factory for uvicorn (`uvicorn --factory adapters.http.asgi:create_app`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+
+from adapters.bootstrap import bootstrap
+from adapters.config import load_settings
+from adapters.http.app import build_http_app
+
+
+def create_app() -> Starlette:
+    """Reads ENTITLEMENTS_CONFIG (or the demo configuration) in each worker process."""
+    engine = bootstrap(load_settings())
+    app = build_http_app(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        engine.close()
+
+    app.router.lifespan_context = lifespan
+    return app

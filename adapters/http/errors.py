@@ -1,0 +1,28 @@
+"""Errors in Glassfy's envelope: {"status": 401, "error": {"code": 1202, "description": "..."}}."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+SUBSCRIBER_NOT_FOUND = 1001
+GENERIC = 1005
+INVALID_PARAMETER = 1010
+TOO_MANY_REQUESTS = 1200
+INVALID_API_KEY = 1202
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: int, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.code = code
+        self.description = description
+
+
+def error_response(status: int, code: int, description: str) -> JSONResponse:
+    body = {"status": status, "error": {"code": code, "description": description}}
+    return JSONResponse(body, status_code=status)
+
+
+def bad_request(description: str) -> ApiError:
+    return ApiError(400, INVALID_PARAMETER, description)

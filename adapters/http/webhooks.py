@@ -1,0 +1,72 @@
+"""POST /v1/stripe/webhooks/{app_id}: verify, record durably, then answer 2xx."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from adapters.http.body import read_limited
+from adapters.http.errors import GENERIC, ApiError, bad_request
+from adapters.ingest import Outcome, Webhook
+from adapters.stripe.envelope import NotAStripeEvent, parse_event
+from adapters.stripe.signature import BadSignature, verify_signature
+
+log = logging.getLogger("entitlements.webhooks")
+
+
+async def receive_stripe_webhook(request: Request) -> JSONResponse:
+    engine = request.app.state.engine
+    app_id = request.path_params["app_id"]
+    app = engine.settings.apps.get(app_id)
+    if app is None:
+        raise ApiError(404, GENERIC, f"unknown app {app_id!r}")
+    body = await read_limited(request, engine.settings.max_body_bytes)
+    raw = _text(body)
+    try:
+        verify_signature(
+            raw,
+            request.headers.get("stripe-signature"),
+            app.webhook_secrets,
+            engine.settings.signature_tolerance,
+        )
+    except BadSignature as error:
+        raise bad_request(f"invalid Stripe signature: {error}") from error
+    try:
+        envelope, _ = parse_event(raw)
+    except json.JSONDecodeError as error:
+        raise bad_request(f"malformed JSON: {error.msg} at position {error.pos}") from error
+    except NotAStripeEvent as error:
+        raise bad_request(f"not a Stripe event: {error}") from error
+    outcome = await _record(engine, Webhook(app_id, envelope, raw))
+    log.info(
+        "webhook %s",
+        outcome.value,
+        extra={
+            "app_id": app_id,
+            "stripe_event_id": envelope.event_id,
+            "stripe_type": envelope.type,
+        },
+    )
+    return JSONResponse({"received": True, "duplicate": outcome is Outcome.DUPLICATE})
+
+
+async def _record(engine, webhook: Webhook) -> Outcome:
+    try:
+        return await run_in_threadpool(engine.ingestor.record, webhook)
+    except Exception as error:  # storage failed: answer 5xx so that Stripe retries
+        log.exception(
+            "storage failure",
+            extra={"app_id": webhook.app_id, "stripe_event_id": webhook.envelope.event_id},
+        )
+        raise ApiError(503, GENERIC, "event not stored, retry later") from error
+
+
+def _text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise bad_request("the body is not UTF-8") from error
