@@ -75,3 +75,7 @@ def replay(paths: tuple[str, ...], app_id: str | None) -> None:
     click.echo(summary.render())
     if summary.rejected:
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ sets it). Each test gets its own PostgreSQL schema, dropped afterwards, so tests
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -47,11 +48,9 @@ def config_doc(database_url: str, **overrides: Any) -> dict[str, Any]:
     return doc
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'entitlements.sqlite'}"
-        return
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A database URL naming a fresh, empty PostgreSQL schema, dropped afterwards."""
     if not POSTGRES_URL:
         pytest.skip("ENTITLEMENTS_TEST_POSTGRES_URL is not set (scripts/test sets it)")
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -62,6 +61,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'entitlements.sqlite'}"
+        return
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture
