@@ -1,6 +1,6 @@
 """Version-neutral facts read from Stripe events.
 
-The Stripe adapter (`adapters/stripe_facts.py`) turns each recorded Stripe event, whatever its API
+The Stripe adapter (`adapters/stripe/facts.py`) turns each recorded Stripe event, whatever its API
 version, into zero or more of these facts. The entitlement rules (`domain/rules.py`) only ever see
 facts, never raw Stripe JSON. Every fact carries the Stripe event it came from (`event_id`) and
 Stripe's clock for it (`at`, the event's `created`, epoch seconds), so that rules can ignore older

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.stripe.fields import id_of, metadata
 from domain.aggregates import Buyer
 
 MAX_ID_LENGTH = 255
@@ -108,38 +109,24 @@ def buyer_key_of(obj: dict[str, Any]) -> str:
     itself (so that a guest payment, its charge, refund and dispute share one history).
     """
     is_customer = obj.get("object") == "customer"
-    customer = _id(obj.get("id")) if is_customer else _id(obj.get("customer"))
+    customer = id_of(obj.get("id")) if is_customer else id_of(obj.get("customer"))
     if customer:
         return customer
-    customid = _metadata(obj).get("customid")
+    customid = metadata(obj, "customid")
     if isinstance(customid, str) and customid:
         return f"customid:{customid}"
     reference = obj.get("client_reference_id")
     if isinstance(reference, str) and reference:
         return f"customid:{reference}"
-    payment = _id(obj.get("payment_intent")) or (
-        _id(obj.get("id")) if obj.get("object") == "payment_intent" else None
+    payment = id_of(obj.get("payment_intent")) or (
+        id_of(obj.get("id")) if obj.get("object") == "payment_intent" else None
     )
     if payment:
         return f"payment:{payment}"
-    charge = _id(obj.get("charge")) or (
-        _id(obj.get("id")) if obj.get("object") == "charge" else None
+    charge = id_of(obj.get("charge")) or (
+        id_of(obj.get("id")) if obj.get("object") == "charge" else None
     )
     if charge:
         return f"payment:{charge}"
     kind = obj.get("object") if isinstance(obj.get("object"), str) else "object"
-    return f"{kind}:{_id(obj.get('id')) or 'unknown'}"
-
-
-def _id(value: Any) -> str | None:
-    """An expandable Stripe field: an id string, or an expanded object with an `id`."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    if isinstance(value, str) and value and len(value) <= MAX_ID_LENGTH:
-        return value
-    return None
-
-
-def _metadata(obj: dict[str, Any]) -> dict[str, Any]:
-    metadata = obj.get("metadata")
-    return metadata if isinstance(metadata, dict) else {}
+    return f"{kind}:{id_of(obj.get('id')) or 'unknown'}"

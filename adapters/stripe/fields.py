@@ -1,0 +1,312 @@
+"""Version-aware accessors for Stripe payload fields.
+
+Stripe renders a webhook in the endpoint's API version, so one engine sees 2013 shapes next to
+basil ones (see `../shared/notes/stripe.md` §2). Each accessor below reads one concept from every
+known location, newest first, and never raises: a missing key, a `null`, or a value of the wrong
+type (an id string where an expanded object was expected, or the reverse) reads as "unknown".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from domain.facts import LineItem
+
+# Stripe ids never contain ':', so ids we have to make up for payloads that carry none
+# (2013-era subscriptions, old dispute test payloads) can never collide with real ones.
+SYNTHETIC_ID_PREFIX = "legacy:"
+
+
+# --- Plain values -------------------------------------------------------------------------------
+
+
+def obj(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one (so `.get` chains stay safe)."""
+    return value if isinstance(value, dict) else {}
+
+
+def dig(value: Any, *keys: str) -> Any:
+    """`value[k1][k2]...`, or None as soon as a step is not an object."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def integer(value: Any) -> int | None:
+    # bool is an int subclass in Python; `true` is never a Stripe amount or timestamp.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def id_of(value: Any) -> str | None:
+    """An expandable field: Stripe sends either the id string or the expanded object."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return text(value)
+
+
+def objects(value: Any) -> list[dict[str, Any]]:
+    """The objects of a Stripe list (`{"data": [...]}`) or of a plain array (pre-2014 shapes)."""
+    if isinstance(value, dict):
+        value = value.get("data")
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, dict)]
+
+
+def metadata(value: Any, key: str) -> str | None:
+    return text(dig(value, "metadata", key))
+
+
+def first(values: Iterable[Any]) -> Any:
+    """The first value that is not None (the "newest location first" fallback chain)."""
+    return next((value for value in values if value is not None), None)
+
+
+def quantity(value: Any) -> int:
+    # Invoice lines for one-off items may carry quantity null; one of a thing is the honest default.
+    number = integer(value)
+    return number if number is not None and number >= 0 else 1
+
+
+def synthetic_id(kind: str, owner: str | None) -> str | None:
+    return f"{SYNTHETIC_ID_PREFIX}{kind}:{owner}" if owner else None
+
+
+# --- Prices and products ------------------------------------------------------------------------
+
+
+def price_and_product(thing: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Price and product of a subscription item, invoice line or checkout line, any version.
+
+    basil+ invoice lines: `pricing.price_details.{price, product}`; 2020-08-27+: `price`;
+    older: `plan` (plans had no product before 2018, so product may stay None).
+    """
+    details = dig(thing, "pricing", "price_details")
+    priced = [dig(details, "price"), thing.get("price"), thing.get("plan")]
+    price_id = first(id_of(price) for price in priced)
+    product_id = first(
+        id_of(product)
+        for product in (dig(details, "product"), *(dig(price, "product") for price in priced))
+    )
+    return price_id, product_id
+
+
+def line_item(
+    thing: dict[str, Any],
+    item_id: str | None = None,
+    period: tuple[int | None, int | None] = (None, None),
+) -> LineItem | None:
+    """A priced thing as a `LineItem`, or None when it names neither a price nor a product."""
+    price_id, product_id = price_and_product(thing)
+    if price_id is None and product_id is None:
+        return None
+    return LineItem(
+        product_id=product_id,
+        price_id=price_id,
+        item_id=item_id,
+        quantity=quantity(thing.get("quantity")),
+        period_start=period[0],
+        period_end=period[1],
+    )
+
+
+def line_items_from_stripe(line_items: list[dict[str, Any]]) -> tuple[LineItem, ...]:
+    """Checkout line items (`GET /v1/checkout/sessions/{id}/line_items`, or an expanded
+    `session.line_items.data`) as `LineItem`s; items without price or product are left out."""
+    lines = (line_item(item) for item in objects(line_items))
+    return tuple(line for line in lines if line is not None)
+
+
+def display_items(session: dict[str, Any]) -> tuple[LineItem, ...]:
+    """Checkout `display_items` (removed 2020-08-27): each names a `plan`, a `sku` or a `price`."""
+    lines = []
+    for item in objects(session.get("display_items")):
+        # A SKU was the one-time counterpart of a plan: its id plays the price's role.
+        line = line_item({**item, "plan": item.get("plan") or item.get("sku")})
+        if line is not None:
+            lines.append(line)
+    return tuple(lines)
+
+
+# --- Subscriptions ------------------------------------------------------------------------------
+
+
+def subscription_id(sub: dict[str, Any]) -> str | None:
+    """The subscription's id; 2013-era payloads have none.
+
+    Then a customer had at most one subscription, so the customer names it. This stays stable
+    across plan changes, which a plan-derived id would not.
+    """
+    return id_of(sub.get("id")) or synthetic_id("subscription", id_of(sub.get("customer")))
+
+
+def subscription_items(sub: dict[str, Any]) -> tuple[LineItem, ...]:
+    """Subscription items, any version. Before basil every item shared the subscription's
+    period, so items without their own period get the top-level one; then a subscription reads
+    the same whichever of the two shapes Stripe rendered it in."""
+    top_period = (integer(sub.get("current_period_start")), integer(sub.get("current_period_end")))
+    items = objects(sub.get("items"))
+    if not items:
+        # 2013 shape: one `plan` and `quantity` on the subscription itself, no items list.
+        legacy = line_item(sub, period=top_period)
+        return (legacy,) if legacy else ()
+    lines = []
+    for item in items:
+        period = (
+            first((integer(item.get("current_period_start")), top_period[0])),
+            first((integer(item.get("current_period_end")), top_period[1])),
+        )
+        line = line_item(item, item_id=id_of(item.get("id")), period=period)
+        if line is not None:
+            lines.append(line)
+    return tuple(lines)
+
+
+def subscription_period(
+    sub: dict[str, Any], items: tuple[LineItem, ...]
+) -> tuple[int | None, int | None]:
+    """Earliest item start and latest item end (basil+ moved periods onto items; items can
+    differ), else the subscription's own `current_period_start/_end`."""
+    starts = [item.period_start for item in items if item.period_start is not None]
+    ends = [item.period_end for item in items if item.period_end is not None]
+    return (
+        min(starts) if starts else integer(sub.get("current_period_start")),
+        max(ends) if ends else integer(sub.get("current_period_end")),
+    )
+
+
+def subscription_paused(sub: dict[str, Any]) -> bool:
+    # Status `paused` (trial ended without payment method) or collection paused by the merchant.
+    return sub.get("status") == "paused" or sub.get("pause_collection") is not None
+
+
+# --- Invoices -----------------------------------------------------------------------------------
+
+
+def _line_parent(line: dict[str, Any]) -> dict[str, Any]:
+    """basil+: what an invoice line was billed for, `parent.<parent.type>`: a subscription item
+    (`subscription_item_details`) or a one-off invoice item (`invoice_item_details`)."""
+    parent = obj(line.get("parent"))
+    kind = text(parent.get("type"))
+    if kind:
+        return obj(parent.get(kind))
+    return obj(parent.get("subscription_item_details")) or obj(parent.get("invoice_item_details"))
+
+
+def invoice_line_subscription_id(line: dict[str, Any]) -> str | None:
+    """basil+: the line parent's `subscription`; 2018+: `subscription`; 2014-era lines of
+    `type: subscription`: the line's own id (the subscription's)."""
+    return first(
+        (
+            id_of(_line_parent(line).get("subscription")),
+            id_of(line.get("subscription")),
+            id_of(line.get("id")) if line.get("type") == "subscription" else None,
+        )
+    )
+
+
+def invoice_line(line: dict[str, Any]) -> LineItem | None:
+    item_id = first(
+        (id_of(_line_parent(line).get("subscription_item")), id_of(line.get("subscription_item")))
+    )
+    period = line.get("period")
+    return line_item(
+        line, item_id=item_id, period=(integer(dig(period, "start")), integer(dig(period, "end")))
+    )
+
+
+def invoice_lines(invoice: dict[str, Any]) -> tuple[LineItem, ...]:
+    lines = (invoice_line(line) for line in objects(invoice.get("lines")))
+    return tuple(line for line in lines if line is not None)
+
+
+def invoice_subscription_id(invoice: dict[str, Any]) -> str | None:
+    """basil+: `parent.subscription_details.subscription`; before: `subscription`; else the one
+    subscription its lines name (2014-era invoices can name it only there)."""
+    direct = first(
+        (
+            id_of(dig(invoice, "parent", "subscription_details", "subscription")),
+            id_of(invoice.get("subscription")),
+        )
+    )
+    if direct:
+        return direct
+    named = {invoice_line_subscription_id(line) for line in objects(invoice.get("lines"))}
+    named.discard(None)
+    return named.pop() if len(named) == 1 else None
+
+
+def invoice_period(invoice: dict[str, Any]) -> tuple[int | None, int | None]:
+    """Earliest start / latest end over the lines that belong to a subscription (all lines when
+    none says), else the invoice's own `period_start/_end` (which, for a subscription's first
+    invoice, is the creation instant, not the service period)."""
+    lines = objects(invoice.get("lines"))
+    subscribed = [line for line in lines if invoice_line_subscription_id(line)] or lines
+    starts = [integer(dig(line, "period", "start")) for line in subscribed]
+    ends = [integer(dig(line, "period", "end")) for line in subscribed]
+    starts = [start for start in starts if start is not None]
+    ends = [end for end in ends if end is not None]
+    return (
+        min(starts) if starts else integer(invoice.get("period_start")),
+        max(ends) if ends else integer(invoice.get("period_end")),
+    )
+
+
+def invoice_is_paid(invoice: dict[str, Any]) -> bool:
+    # basil removed the `paid` boolean; `status` exists since 2018-11, `paid` before (both between).
+    return invoice.get("status") == "paid" or invoice.get("paid") is True
+
+
+def invoice_customid(invoice: dict[str, Any]) -> str | None:
+    return first(
+        (
+            metadata(invoice, "customid"),
+            metadata(invoice.get("subscription_details"), "customid"),  # 2023-08 .. acacia
+            metadata(dig(invoice, "parent", "subscription_details"), "customid"),  # basil+
+        )
+    )
+
+
+def invoice_payment(invoice: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(charge id, payment intent id). basil removed `charge`/`payment_intent`; its `payments`
+    list (InvoicePayment objects) is read when present, which webhooks rarely include."""
+    charge_id, intent_id = id_of(invoice.get("charge")), id_of(invoice.get("payment_intent"))
+    for payment in objects(invoice.get("payments")):
+        details = payment.get("payment")
+        charge_id = charge_id or id_of(dig(details, "charge"))
+        intent_id = intent_id or id_of(dig(details, "payment_intent"))
+    return charge_id, intent_id
+
+
+# --- Payments -----------------------------------------------------------------------------------
+
+
+def payment_intent_charge_id(intent: dict[str, Any]) -> str | None:
+    """`latest_charge`; 2022-11-15 removed the `charges` list older versions read from."""
+    charges = objects(intent.get("charges"))
+    return first(
+        (id_of(intent.get("latest_charge")), id_of(charges[0].get("id")) if charges else None)
+    )
+
+
+def amount_refunded(charge: dict[str, Any]) -> int:
+    """Cumulative refunded amount; `refunds` is only a fallback (not auto-expanded since
+    2022-11-15)."""
+    total = integer(charge.get("amount_refunded"))
+    if total is not None:
+        return total
+    return sum(integer(refund.get("amount")) or 0 for refund in objects(charge.get("refunds")))
+
+
+def credit_note_refunds(note: dict[str, Any]) -> list[Any]:
+    """Refunds a credit note carries, each an id or an expanded Refund: `refund` before basil,
+    `refunds[].refund` from basil on."""
+    refunds = [note.get("refund"), *(entry.get("refund") for entry in objects(note.get("refunds")))]
+    return [refund for refund in refunds if id_of(refund)]
