@@ -1,0 +1,46 @@
+"""Appending to a buyer's history without replaying it, retrying lost races."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError
+
+from adapters.eventstore import EventLog
+from domain.aggregates import Buyer, buyer_id
+
+MAX_ATTEMPTS = 20
+
+
+class WriteConflict(RuntimeError):
+    """Other writers kept winning the race for this buyer; the caller should answer 5xx."""
+
+
+def next_in_history(log: EventLog, app_id: str, buyer_key: str) -> tuple[list[Any], UUID, int]:
+    """The buyer's registration (if it is new), its id, and the version of its next event."""
+    bid = buyer_id(app_id, buyer_key)
+    version = log.last_version(bid)
+    if version is not None:
+        return [], bid, version + 1
+    return Buyer(app_id, buyer_key).collect_events(), bid, Buyer.INITIAL_VERSION + 1
+
+
+def save_retrying(
+    log: EventLog, build: Callable[[], list[Any]], already_done: Callable[[], bool]
+) -> bool:
+    """Save `build()`'s events in one transaction. False when `already_done()` explains a
+    uniqueness failure (a duplicate); otherwise a failure was a lost race, so rebuild and retry."""
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            log.save(*build())
+        except IntegrityError:
+            if already_done():
+                return False
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        else:
+            return True
+    raise WriteConflict("could not append after retries")

@@ -1,0 +1,323 @@
+"""The entitlement rules: a pure function of (facts, catalogue, policy, instant) -> permissions.
+
+    derive(facts, catalogue, policy, at) -> Derivation(subscriptions, purchases, permissions)
+
+Only facts with `fact.at <= at` count (the state "as of `at`" by Stripe's clock) and validity is
+evaluated at `at`. The result depends on the *set* of facts only: never on delivery order or on
+duplicates, because every "latest" choice is made by Stripe's clock and then by content.
+
+Layout:
+- this module: the vocabulary (codes, grants, states), the shared "which ending wins" rule, and
+  how grants combine into permissions;
+- `domain/subscriptions.py`: the code of each subscription and of each SKU it ever carried;
+- `domain/purchases.py`: one-time purchases, and the refunds/disputes that take money back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from enum import IntEnum
+
+from domain.catalogue import Catalogue
+from domain.facts import Fact, LineItem
+from domain.policy import AppPolicy
+
+
+class Entitlement(IntEnum):
+    """Glassfy's entitlement codes (see PRODUCT.md, "Entitlement codes")."""
+
+    AUTO_RENEW_ON = 5
+    AUTO_RENEW_OFF = 4
+    NON_RENEWING = 3
+    EXPIRED_IN_GRACE = 1
+    MISSING_INFO = 0
+    IN_RETRY = -1
+    EXPIRED_FROM_BILLING = -2
+    EXPIRED_VOLUNTARY = -5
+    UPGRADED = -6
+    OTHER_REFUND = -8
+    NEVER_BUY = -9
+    PAUSED = -10
+
+
+@dataclass(frozen=True)
+class SkuGrant:
+    """One SKU granted by one source (a subscription or a one-time purchase)."""
+
+    sku_id: str
+    product_id: str
+    source_id: str  # "sub_..." or the purchase id (payment intent, else session/charge id)
+    entitlement: int
+    expire_date: int | None  # None = lifetime
+    is_trial: bool
+    is_intro: bool
+    rule: str  # machine name of the rule that produced the code, e.g. "subscription.active"
+    event_ids: tuple[str, ...]  # the Stripe events this code rests on
+
+    @property
+    def is_valid(self) -> bool:
+        return self.entitlement > 0
+
+
+@dataclass(frozen=True)
+class PermissionStatus:
+    permission_id: str
+    entitlement: int
+    expire_date: int | None
+    accountable_skus: tuple[SkuGrant, ...]  # all valid grants; if none, the best invalid one
+    rule: str
+    event_ids: tuple[str, ...]
+
+    @property
+    def is_valid(self) -> bool:
+        return self.entitlement > 0
+
+
+@dataclass(frozen=True)
+class SubscriptionState:
+    """The derived current state of one subscription."""
+
+    subscription_id: str
+    customer_id: str | None
+    status: str  # Stripe's status on the latest snapshot ("canceled" when deleted)
+    items: tuple[LineItem, ...]
+    sku_ids: tuple[str, ...]  # catalogue SKUs on the latest snapshot
+    former_sku_ids: tuple[str, ...]  # SKUs it carried before and no longer does (-6 Upgraded)
+    current_period_start: int | None
+    current_period_end: int | None  # effective: a paid renewal invoice may extend the snapshot's
+    cancel_at_period_end: bool
+    cancel_at: int | None
+    canceled_at: int | None
+    ended_at: int | None
+    is_trial: bool
+    entitlement: int
+    expire_date: int | None
+    rule: str
+    event_ids: tuple[str, ...]
+    grants: tuple[SkuGrant, ...]  # one per SKU, current and former
+
+
+@dataclass(frozen=True)
+class Purchase:
+    """One one-time purchase (a paid payment-mode checkout and/or a payment with SKU hints)."""
+
+    purchase_id: str  # the payment intent id, else the checkout session id, else the charge id
+    customer_id: str | None
+    session_id: str | None
+    payment_intent_id: str | None
+    sku_ids: tuple[str, ...] | None  # None = products not yet known ("unresolved")
+    paid_at: int
+    expire_date: int | None  # paid_at + SKU duration; None = lifetime
+    refunded: bool  # revoked by a refund (per policy) or a lost dispute
+    entitlement: int
+    rule: str
+    event_ids: tuple[str, ...]
+    grants: tuple[SkuGrant, ...]
+
+    @property
+    def unresolved(self) -> bool:
+        return self.sku_ids is None
+
+
+@dataclass(frozen=True)
+class Derivation:
+    subscriptions: tuple[SubscriptionState, ...]
+    purchases: tuple[Purchase, ...]
+    permissions: tuple[PermissionStatus, ...]
+
+
+# --- the shared "which ending wins" rule ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The code of one source, before it is copied onto the grants of its SKUs.
+
+    `moment` orders the endings of an invalid outcome ("the last thing that happened to it"):
+    for an ending caused by an event (canceled, refunded) it is that event's `at`; for time
+    running out (`passive`: a pass's duration, a grace period) it is the instant it ran out.
+    """
+
+    code: int
+    rule: str
+    expire_date: int | None
+    event_ids: tuple[str, ...]
+    moment: int = 0
+    passive: bool = False
+
+    @property
+    def is_valid(self) -> bool:
+        return self.code > 0
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """Money taken back from a payment: a refund that counts under the policy, or a lost dispute."""
+
+    at: int
+    rule: str  # "refund.full", "refund.partial" or "dispute.lost"
+    event_id: str
+
+
+def apply_revocations(outcome: Outcome, revocations: Iterable[Revocation]) -> Outcome:
+    """The outcome once the payment behind it was taken back (oldest revocation first).
+
+    - A valid grant ends at the revocation, with -8 OtherRefund.
+    - An ended grant is relabelled -8 when the revocation came last (a tie goes to the refund, the
+      more telling reason), or when the earlier "ending" was only time running out on a grant that
+      the refund had already ended. Otherwise (refunded, then canceled) the later event names it.
+    - expireDate stays the instant access first ended.
+    """
+    for revocation in sorted(revocations, key=lambda r: (r.at, r.rule, r.event_id)):
+        outcome = _revoke(outcome, revocation)
+    return outcome
+
+
+def _revoke(outcome: Outcome, revocation: Revocation) -> Outcome:
+    refund = Outcome(
+        code=Entitlement.OTHER_REFUND,
+        rule=revocation.rule,
+        expire_date=revocation.at,
+        event_ids=merge_ids(outcome.event_ids, (revocation.event_id,)),
+        moment=revocation.at,
+    )
+    if outcome.is_valid:
+        return refund
+    ended_at = _min_known(outcome.expire_date, revocation.at)
+    if revocation.at >= outcome.moment or outcome.passive:
+        return replace(refund, expire_date=ended_at)
+    return replace(outcome, expire_date=ended_at, event_ids=refund.event_ids)
+
+
+def _min_known(a: int | None, b: int) -> int:
+    return b if a is None else min(a, b)
+
+
+def merge_ids(*groups: Iterable[str]) -> tuple[str, ...]:
+    """Event ids, deduplicated and sorted (so that they never depend on input order)."""
+    return tuple(sorted({event_id for group in groups for event_id in group}))
+
+
+def outcome_grants(
+    outcome: Outcome,
+    catalogue: Catalogue,
+    sku_ids: Iterable[str],
+    source_id: str,
+    is_trial: bool = False,
+) -> tuple[SkuGrant, ...]:
+    """The same outcome granted to each catalogue SKU of a source."""
+    grants = []
+    for sku_id in sorted(set(sku_ids)):
+        sku = catalogue.sku(sku_id)
+        if sku is None:
+            continue
+        grants.append(
+            SkuGrant(
+                sku_id=sku.sku_id,
+                product_id=sku.product_id,
+                source_id=source_id,
+                entitlement=int(outcome.code),
+                expire_date=outcome.expire_date,
+                is_trial=is_trial,
+                # Intro offers are not visible in the facts (Stripe has coupons, not intro
+                # prices), so no grant claims one.
+                is_intro=False,
+                rule=outcome.rule,
+                event_ids=outcome.event_ids,
+            )
+        )
+    return tuple(grants)
+
+
+# --- derive ---------------------------------------------------------------------------------------
+
+
+def derive(facts: Iterable[Fact], catalogue: Catalogue, policy: AppPolicy, at: int) -> Derivation:
+    """Subscriptions, purchases and permissions as of instant `at` by Stripe's clock."""
+    # Imported here: both modules build on the vocabulary defined above.
+    from domain.purchases import derive_purchases, revocations_by_payment
+    from domain.subscriptions import derive_subscriptions
+
+    known = known_facts(facts, at)
+    revocations = revocations_by_payment(known, policy)
+    subscriptions = derive_subscriptions(known, catalogue, policy, at, revocations)
+    purchases = derive_purchases(known, catalogue, at, revocations)
+    grants = [g for s in subscriptions for g in s.grants] + [g for p in purchases for g in p.grants]
+    return Derivation(
+        subscriptions=subscriptions,
+        purchases=purchases,
+        permissions=combine_permissions(grants, catalogue),
+    )
+
+
+def permissions(
+    facts: Iterable[Fact], catalogue: Catalogue, policy: AppPolicy, at: int
+) -> tuple[PermissionStatus, ...]:
+    return derive(facts, catalogue, policy, at).permissions
+
+
+def known_facts(facts: Iterable[Fact], at: int) -> tuple[Fact, ...]:
+    """The distinct facts heard of by `at`, in a canonical order (duplicates count once)."""
+    distinct = {fact for fact in facts if fact.at <= at}
+    return tuple(sorted(distinct, key=fact_order))
+
+
+def fact_order(fact: Fact) -> tuple[int, str, str, str]:
+    """A total order on facts: Stripe's clock, then content (never the delivery order)."""
+    return (fact.at, fact.event_id, fact.kind, repr(fact))
+
+
+# --- combining grants into permissions ------------------------------------------------------------
+
+_LIFETIME = float("inf")
+
+
+def combine_permissions(
+    grants: Iterable[SkuGrant], catalogue: Catalogue
+) -> tuple[PermissionStatus, ...]:
+    """Every permission of the catalogue, in catalogue order, from its best grant."""
+    grants = list(grants)
+    out = []
+    for permission in catalogue.permissions:
+        mine = [g for g in grants if g.sku_id in permission.sku_ids]
+        out.append(_permission_status(permission.permission_id, mine))
+    return tuple(out)
+
+
+def _permission_status(permission_id: str, grants: list[SkuGrant]) -> PermissionStatus:
+    if not grants:
+        return PermissionStatus(
+            permission_id=permission_id,
+            entitlement=int(Entitlement.NEVER_BUY),
+            expire_date=None,
+            accountable_skus=(),
+            rule="never_bought",
+            event_ids=(),
+        )
+    valid = sorted((g for g in grants if g.is_valid), key=_valid_rank, reverse=True)
+    # If nothing is valid, the answer is the grant that ended most recently: it is the one a
+    # support agent asks about ("why did I lose premium yesterday?").
+    accountable = valid or [max(grants, key=_invalid_rank)]
+    best = accountable[0]
+    return PermissionStatus(
+        permission_id=permission_id,
+        entitlement=best.entitlement,
+        # The best grant's date, so that expireDate always explains the code next to it.
+        expire_date=best.expire_date,
+        accountable_skus=tuple(accountable),
+        rule=best.rule,
+        event_ids=best.event_ids,
+    )
+
+
+def _valid_rank(grant: SkuGrant) -> tuple[int, float, str, str]:
+    """Among valid grants: higher code, then the later expireDate (None = lifetime = latest)."""
+    expire = _LIFETIME if grant.expire_date is None else grant.expire_date
+    return (grant.entitlement, expire, grant.source_id, grant.sku_id)
+
+
+def _invalid_rank(grant: SkuGrant) -> tuple[float, int, str, str]:
+    """Among invalid grants: the one that ended last, then the higher code."""
+    ended = _LIFETIME if grant.expire_date is None else grant.expire_date
+    return (ended, grant.entitlement, grant.source_id, grant.sku_id)

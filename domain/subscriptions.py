@@ -1,0 +1,380 @@
+"""The code of each subscription, and of every SKU it ever carried.
+
+A subscription's state is its latest snapshot by Stripe's clock. Ties (Stripe's `created` has a
+one-second resolution) go to the status furthest along the lifecycle, then to the content, so the
+answer never depends on delivery order. Invoices complete the picture: a paid invoice may tell of
+a renewal (or of a recovered payment) before the subscription update arrives, a failed one says
+why an old payload was canceled, and refunds and disputes reach a subscription through the
+payment of its latest paid invoice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
+
+from domain.catalogue import Catalogue
+from domain.facts import Fact, InvoiceObserved, PaymentSucceeded, SubscriptionObserved
+from domain.policy import AppPolicy
+from domain.purchases import Revocations, revocations_for
+from domain.rules import (
+    Entitlement,
+    Outcome,
+    SubscriptionState,
+    apply_revocations,
+    fact_order,
+    merge_ids,
+    outcome_grants,
+)
+
+# Lifecycle order, used only to break ties between snapshots of the same second.
+_STATUS_RANK = {
+    "incomplete": 0,
+    "trialing": 1,
+    "active": 2,
+    "past_due": 3,
+    "unpaid": 4,
+    "paused": 5,
+    "canceled": 6,
+    "incomplete_expired": 6,
+}
+_RECOVERABLE = {"incomplete", "past_due", "unpaid"}
+_CANCELED_FOR_NON_PAYMENT = {"payment_failed", "payment_disputed"}
+
+
+def derive_subscriptions(
+    known: tuple[Fact, ...],
+    catalogue: Catalogue,
+    policy: AppPolicy,
+    at: int,
+    revocations: Revocations,
+) -> tuple[SubscriptionState, ...]:
+    """Every subscription with at least one snapshot, sorted by id.
+
+    A subscription heard of only through its invoices is not granted until a snapshot arrives:
+    an invoice alone says nothing of cancel flags or status.
+    """
+    snapshots: dict[str, list[SubscriptionObserved]] = defaultdict(list)
+    for fact in known:
+        if isinstance(fact, SubscriptionObserved):
+            snapshots[fact.subscription_id].append(fact)
+    invoices = _invoices_by_subscription(known)
+    return tuple(
+        _subscription(
+            snapshots[sub_id], invoices.get(sub_id, Invoices()), catalogue, policy, at, revocations
+        )
+        for sub_id in sorted(snapshots)
+    )
+
+
+# --- invoices -------------------------------------------------------------------------------------
+
+
+class Invoices:
+    """What a subscription's invoices tell (paid periods, failures, the payments behind them)."""
+
+    def __init__(self) -> None:
+        self.facts: list[InvoiceObserved] = []
+        # invoice id -> the ids a refund or dispute may name: its own, its charges, its intents
+        self.payment_keys: dict[str, set[str]] = defaultdict(set)
+
+    def add_payment(self, invoice_id: str, *keys: str | None) -> None:
+        self.payment_keys[invoice_id] |= {key for key in keys if key is not None}
+
+    def paid(self) -> list[InvoiceObserved]:
+        return [f for f in self.facts if f.paid]
+
+    def renewal(self) -> InvoiceObserved | None:
+        """The paid invoice reaching furthest in time (a renewal heard before the update)."""
+        paid = [f for f in self.paid() if _period_end(f) is not None]
+        return max(paid, key=lambda f: (_period_end(f), fact_order(f)), default=None)
+
+    def latest_paid_id(self) -> str | None:
+        """The invoice paid last: refunding it is what ends the subscription's access."""
+        first_paid: dict[str, tuple] = {}
+        for fact in sorted(self.paid(), key=fact_order):
+            first_paid.setdefault(fact.invoice_id, (fact.at, _period_end(fact) or 0))
+        return max(first_paid, key=lambda i: (*first_paid[i], i), default=None)
+
+    def paid_after(self, snapshot: SubscriptionObserved) -> InvoiceObserved | None:
+        """A payment covering the snapshot's period, made at or after the snapshot."""
+        candidates = [
+            f
+            for f in self.paid()
+            if f.at >= snapshot.at
+            and (
+                snapshot.current_period_end is None
+                or (_period_end(f) or 0) >= snapshot.current_period_end
+            )
+        ]
+        return min(candidates, key=fact_order, default=None)
+
+    def last_outcome_failed(self, until: int) -> InvoiceObserved | None:
+        """The failed invoice, if the last payment outcome heard by `until` was a failure.
+
+        Within one second a success is taken as the later outcome (a retry succeeds after a
+        failure, never the reverse on the same invoice).
+        """
+        outcomes = [f for f in self.facts if f.at <= until and (f.paid or f.payment_failed)]
+        last = max(outcomes, key=lambda f: (f.at, f.paid, fact_order(f)), default=None)
+        return last if last is not None and not last.paid else None
+
+
+def _period_end(invoice: InvoiceObserved) -> int | None:
+    ends = [invoice.period_end, *(line.period_end for line in invoice.lines)]
+    known = [end for end in ends if end is not None]
+    return max(known, default=None)
+
+
+def _invoices_by_subscription(known: tuple[Fact, ...]) -> dict[str, Invoices]:
+    by_sub: dict[str, Invoices] = defaultdict(Invoices)
+    sub_of_invoice: dict[str, str] = {}
+    for fact in known:
+        if isinstance(fact, InvoiceObserved) and fact.subscription_id is not None:
+            invoices = by_sub[fact.subscription_id]
+            invoices.facts.append(fact)
+            invoices.add_payment(
+                fact.invoice_id, fact.invoice_id, fact.charge_id, fact.payment_intent_id
+            )
+            sub_of_invoice[fact.invoice_id] = fact.subscription_id
+    # Pre-basil payments name the invoice they pay: their charge may be what gets refunded.
+    for fact in known:
+        if isinstance(fact, PaymentSucceeded) and fact.invoice_id in sub_of_invoice:
+            invoices = by_sub[sub_of_invoice[fact.invoice_id]]
+            invoices.add_payment(fact.invoice_id, fact.charge_id, fact.payment_intent_id)
+    return by_sub
+
+
+# --- one subscription -----------------------------------------------------------------------------
+
+
+def _latest(snapshots: Iterable[SubscriptionObserved]) -> SubscriptionObserved:
+    def order(s: SubscriptionObserved) -> tuple:
+        status = "canceled" if s.deleted else s.status
+        cancel_flag = s.cancel_at_period_end or s.cancel_at is not None
+        return (s.at, _STATUS_RANK.get(status, -1), s.deleted, cancel_flag, fact_order(s))
+
+    return max(snapshots, key=order)
+
+
+def _subscription(
+    snapshots: list[SubscriptionObserved],
+    invoices: Invoices,
+    catalogue: Catalogue,
+    policy: AppPolicy,
+    at: int,
+    revocations: Revocations,
+) -> SubscriptionState:
+    snap = _latest(snapshots)
+    status = "canceled" if snap.deleted else snap.status
+    outcome, period_end = _base_outcome(snap, status, invoices, policy, at)
+    latest_paid = invoices.latest_paid_id()
+    if latest_paid is not None:
+        revoked = revocations_for(revocations, invoices.payment_keys[latest_paid])
+        outcome = apply_revocations(outcome, revoked)
+    sku_ids = _skus(snap.items, catalogue)
+    is_trial = status == "trialing"
+    former = _former_skus(snapshots, invoices, snap, catalogue)
+    grants = outcome_grants(outcome, catalogue, sku_ids, snap.subscription_id, is_trial)
+    for sku_id, replaced_by in sorted(former.items()):
+        upgraded = Outcome(
+            Entitlement.UPGRADED, "subscription.upgraded", replaced_by.at, (replaced_by.event_id,)
+        )
+        grants += outcome_grants(upgraded, catalogue, [sku_id], snap.subscription_id)
+    return SubscriptionState(
+        subscription_id=snap.subscription_id,
+        customer_id=snap.customer_id,
+        status=status,
+        items=snap.items,
+        sku_ids=sku_ids,
+        former_sku_ids=tuple(sorted(former)),
+        current_period_start=snap.current_period_start,
+        current_period_end=period_end,
+        cancel_at_period_end=snap.cancel_at_period_end,
+        cancel_at=snap.cancel_at,
+        canceled_at=snap.canceled_at,
+        ended_at=snap.ended_at,
+        is_trial=is_trial,
+        entitlement=int(outcome.code),
+        expire_date=outcome.expire_date,
+        rule=outcome.rule,
+        event_ids=outcome.event_ids,
+        grants=grants,
+    )
+
+
+def _skus(items: Iterable, catalogue: Catalogue) -> tuple[str, ...]:
+    found = {
+        s.sku_id for item in items for s in catalogue.skus_for_line(item.product_id, item.price_id)
+    }
+    return tuple(sorted(found))
+
+
+def _former_skus(
+    snapshots: list[SubscriptionObserved],
+    invoices: Invoices,
+    latest: SubscriptionObserved,
+    catalogue: Catalogue,
+) -> dict[str, SubscriptionObserved]:
+    """SKUs carried by an earlier snapshot or paid invoice and gone from the latest snapshot,
+    each with the snapshot that first showed it gone (-6 Upgraded, ended then).
+
+    Only invoices older than the latest snapshot count: a paid invoice newer than it may show an
+    upgrade whose subscription update has not arrived yet.
+    """
+    current = set(_skus(latest.items, catalogue))
+    sightings: dict[str, int] = {}  # SKU -> the last time it was seen on the subscription
+    earlier: list[tuple[int, Iterable]] = [(s.at, s.items) for s in snapshots if s is not latest]
+    earlier += [(f.at, f.lines) for f in invoices.paid() if f.at < latest.at]
+    for seen_at, items in earlier:
+        for sku_id in set(_skus(items, catalogue)) - current:
+            sightings[sku_id] = max(sightings.get(sku_id, seen_at), seen_at)
+    former = {}
+    for sku_id, last_seen in sightings.items():
+        without = [
+            s for s in snapshots if s.at >= last_seen and sku_id not in _skus(s.items, catalogue)
+        ]
+        former[sku_id] = min(without, key=fact_order, default=latest)
+    return former
+
+
+# --- the code of a snapshot -----------------------------------------------------------------------
+
+
+def _base_outcome(
+    snap: SubscriptionObserved, status: str, invoices: Invoices, policy: AppPolicy, at: int
+) -> tuple[Outcome, int | None]:
+    """The subscription's own code before refunds, and its effective period end."""
+    ids = (snap.event_id,)
+    if status == "canceled":
+        return _canceled(snap, invoices), snap.current_period_end
+    if status == "incomplete_expired":
+        ended = snap.ended_at or snap.at
+        rule = "subscription.incomplete_expired"
+        return Outcome(Entitlement.EXPIRED_FROM_BILLING, rule, ended, ids, snap.at), None
+    recovery = invoices.paid_after(snap) if status in _RECOVERABLE else None
+    if recovery is not None:
+        outcome, period_end = _active(snap, invoices, policy, at)
+        rule = f"{outcome.rule}.invoice_paid"
+        return replace(
+            outcome, rule=rule, event_ids=merge_ids(outcome.event_ids, [recovery.event_id])
+        ), period_end
+    if status == "paused" or snap.paused:
+        return _paused(snap, status, policy, at), snap.current_period_end
+    if status in ("active", "trialing"):
+        return _active(snap, invoices, policy, at)
+    if status == "past_due":
+        return _past_due(snap, policy, at), snap.current_period_end
+    grace_end = min(_grace_end(snap, policy), snap.at)
+    if status == "unpaid":
+        rule = "subscription.unpaid"
+        return Outcome(Entitlement.EXPIRED_FROM_BILLING, rule, grace_end, ids, snap.at), None
+    # incomplete (first payment not made yet), or a status this engine does not know
+    rule = "subscription.incomplete" if status == "incomplete" else "subscription.unknown_status"
+    started = snap.current_period_start or snap.at
+    return Outcome(Entitlement.MISSING_INFO, rule, started, ids, snap.at), snap.current_period_end
+
+
+def _canceled(snap: SubscriptionObserved, invoices: Invoices) -> Outcome:
+    ended = snap.ended_at or snap.at
+    ids = (snap.event_id,)
+    if snap.cancellation_reason in _CANCELED_FOR_NON_PAYMENT:
+        rule = f"subscription.canceled.{snap.cancellation_reason}"
+        return Outcome(Entitlement.EXPIRED_FROM_BILLING, rule, ended, ids, snap.at)
+    if snap.cancellation_reason is None:
+        # Old payloads carry no reason: canceled while the last invoice had failed = for billing.
+        failed = invoices.last_outcome_failed(until=snap.at)
+        if failed is not None:
+            rule = "subscription.canceled.unpaid_invoice"
+            ids = merge_ids(ids, [failed.event_id])
+            return Outcome(Entitlement.EXPIRED_FROM_BILLING, rule, ended, ids, snap.at)
+    at_period_end = snap.cancel_at_period_end or snap.cancel_at is not None
+    rule = "subscription.canceled.at_period_end" if at_period_end else "subscription.canceled"
+    return Outcome(Entitlement.EXPIRED_VOLUNTARY, rule, ended, ids, snap.at)
+
+
+def _active(
+    snap: SubscriptionObserved, invoices: Invoices, policy: AppPolicy, at: int
+) -> tuple[Outcome, int | None]:
+    period_end, ids = _effective_period_end(snap, invoices)
+    cancel_end = _cancel_end(snap, period_end)
+    if cancel_end is not None and at >= cancel_end:
+        # Stripe ends it exactly then (its deletion event may still be on its way): no leeway.
+        rule = "subscription.canceled.at_period_end"
+        ended = Outcome(Entitlement.EXPIRED_VOLUNTARY, rule, cancel_end, ids, cancel_end, True)
+        return ended, period_end
+    if cancel_end is not None:
+        code, rule = Entitlement.AUTO_RENEW_OFF, "subscription.active.cancel_pending"
+    elif snap.status == "trialing":
+        code, rule = Entitlement.AUTO_RENEW_ON, "subscription.trialing"
+    else:
+        code, rule = Entitlement.AUTO_RENEW_ON, "subscription.active"
+    expire = _earliest(period_end, cancel_end)
+    if period_end is None or at <= period_end:
+        return Outcome(code, rule, expire, ids), period_end
+    if at - period_end <= policy.renewal_leeway:
+        return Outcome(code, f"{rule}.renewal_leeway", expire, ids), period_end
+    missing = Outcome(
+        Entitlement.MISSING_INFO,
+        "subscription.renewal_missing",
+        period_end,
+        ids,
+        moment=period_end + policy.renewal_leeway,
+        passive=True,
+    )
+    return missing, period_end
+
+
+def _effective_period_end(
+    snap: SubscriptionObserved, invoices: Invoices
+) -> tuple[int | None, tuple[str, ...]]:
+    """The snapshot's period end, or later when a paid invoice already tells of a renewal."""
+    period_end, ids = snap.current_period_end, (snap.event_id,)
+    renewal = invoices.renewal()
+    renewed_until = None if renewal is None else _period_end(renewal)
+    later = renewed_until is not None and (period_end is None or renewed_until > period_end)
+    if renewal is not None and later:
+        return renewed_until, merge_ids(ids, [renewal.event_id])
+    return period_end, ids
+
+
+def _cancel_end(snap: SubscriptionObserved, period_end: int | None) -> int | None:
+    """When a scheduled cancellation ends it: cancel_at, or the period end if that is earlier."""
+    at_period_end = period_end if snap.cancel_at_period_end else None
+    return _earliest(at_period_end, snap.cancel_at)
+
+
+def _earliest(*instants: int | None) -> int | None:
+    return min((t for t in instants if t is not None), default=None)
+
+
+def _grace_end(snap: SubscriptionObserved, policy: AppPolicy) -> int:
+    """Grace counts from the start of the period whose payment failed."""
+    return (snap.current_period_start or snap.at) + policy.grace_period
+
+
+def _past_due(snap: SubscriptionObserved, policy: AppPolicy, at: int) -> Outcome:
+    ids = (snap.event_id,)
+    grace_end = _grace_end(snap, policy)
+    if policy.grace_period > 0 and at < grace_end:
+        return Outcome(Entitlement.EXPIRED_IN_GRACE, "subscription.past_due.grace", grace_end, ids)
+    rule = "subscription.past_due.retry"
+    return Outcome(Entitlement.IN_RETRY, rule, grace_end, ids, grace_end, passive=True)
+
+
+def _paused(snap: SubscriptionObserved, status: str, policy: AppPolicy, at: int) -> Outcome:
+    """Paused: -10 where the app enables it, else 0 (older Glassfy SDKs crash on -10).
+
+    Pausing payment collection on an active subscription stops *future* invoices: the period
+    already paid for is honoured, without renewal (4), until it ends.
+    """
+    ids = (snap.event_id,)
+    code = Entitlement.PAUSED if policy.pause_enabled else Entitlement.MISSING_INFO
+    period_end = snap.current_period_end
+    if status != "paused" and period_end is not None:
+        if at < period_end:
+            rule = "subscription.active.pause_pending"
+            return Outcome(Entitlement.AUTO_RENEW_OFF, rule, period_end, ids)
+        return Outcome(code, "subscription.paused", period_end, ids, period_end, passive=True)
+    return Outcome(code, "subscription.paused", snap.at, ids, snap.at)

@@ -1,0 +1,773 @@
+"""The entitlement rules, as a specification: one small test per rule, then properties.
+
+Facts are built by hand with the small builders below; every builder gives a fresh event id
+unless told otherwise. Times are in days after T0 (Stripe's clock, epoch seconds).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from domain.catalogue import Catalogue, Permission, Sku
+from domain.facts import (
+    ChargeRefunded,
+    CheckoutCompleted,
+    DisputeObserved,
+    Fact,
+    InvoiceObserved,
+    LineItem,
+    PaymentSucceeded,
+    SubscriptionObserved,
+)
+from domain.policy import AppPolicy
+from domain.rules import PermissionStatus, derive, permissions
+
+DAY = 86400
+T0 = 1_700_000_000
+
+
+def day(n: float) -> int:
+    return T0 + int(n * DAY)
+
+
+CATALOGUE = Catalogue(
+    skus=(
+        Sku("monthly", "prod_M"),
+        Sku("yearly", "prod_Y"),
+        Sku("pass_30d", "prod_P", duration="P30D"),
+        Sku("lifetime", "prod_L"),
+    ),
+    permissions=(
+        Permission("premium", ("monthly", "yearly", "pass_30d", "lifetime")),
+        Permission("pro", ("yearly",)),
+        Permission("unused", ()),
+    ),
+)
+POLICY = AppPolicy()  # grace 3 days, leeway 1 day, refund policy "full", no pause
+
+_event_numbers = itertools.count()
+
+
+def _event_id() -> str:
+    return f"evt_{next(_event_numbers)}"
+
+
+# --- builders -------------------------------------------------------------------------------------
+
+
+def subscription(
+    status: str = "active",
+    *,
+    at: int = T0,
+    sub: str = "sub_1",
+    product: str = "prod_M",
+    period_start: int = T0,
+    period_end: int = day(30),
+    event_id: str | None = None,
+    **fields,
+) -> SubscriptionObserved:
+    return SubscriptionObserved(
+        event_id=event_id or _event_id(),
+        at=at,
+        subscription_id=sub,
+        customer_id="cus_1",
+        status=status,
+        items=(LineItem(product_id=product, price_id=f"price_{product}"),),
+        current_period_start=period_start,
+        current_period_end=period_end,
+        **fields,
+    )
+
+
+def invoice(
+    *,
+    at: int,
+    paid: bool = True,
+    invoice_id: str = "in_1",
+    sub: str = "sub_1",
+    product: str = "prod_M",
+    period_start: int = T0,
+    period_end: int = day(30),
+    charge: str | None = "ch_1",
+) -> InvoiceObserved:
+    return InvoiceObserved(
+        event_id=_event_id(),
+        at=at,
+        invoice_id=invoice_id,
+        customer_id="cus_1",
+        subscription_id=sub,
+        status="paid" if paid else "open",
+        paid=paid,
+        payment_failed=not paid,
+        lines=(LineItem(product_id=product, period_start=period_start, period_end=period_end),),
+        period_start=period_start,
+        period_end=period_end,
+        charge_id=charge,
+    )
+
+
+def refund(
+    *, at: int, charge: str | None = "ch_1", full: bool = True, payment_intent: str | None = None
+) -> ChargeRefunded:
+    return ChargeRefunded(
+        event_id=_event_id(),
+        at=at,
+        charge_id=charge,
+        payment_intent_id=payment_intent,
+        customer_id="cus_1",
+        amount=1000,
+        amount_refunded=1000 if full else 300,
+        full=full,
+    )
+
+
+def dispute(*, at: int, charge: str = "ch_1", lost: bool = True) -> DisputeObserved:
+    status = "lost" if lost else "won"
+    return DisputeObserved(
+        event_id=_event_id(),
+        at=at,
+        dispute_id=f"dp_{charge}",
+        charge_id=charge,
+        payment_intent_id=None,
+        status=status,
+        lost=lost,
+    )
+
+
+def checkout(
+    *,
+    at: int,
+    session: str = "cs_1",
+    payment_intent: str | None = "pi_1",
+    products: tuple[str, ...] | None = ("prod_L",),
+    paid: bool = True,
+    event_id: str | None = None,
+) -> CheckoutCompleted:
+    lines = None if products is None else tuple(LineItem(product_id=p) for p in products)
+    return CheckoutCompleted(
+        event_id=event_id or _event_id(),
+        at=at,
+        session_id=session,
+        mode="payment",
+        paid=paid,
+        customer_id="cus_1",
+        payment_intent_id=payment_intent,
+        lines=lines,
+    )
+
+
+def payment(
+    *,
+    at: int,
+    payment_intent: str = "pi_1",
+    charge: str | None = "ch_p1",
+    sku: str | None = None,
+    product: str | None = None,
+    invoice_id: str | None = None,
+    partially_funded: bool = False,
+) -> PaymentSucceeded:
+    return PaymentSucceeded(
+        event_id=_event_id(),
+        at=at,
+        payment_intent_id=payment_intent,
+        charge_id=charge,
+        customer_id="cus_1",
+        amount=1000,
+        invoice_id=invoice_id,
+        partially_funded=partially_funded,
+        sku_id=sku,
+        product_id=product,
+    )
+
+
+def perm(
+    facts: list[Fact], at: int, permission: str = "premium", policy: AppPolicy = POLICY
+) -> PermissionStatus:
+    found = permissions(facts, CATALOGUE, policy, at)
+    return next(p for p in found if p.permission_id == permission)
+
+
+def code(facts: list[Fact], at: int, permission: str = "premium", **kw) -> tuple[int, str]:
+    status = perm(facts, at, permission, **kw)
+    return status.entitlement, status.rule
+
+
+# --- the permissions response ---------------------------------------------------------------------
+
+
+def test_every_permission_is_listed_in_catalogue_order_never_bought_is_minus_9():
+    found = permissions([], CATALOGUE, POLICY, T0)
+    assert [p.permission_id for p in found] == ["premium", "pro", "unused"]
+    assert all(p.entitlement == -9 and p.rule == "never_bought" for p in found)
+    assert all(not p.is_valid and p.expire_date is None for p in found)
+
+
+def test_facts_after_the_instant_asked_are_ignored():
+    facts = [subscription("active", at=day(0)), subscription("canceled", at=day(5))]
+    assert code(facts, day(1)) == (5, "subscription.active")
+    assert perm(facts, day(-1)).entitlement == -9
+
+
+# --- subscriptions --------------------------------------------------------------------------------
+
+
+def test_active_renewing_subscription_is_5_until_its_period_end():
+    status = perm([subscription("active")], day(10))
+    assert (status.entitlement, status.expire_date, status.rule) == (
+        5,
+        day(30),
+        "subscription.active",
+    )
+    assert status.is_valid
+    assert status.accountable_skus[0].sku_id == "monthly"
+    assert status.accountable_skus[0].is_trial is False
+
+
+def test_trialing_is_5_and_marked_as_trial():
+    status = perm([subscription("trialing", trial_end=day(7), period_end=day(7))], day(1))
+    assert (status.entitlement, status.rule) == (5, "subscription.trialing")
+    assert status.accountable_skus[0].is_trial is True
+
+
+def test_cancel_at_period_end_is_4_until_the_period_end():
+    status = perm([subscription("active", cancel_at_period_end=True)], day(10))
+    assert (status.entitlement, status.expire_date) == (4, day(30))
+    assert status.rule == "subscription.active.cancel_pending"
+
+
+def test_cancel_at_earlier_than_the_period_end_is_the_expire_date():
+    status = perm([subscription("active", cancel_at=day(12))], day(10))
+    assert (status.entitlement, status.expire_date) == (4, day(12))
+
+
+def test_scheduled_cancellation_ends_with_minus_5_when_reached_even_before_the_deletion():
+    status = perm([subscription("active", cancel_at_period_end=True)], day(30) + 60)
+    assert (status.entitlement, status.expire_date) == (-5, day(30))
+    assert status.rule == "subscription.canceled.at_period_end"
+
+
+def test_past_due_within_grace_is_1_and_expires_at_the_end_of_grace():
+    facts = [subscription("past_due", at=day(30), period_start=day(30), period_end=day(60))]
+    status = perm(facts, day(31))
+    assert (status.entitlement, status.expire_date) == (1, day(33))
+    assert status.rule == "subscription.past_due.grace"
+
+
+def test_past_due_after_grace_is_minus_1():
+    facts = [subscription("past_due", at=day(30), period_start=day(30), period_end=day(60))]
+    assert code(facts, day(34)) == (-1, "subscription.past_due.retry")
+
+
+def test_no_grace_means_past_due_is_straight_minus_1():
+    facts = [subscription("past_due", at=day(30), period_start=day(30), period_end=day(60))]
+    no_grace = AppPolicy(grace_period=0)
+    assert code(facts, day(30), policy=no_grace) == (-1, "subscription.past_due.retry")
+
+
+def test_payment_recovered_after_past_due_is_heard_through_the_paid_invoice():
+    facts = [
+        subscription("past_due", at=day(30), period_start=day(30), period_end=day(60)),
+        invoice(at=day(35), invoice_id="in_2", period_start=day(30), period_end=day(60)),
+    ]
+    assert code(facts, day(36)) == (5, "subscription.active.invoice_paid")
+
+
+def test_first_payment_heard_through_the_invoice_before_the_update_grants_access():
+    facts = [subscription("incomplete", at=day(0)), invoice(at=day(0))]
+    assert code(facts, day(1)) == (5, "subscription.active.invoice_paid")
+
+
+def test_the_subscription_state_is_listed_with_its_own_code():
+    facts = [subscription("active", at=day(0), product="prod_Y"), subscription("active", at=day(1))]
+    (state,) = derive(facts, CATALOGUE, POLICY, day(2)).subscriptions
+    assert (state.subscription_id, state.status, state.entitlement) == ("sub_1", "active", 5)
+    assert (state.sku_ids, state.former_sku_ids) == (("monthly",), ("yearly",))
+    assert state.expire_date == state.current_period_end == day(30)
+
+
+def test_incomplete_is_0():
+    assert code([subscription("incomplete")], day(0)) == (0, "subscription.incomplete")
+
+
+def test_within_the_renewal_leeway_a_renewing_grant_keeps_its_code():
+    status = perm([subscription("active")], day(30.5))
+    assert (status.entitlement, status.expire_date) == (5, day(30))
+    assert status.rule == "subscription.active.renewal_leeway"
+
+
+def test_no_renewal_heard_after_the_leeway_is_0():
+    status = perm([subscription("active")], day(31) + 1)
+    assert (status.entitlement, status.expire_date) == (0, day(30))
+    assert status.rule == "subscription.renewal_missing"
+
+
+def test_a_renewal_can_be_heard_through_a_paid_invoice_before_the_subscription_update():
+    facts = [
+        subscription("active"),
+        invoice(at=day(30), invoice_id="in_2", period_start=day(30), period_end=day(60)),
+    ]
+    status = perm(facts, day(40))
+    assert (status.entitlement, status.expire_date) == (5, day(60))
+
+
+@pytest.mark.parametrize("status", ["unpaid", "incomplete_expired"])
+def test_unpaid_and_incomplete_expired_are_minus_2(status):
+    assert code([subscription(status, at=day(1))], day(2))[0] == -2
+
+
+@pytest.mark.parametrize("reason", ["payment_failed", "payment_disputed"])
+def test_canceled_for_non_payment_is_minus_2(reason):
+    facts = [subscription("canceled", at=day(5), ended_at=day(5), cancellation_reason=reason)]
+    status = perm(facts, day(6))
+    assert (status.entitlement, status.expire_date) == (-2, day(5))
+    assert status.rule == f"subscription.canceled.{reason}"
+
+
+def test_canceled_by_request_is_minus_5():
+    facts = [
+        subscription(
+            "canceled", at=day(5), ended_at=day(5), cancellation_reason="cancellation_requested"
+        )
+    ]
+    assert code(facts, day(6)) == (-5, "subscription.canceled")
+
+
+def test_old_payload_canceled_while_its_latest_invoice_had_failed_is_minus_2():
+    facts = [
+        invoice(at=day(0)),
+        invoice(at=day(30), paid=False, invoice_id="in_2", period_start=day(30)),
+        subscription("canceled", at=day(40), ended_at=day(40)),
+    ]
+    assert code(facts, day(41)) == (-2, "subscription.canceled.unpaid_invoice")
+
+
+def test_old_payload_canceled_after_a_paid_invoice_is_minus_5():
+    facts = [invoice(at=day(0)), subscription("canceled", at=day(10), ended_at=day(10))]
+    assert code(facts, day(11)) == (-5, "subscription.canceled")
+
+
+def test_deleted_event_ends_the_subscription():
+    facts = [subscription("active", at=day(0)), subscription("active", at=day(3), deleted=True)]
+    assert code(facts, day(4))[0] == -5
+
+
+def test_a_sku_replaced_on_the_same_subscription_is_minus_6_upgraded():
+    facts = [
+        subscription("active", at=day(0), product="prod_Y"),
+        subscription("active", at=day(10), product="prod_M"),
+    ]
+    pro = perm(facts, day(11), "pro")
+    assert (pro.entitlement, pro.expire_date, pro.rule) == (-6, day(10), "subscription.upgraded")
+    assert perm(facts, day(11), "premium").entitlement == 5  # the new SKU still grants premium
+
+
+def test_paused_is_0_unless_the_app_enables_pause():
+    facts = [subscription("paused", at=day(5), paused=True)]
+    assert code(facts, day(6)) == (0, "subscription.paused")
+    assert code(facts, day(6), policy=AppPolicy(pause_enabled=True)) == (-10, "subscription.paused")
+
+
+def test_paused_collection_honours_the_period_already_paid():
+    facts = [subscription("active", at=day(5), paused=True)]
+    assert code(facts, day(6)) == (4, "subscription.active.pause_pending")
+    assert code(facts, day(31), policy=AppPolicy(pause_enabled=True))[0] == -10
+
+
+# --- refunds and disputes against subscriptions ---------------------------------------------------
+
+
+def test_full_refund_of_the_latest_paid_invoice_is_minus_8():
+    facts = [subscription("active"), invoice(at=day(0)), refund(at=day(3))]
+    status = perm(facts, day(4))
+    assert (status.entitlement, status.expire_date, status.rule) == (-8, day(3), "refund.full")
+
+
+def test_refund_matches_through_the_payment_of_a_pre_basil_invoice():
+    facts = [
+        subscription("active"),
+        invoice(at=day(0), charge=None),
+        payment(at=day(0), charge="ch_9", invoice_id="in_1"),
+        refund(at=day(3), charge="ch_9"),
+    ]
+    assert code(facts, day(4)) == (-8, "refund.full")
+
+
+def test_partial_refund_keeps_access_by_default():
+    facts = [subscription("active"), invoice(at=day(0)), refund(at=day(3), full=False)]
+    assert code(facts, day(4))[0] == 5
+
+
+def test_refund_policy_any_revokes_on_a_partial_refund():
+    facts = [subscription("active"), invoice(at=day(0)), refund(at=day(3), full=False)]
+    assert code(facts, day(4), policy=AppPolicy(refund_policy="any")) == (-8, "refund.partial")
+
+
+def test_refund_policy_never_keeps_access_on_a_full_refund():
+    facts = [subscription("active"), invoice(at=day(0)), refund(at=day(3))]
+    assert code(facts, day(4), policy=AppPolicy(refund_policy="never"))[0] == 5
+
+
+def test_a_lost_dispute_is_minus_8_and_a_won_one_changes_nothing():
+    facts = [subscription("active"), invoice(at=day(0))]
+    assert code([*facts, dispute(at=day(3))], day(4)) == (-8, "dispute.lost")
+    assert code([*facts, dispute(at=day(3), lost=False)], day(4))[0] == 5
+
+
+def test_refund_of_an_older_invoice_changes_nothing_once_a_later_one_was_paid():
+    facts = [
+        subscription("active", at=day(30), period_start=day(30), period_end=day(60)),
+        invoice(at=day(0)),
+        invoice(
+            at=day(30), invoice_id="in_2", charge="ch_2", period_start=day(30), period_end=day(60)
+        ),
+        refund(at=day(31), charge="ch_1"),
+    ]
+    assert code(facts, day(32))[0] == 5
+
+
+def test_canceled_then_refunded_names_the_refund():
+    facts = [
+        invoice(at=day(0)),
+        subscription(
+            "canceled", at=day(5), ended_at=day(5), cancellation_reason="cancellation_requested"
+        ),
+        refund(at=day(6)),
+    ]
+    status = perm(facts, day(7))
+    assert (status.entitlement, status.rule, status.expire_date) == (-8, "refund.full", day(5))
+
+
+def test_refunded_then_canceled_names_the_cancellation():
+    facts = [
+        invoice(at=day(0)),
+        refund(at=day(5)),
+        subscription(
+            "canceled", at=day(6), ended_at=day(6), cancellation_reason="cancellation_requested"
+        ),
+    ]
+    status = perm(facts, day(7))
+    assert (status.entitlement, status.rule, status.expire_date) == (
+        -5,
+        "subscription.canceled",
+        day(5),
+    )
+
+
+# --- one-time purchases ---------------------------------------------------------------------------
+
+
+def test_a_paid_lifetime_purchase_is_3_with_no_expire_date():
+    status = perm([checkout(at=day(0))], day(100))
+    assert (status.entitlement, status.expire_date, status.rule) == (3, None, "purchase.lifetime")
+
+
+def test_a_pass_lasts_its_skus_duration_from_the_payment():
+    facts = [checkout(at=day(0), products=("prod_P",))]
+    assert (perm(facts, day(29)).entitlement, perm(facts, day(29)).expire_date) == (3, day(30))
+    status = perm(facts, day(30))
+    assert (status.entitlement, status.expire_date) == (-5, day(30))
+    assert status.rule == "purchase.duration_elapsed"
+
+
+def test_an_unpaid_checkout_grants_nothing():
+    assert perm([checkout(at=day(0), paid=False)], day(1)).entitlement == -9
+
+
+def test_a_checkout_whose_products_are_unknown_is_unresolved_and_grants_nothing():
+    derivation = derive([checkout(at=day(0), products=None)], CATALOGUE, POLICY, day(1))
+    (purchase,) = derivation.purchases
+    assert purchase.unresolved and purchase.sku_ids is None
+    assert purchase.rule == "purchase.unresolved"
+    assert derivation.permissions[0].entitlement == -9
+
+
+def test_a_later_checkout_fact_with_lines_resolves_the_purchase():
+    facts = [checkout(at=day(0), products=None), checkout(at=day(0), products=("prod_L",))]
+    derivation = derive(facts, CATALOGUE, POLICY, day(1))
+    assert [p.sku_ids for p in derivation.purchases] == [("lifetime",)]
+    assert derivation.permissions[0].entitlement == 3
+
+
+def test_the_checkout_and_its_payment_intent_are_one_purchase():
+    facts = [checkout(at=day(0)), payment(at=day(0), sku="lifetime")]
+    (purchase,) = derive(facts, CATALOGUE, POLICY, day(1)).purchases
+    assert purchase.purchase_id == "pi_1" and purchase.session_id == "cs_1"
+
+
+def test_a_payment_with_a_sku_hint_is_a_purchase():
+    assert code([payment(at=day(0), sku="pass_30d")], day(1)) == (3, "purchase.pass")
+    assert code([payment(at=day(0), product="prod_L")], day(1)) == (3, "purchase.lifetime")
+
+
+def test_payments_of_invoices_or_partially_funded_are_not_purchases():
+    assert perm([payment(at=day(0), sku="lifetime", invoice_id="in_1")], day(1)).entitlement == -9
+    assert (
+        perm([payment(at=day(0), sku="lifetime", partially_funded=True)], day(1)).entitlement == -9
+    )
+
+
+def test_refunded_purchase_is_minus_8():
+    facts = [checkout(at=day(0)), refund(at=day(2), charge=None, payment_intent="pi_1")]
+    status = perm(facts, day(3))
+    assert (status.entitlement, status.expire_date, status.rule) == (-8, day(2), "refund.full")
+    assert derive(facts, CATALOGUE, POLICY, day(3)).purchases[0].refunded
+
+
+def test_a_pass_refunded_before_it_ran_out_stays_refunded():
+    facts = [
+        checkout(at=day(0), products=("prod_P",)),
+        refund(at=day(2), charge=None, payment_intent="pi_1"),
+    ]
+    assert code(facts, day(40)) == (-8, "refund.full")
+
+
+# --- several grantors -----------------------------------------------------------------------------
+
+
+def test_the_best_grant_wins_and_all_valid_grants_are_accountable():
+    facts = [subscription("active", cancel_at_period_end=True), checkout(at=day(0))]
+    status = perm(facts, day(1))
+    assert (status.entitlement, status.expire_date) == (4, day(30))
+    assert {g.sku_id for g in status.accountable_skus} == {"monthly", "lifetime"}
+
+
+def test_among_equal_codes_the_later_expire_date_wins_lifetime_latest():
+    facts = [
+        checkout(at=day(0), products=("prod_P",)),
+        checkout(at=day(0), session="cs_2", payment_intent="pi_2"),
+    ]
+    assert perm(facts, day(1)).expire_date is None
+
+
+def test_losing_one_grantor_keeps_what_another_grants():
+    facts = [
+        subscription(
+            "canceled", sub="sub_1", at=day(5), cancellation_reason="cancellation_requested"
+        ),
+        subscription("active", sub="sub_2", at=day(1), period_end=day(31)),
+    ]
+    status = perm(facts, day(6))
+    assert (status.entitlement, status.expire_date) == (5, day(31))
+    assert [g.source_id for g in status.accountable_skus] == ["sub_2"]
+
+
+def test_when_nothing_is_valid_the_grant_that_ended_last_answers():
+    facts = [
+        subscription(
+            "canceled",
+            sub="sub_1",
+            at=day(5),
+            ended_at=day(5),
+            cancellation_reason="payment_failed",
+        ),
+        subscription(
+            "canceled",
+            sub="sub_2",
+            at=day(8),
+            ended_at=day(8),
+            cancellation_reason="cancellation_requested",
+        ),
+    ]
+    status = perm(facts, day(9))
+    assert (status.entitlement, status.expire_date) == (-5, day(8))
+    assert len(status.accountable_skus) == 1
+
+
+# --- order independence, by example ---------------------------------------------------------------
+
+
+def test_snapshots_of_the_same_second_are_ordered_by_lifecycle_not_by_delivery():
+    created = subscription("incomplete", at=day(0))
+    updated = subscription("active", at=day(0))
+    assert (
+        code([created, updated], day(1))
+        == code([updated, created], day(1))
+        == (5, "subscription.active")
+    )
+
+
+def test_a_duplicated_event_counts_once():
+    facts = [checkout(at=day(0), products=("prod_P",))]
+    assert derive(facts * 3, CATALOGUE, POLICY, day(1)) == derive(facts, CATALOGUE, POLICY, day(1))
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+STATUSES = [
+    "incomplete",
+    "trialing",
+    "active",
+    "past_due",
+    "unpaid",
+    "paused",
+    "canceled",
+    "incomplete_expired",
+]
+STEPS = [0, 1, DAY, 3 * DAY, 15 * DAY, 31 * DAY]  # 0 and 1 s: ties and near-ties are common
+
+
+@st.composite
+def subscription_lifecycle(draw, prefix: str) -> list[Fact]:
+    """Snapshots, invoices, refunds and disputes of one subscription."""
+    sub = f"sub_{prefix}"
+    facts: list[Fact] = []
+    t = T0
+    for i in range(draw(st.integers(1, 4))):
+        t += draw(st.sampled_from(STEPS))
+        start = T0 + 30 * DAY * draw(st.integers(0, 2))
+        facts.append(
+            SubscriptionObserved(
+                event_id=f"evt_{prefix}_s{i}",
+                at=t,
+                subscription_id=sub,
+                customer_id="cus_1",
+                status=draw(st.sampled_from(STATUSES)),
+                items=(LineItem(product_id=draw(st.sampled_from(["prod_M", "prod_Y", "prod_X"]))),),
+                current_period_start=start,
+                current_period_end=start + 30 * DAY,
+                cancel_at_period_end=draw(st.booleans()),
+                cancellation_reason=draw(
+                    st.sampled_from([None, "cancellation_requested", "payment_failed"])
+                ),
+                paused=draw(st.booleans()),
+                deleted=draw(st.booleans()),
+            )
+        )
+    invoices = draw(st.integers(0, 3))
+    for j in range(invoices):
+        paid = draw(st.booleans())
+        start = T0 + 30 * DAY * draw(st.integers(0, 3))
+        facts.append(
+            InvoiceObserved(
+                event_id=f"evt_{prefix}_i{j}",
+                at=T0 + draw(st.sampled_from(STEPS)) * draw(st.integers(0, 3)),
+                invoice_id=f"in_{prefix}_{draw(st.integers(0, 1))}",
+                customer_id="cus_1",
+                subscription_id=sub,
+                status="paid" if paid else "open",
+                paid=paid,
+                payment_failed=not paid,
+                lines=(LineItem(product_id=draw(st.sampled_from(["prod_M", "prod_Y"]))),),
+                period_start=start,
+                period_end=start + 30 * DAY,
+                charge_id=f"ch_{prefix}_{j}",
+            )
+        )
+    facts += draw(money_taken_back(prefix, [f"ch_{prefix}_{j}" for j in range(invoices)]))
+    return facts
+
+
+@st.composite
+def purchase_lifecycle(draw, prefix: str) -> list[Fact]:
+    """Checkouts (resolved or not) and payments of one payment intent, and refunds of it."""
+    pi, charge = f"pi_{prefix}", f"ch_{prefix}_p"
+    facts: list[Fact] = []
+    for k in range(draw(st.integers(0, 2))):
+        products = draw(st.sampled_from([None, ("prod_P",), ("prod_L",), ("prod_Y",)]))
+        facts.append(
+            checkout(
+                at=T0 + draw(st.sampled_from(STEPS)),
+                session=f"cs_{prefix}",
+                payment_intent=pi,
+                products=products,
+                paid=draw(st.booleans()),
+                event_id=f"evt_{prefix}_c{k}",
+            )
+        )
+    if draw(st.booleans()):
+        sku = draw(st.sampled_from([None, "pass_30d", "lifetime"]))
+        fact = payment(
+            at=T0 + draw(st.sampled_from(STEPS)), payment_intent=pi, charge=charge, sku=sku
+        )
+        facts.append(PaymentSucceeded(**{**fact.__dict__, "event_id": f"evt_{prefix}_p"}))
+    facts += draw(money_taken_back(prefix, [charge]))
+    return facts
+
+
+@st.composite
+def money_taken_back(draw, prefix: str, charges: list[str]) -> list[Fact]:
+    if not charges:
+        return []
+    facts: list[Fact] = []
+    for k in range(draw(st.integers(0, 2))):
+        charge = draw(st.sampled_from(charges))
+        at = T0 + draw(st.sampled_from(STEPS)) * draw(st.integers(0, 3))
+        if draw(st.booleans()):
+            full = draw(st.booleans())
+            facts.append(
+                ChargeRefunded(
+                    event_id=f"evt_{prefix}_r{k}",
+                    at=at,
+                    charge_id=charge,
+                    payment_intent_id=None,
+                    customer_id="cus_1",
+                    amount=1000,
+                    amount_refunded=1000 if full else 300,
+                    full=full,
+                )
+            )
+        else:
+            lost = draw(st.booleans())
+            facts.append(
+                DisputeObserved(
+                    event_id=f"evt_{prefix}_d{k}",
+                    at=at,
+                    dispute_id=f"dp_{prefix}_{k}",
+                    charge_id=charge,
+                    payment_intent_id=None,
+                    status="lost" if lost else "won",
+                    lost=lost,
+                )
+            )
+    return facts
+
+
+@st.composite
+def history(draw, prefix: str = "a") -> list[Fact]:
+    """Several subscriptions and purchases of one customer over time."""
+    facts: list[Fact] = []
+    for n in range(draw(st.integers(0, 2))):
+        facts += draw(subscription_lifecycle(f"{prefix}s{n}"))
+    for n in range(draw(st.integers(0, 2))):
+        facts += draw(purchase_lifecycle(f"{prefix}p{n}"))
+    return facts
+
+
+policies = st.builds(
+    AppPolicy,
+    grace_period=st.sampled_from([0, 3 * DAY]),
+    renewal_leeway=st.sampled_from([0, DAY]),
+    refund_policy=st.sampled_from(["full", "any", "never"]),
+    pause_enabled=st.booleans(),
+)
+instants = st.integers(T0 - DAY, T0 + 120 * DAY)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), history(), policies, instants)
+def test_any_delivery_order_and_any_duplication_give_the_same_answer(data, facts, policy, at):
+    shuffled = data.draw(st.permutations(facts))
+    duplicates = data.draw(st.lists(st.sampled_from(facts), max_size=5)) if facts else []
+    expected = derive(facts, CATALOGUE, policy, at)
+    assert derive([*shuffled, *duplicates], CATALOGUE, policy, at) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(history("a"), history("b"), policies, instants)
+def test_losing_one_grantor_never_revokes_what_another_grants(mine, other, policy, at):
+    alone = permissions(mine, CATALOGUE, policy, at)
+    others = permissions(other, CATALOGUE, policy, at)
+    together = permissions(mine + other, CATALOGUE, policy, at)
+    for a, b, both in zip(alone, others, together, strict=True):
+        assert both.is_valid == (a.is_valid or b.is_valid)
+        if both.is_valid:
+            assert both.entitlement == max(p.entitlement for p in (a, b) if p.is_valid)
+            accountable = (
+                {*a.accountable_skus, *b.accountable_skus} if a.is_valid and b.is_valid else None
+            )
+            if accountable is not None:
+                assert set(both.accountable_skus) == accountable
