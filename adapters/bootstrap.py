@@ -1,24 +1,52 @@
-"""The composition root: configuration -> event store -> application services -> HTTP and CLI."""
+"""The composition root: configuration -> stores -> application services -> HTTP and CLI."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapters.catalogues import Catalogues
 from adapters.config import Settings
 from adapters.eventstore import EventLog, open_event_log
 from adapters.ingest import Ingestor
+from adapters.linking import Linker
+from projections.buyer_facts import BuyerFactsProjection
+from projections.entitlements import Entitlements
+from projections.follower import Follower
+from projections.store import ViewStore, open_view_store
 
 
 @dataclass
 class Engine:
     settings: Settings
     log: EventLog
+    views: ViewStore
+    follower: Follower
     ingestor: Ingestor
+    linker: Linker
+    catalogues: Catalogues
+    entitlements: Entitlements
 
     def close(self) -> None:
+        self.follower.stop()
+        self.views.close()
         self.log.close()
 
 
 def bootstrap(settings: Settings) -> Engine:
     log = open_event_log(settings.database_url)
-    return Engine(settings=settings, log=log, ingestor=Ingestor(log))
+    views = open_view_store(settings.database_url)
+    follower = Follower(log, views, BuyerFactsProjection())
+    catalogues = Catalogues(log)
+    for app in settings.apps.values():
+        if app.catalogue_file is not None:
+            catalogues.seed(app.app_id, app.catalogue_file)
+    return Engine(
+        settings=settings,
+        log=log,
+        views=views,
+        follower=follower,
+        ingestor=Ingestor(log, on_recorded=follower.poke),
+        linker=Linker(log, follower),
+        catalogues=catalogues,
+        entitlements=Entitlements(views, follower, catalogues, settings.apps),
+    )

@@ -50,16 +50,20 @@ def derive_subscriptions(
     at: int,
     revocations: Revocations,
 ) -> tuple[SubscriptionState, ...]:
-    """Every subscription with at least one snapshot, sorted by id.
+    """Every subscription heard of, sorted by id.
 
-    A subscription heard of only through its invoices is not granted until a snapshot arrives:
-    an invoice alone says nothing of cancel flags or status.
+    A subscription heard of only through a paid invoice (apps that, like Glassfy's setup, do not
+    subscribe to customer.subscription.created) counts as active for the period it paid, until
+    a snapshot arrives to say more (cancel flags, status).
     """
     snapshots: dict[str, list[SubscriptionObserved]] = defaultdict(list)
     for fact in known:
         if isinstance(fact, SubscriptionObserved):
             snapshots[fact.subscription_id].append(fact)
     invoices = _invoices_by_subscription(known)
+    for sub_id, its_invoices in invoices.items():
+        if sub_id not in snapshots and (paid := its_invoices.renewal()) is not None:
+            snapshots[sub_id].append(_snapshot_from_invoice(sub_id, paid))
     return tuple(
         _subscription(
             snapshots[sub_id], invoices.get(sub_id, Invoices()), catalogue, policy, at, revocations
@@ -119,6 +123,22 @@ class Invoices:
         outcomes = [f for f in self.facts if f.at <= until and (f.paid or f.payment_failed)]
         last = max(outcomes, key=lambda f: (f.at, f.paid, fact_order(f)), default=None)
         return last if last is not None and not last.paid else None
+
+
+def _snapshot_from_invoice(subscription_id: str, invoice: InvoiceObserved) -> SubscriptionObserved:
+    """What a paid invoice tells of its subscription: active, for the period it paid."""
+    starts = [invoice.period_start, *(line.period_start for line in invoice.lines)]
+    return SubscriptionObserved(
+        event_id=invoice.event_id,
+        at=invoice.at,
+        subscription_id=subscription_id,
+        customer_id=invoice.customer_id,
+        status="active",
+        items=invoice.lines,
+        current_period_start=min((t for t in starts if t is not None), default=None),
+        current_period_end=_period_end(invoice),
+        customid=invoice.customid,
+    )
 
 
 def _period_end(invoice: InvoiceObserved) -> int | None:

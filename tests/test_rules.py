@@ -771,3 +771,15 @@ def test_losing_one_grantor_never_revokes_what_another_grants(mine, other, polic
             )
             if accountable is not None:
                 assert set(both.accountable_skus) == accountable
+
+
+def test_a_subscription_heard_of_only_through_a_paid_invoice_is_5_for_the_period_paid():
+    # Apps set up like Glassfy's do not receive customer.subscription.created.
+    facts = [invoice(at=T0)]
+    assert code(facts, at=day(10)) == (5, "subscription.active")
+    assert code(facts, at=day(30) + DAY // 2) == (5, "subscription.active.renewal_leeway")
+    assert code(facts, at=day(33)) == (0, "subscription.renewal_missing")
+
+
+def test_a_failed_invoice_alone_grants_nothing():
+    assert code([invoice(at=T0, paid=False)], at=day(1))[0] == -9

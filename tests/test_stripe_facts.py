@@ -30,6 +30,7 @@ from domain.facts import (
     SubscriptionObserved,
     fact_from_dict,
 )
+from tests.renderings import as_basil_invoice, as_basil_subscription
 
 STRIPE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stripe"
 EVENT_FILES = sorted([*STRIPE.glob("events/*.json"), *STRIPE.glob("events-newer/*.json")])
@@ -208,26 +209,13 @@ def test_deleted_paused_and_linked_subscriptions() -> None:
     assert (fact.paused, fact.deleted, fact.customid) == (True, False, "user_42")
 
 
-def _as_basil_subscription(payload: dict[str, Any]) -> dict[str, Any]:
-    """The same subscription event rendered in the basil shape: `current_period_*` moved from
-    the subscription onto each of its items."""
-    basil = copy.deepcopy(payload)
-    basil["id"] += "_basil"
-    basil["api_version"] = "2025-03-31.basil"
-    subscription = basil["data"]["object"]
-    period = {key: subscription.pop(key) for key in ("current_period_start", "current_period_end")}
-    for item in subscription["items"]["data"]:
-        item.update(period)
-    return basil
-
-
 @pytest.mark.parametrize(
     "name",
     ["customer.subscription.updated__srm__1.json", "customer.subscription.created__sse__1.json"],
 )
 def test_a_subscription_reads_the_same_in_the_2020_and_basil_shapes(name: str) -> None:
     old = event(name)
-    basil = _as_basil_subscription(old)
+    basil = as_basil_subscription(old)
 
     assert only_fact(basil) == replace(only_fact(old), event_id=basil["id"])
 
@@ -290,37 +278,9 @@ def test_a_failed_invoice_payment() -> None:
     assert (fact.paid, fact.payment_failed, fact.status) == (False, True, "open")
 
 
-def _as_basil_invoice(payload: dict[str, Any]) -> dict[str, Any]:
-    """The same invoice event in the basil shape: subscription under `parent`, line prices under
-    `pricing.price_details`, no `paid`, `charge` or `payment_intent`."""
-    basil = copy.deepcopy(payload)
-    invoice = basil["data"]["object"]
-    for key in ("paid", "charge", "payment_intent"):
-        invoice.pop(key, None)
-    invoice["parent"] = {
-        "type": "subscription_details",
-        "subscription_details": {"subscription": invoice.pop("subscription"), "metadata": {}},
-    }
-    for line in invoice["lines"]["data"]:
-        price = line.pop("price")
-        line.pop("plan", None)
-        line["pricing"] = {
-            "type": "price_details",
-            "price_details": {"price": price["id"], "product": price["product"]},
-        }
-        line["parent"] = {
-            "type": "subscription_item_details",
-            "subscription_item_details": {
-                "subscription": line.pop("subscription"),
-                "subscription_item": line.pop("subscription_item"),
-            },
-        }
-    return basil
-
-
 def test_an_invoice_reads_the_same_in_the_2020_and_basil_shapes() -> None:
     old = event("invoice.paid__sse__1.json")
-    assert only_fact(_as_basil_invoice(old)) == only_fact(old)
+    assert only_fact(as_basil_invoice(old)) == only_fact(old)
 
 
 # --- Payments, refunds, disputes ----------------------------------------------------------------

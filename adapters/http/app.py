@@ -10,7 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from adapters.http.commands import connect_stripe, get_catalogue, put_catalogue
 from adapters.http.errors import GENERIC, ApiError, error_response
+from adapters.http.queries import get_permissions, get_subscriber
 from adapters.http.webhooks import receive_stripe_webhook
 
 log = logging.getLogger("entitlements.http")
@@ -29,6 +31,11 @@ async def healthz(request: Request) -> JSONResponse:
 def routes() -> list[Route]:
     return [
         Route("/v1/stripe/webhooks/{app_id}", receive_stripe_webhook, methods=["POST"]),
+        Route("/v1/connect_stripe", connect_stripe, methods=["POST"]),
+        Route("/v1/permissions", get_permissions, methods=["GET"]),
+        Route("/v1/subscriber", get_subscriber, methods=["GET"]),
+        Route("/v1/catalogue", get_catalogue, methods=["GET"]),
+        Route("/v1/catalogue", put_catalogue, methods=["PUT"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
 

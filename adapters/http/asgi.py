@@ -19,6 +19,7 @@ def create_app() -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        engine.follower.start_background()  # projections follow the log in this process
         yield
         engine.close()
 

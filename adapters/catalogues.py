@@ -1,0 +1,74 @@
+"""Each app's catalogue, held as events so every change is on record."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from pathlib import Path
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from adapters.eventstore import EventLog
+from domain.aggregates import AppCatalogue, catalogue_id
+from domain.catalogue import Catalogue, InvalidCatalogue
+
+
+class Catalogues:
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self._cache: dict[str, tuple[int, Catalogue]] = {}
+        self._lock = threading.Lock()
+
+    def current(self, app_id: str) -> Catalogue:
+        """The app's catalogue; re-read only when another process or thread replaced it."""
+        version = self.log.last_version(catalogue_id(app_id))
+        if version is None:
+            return Catalogue()
+        cached = self._cache.get(app_id)
+        if cached and cached[0] == version:
+            return cached[1]
+        aggregate = self.log.repository.get(catalogue_id(app_id))
+        catalogue = Catalogue.from_json(json.loads(aggregate.catalogue))
+        self._cache[app_id] = (aggregate.version, catalogue)
+        return catalogue
+
+    def replace(self, app_id: str, catalogue: Catalogue) -> bool:
+        """Record the new catalogue; False (and nothing written) when it is unchanged."""
+        with self._lock:
+            try:
+                aggregate = self.log.repository.get(catalogue_id(app_id))
+            except AggregateNotFoundError:
+                aggregate = AppCatalogue(app_id)
+            text = json.dumps(catalogue.to_json(), sort_keys=True)
+            if aggregate.version > 1 and aggregate.catalogue == text:
+                return False
+            aggregate.replace(text)
+            self.log.save(aggregate)
+            return True
+
+    def seed(self, app_id: str, path: Path) -> None:
+        """Load an app's initial catalogue from its configured file, once, if it has none."""
+        if self.log.last_version(catalogue_id(app_id)) is None:
+            with contextlib.suppress(IntegrityError):  # another process seeded it first
+                self.replace(app_id, load_catalogue_file(path))
+
+
+def load_catalogue_file(path: Path) -> Catalogue:
+    """A catalogue document in JSON or TOML (by file extension)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InvalidCatalogue(f"cannot read {path}: {error}") from error
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            doc = tomllib.loads(text)
+        else:
+            doc = json.loads(text)
+    except ValueError as error:
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise InvalidCatalogue(f"{path}: not valid {kind}: {error}") from error
+    return Catalogue.from_json(doc)

@@ -1,0 +1,50 @@
+"""POST /v1/connect_stripe and GET/PUT /v1/catalogue."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from adapters.http.auth import authenticated_app
+from adapters.http.errors import bad_request
+from adapters.http.params import json_body, required_text
+from domain.catalogue import Catalogue, InvalidCatalogue
+
+
+async def connect_stripe(request: Request) -> JSONResponse:
+    app = authenticated_app(request)
+    engine = request.app.state.engine
+    body = await json_body(request, engine.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    customid = required_text(body.get("customid"), "customid")
+    customer_id = required_text(body.get("customerid"), "customerid")
+    if not customer_id.startswith("cus_"):
+        raise bad_request("'customerid' must be a Stripe customer id (cus_...)")
+    changed = await run_in_threadpool(engine.linker.link, app.app_id, customid, customer_id)
+    return JSONResponse(
+        {"status": 200, "customid": customid, "customerid": customer_id, "changed": changed}
+    )
+
+
+async def get_catalogue(request: Request) -> JSONResponse:
+    app = authenticated_app(request)
+    catalogues = request.app.state.engine.catalogues
+    catalogue = await run_in_threadpool(catalogues.current, app.app_id)
+    return JSONResponse(catalogue.to_json())
+
+
+async def put_catalogue(request: Request) -> JSONResponse:
+    app = authenticated_app(request)
+    engine = request.app.state.engine
+    catalogue = parse_catalogue(await json_body(request, engine.settings.max_body_bytes))
+    changed = await run_in_threadpool(engine.catalogues.replace, app.app_id, catalogue)
+    return JSONResponse({**catalogue.to_json(), "changed": changed})
+
+
+def parse_catalogue(doc: object) -> Catalogue:
+    try:
+        return Catalogue.from_json(doc)
+    except InvalidCatalogue as error:
+        raise bad_request(f"invalid catalogue: {error}") from error

@@ -1,0 +1,52 @@
+"""Query and body parameters: parsed once, refused with Glassfy's 1010 when invalid."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+
+from adapters.http.errors import bad_request
+
+MAX_ID_LENGTH = 255
+
+
+def required_text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"missing parameter {name!r}")
+    if len(value) > MAX_ID_LENGTH:
+        raise bad_request(f"{name!r} is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def instant(value: str | None, name: str, default: float | None = None) -> float | None:
+    """An instant given as ISO 8601 (naive = UTC) or epoch seconds."""
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise bad_request(f"{name!r} must be an ISO 8601 time or epoch seconds") from error
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def flag(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+async def json_body(request: Request, max_bytes: int) -> Any:
+    from adapters.http.body import read_limited
+
+    body = await read_limited(request, max_bytes)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise bad_request(f"malformed JSON body: {error}") from error

@@ -1,0 +1,42 @@
+"""Linking a Stripe customer to an app user id (Glassfy's connect_stripe)."""
+
+from __future__ import annotations
+
+from adapters.appending import next_in_history, save_retrying
+from adapters.eventstore import EventLog
+from domain.aggregates import Buyer
+from projections.buyer_facts import CONNECT, claims_of, link_of_buyer
+from projections.follower import Follower
+
+
+class Linker:
+    def __init__(self, log: EventLog, follower: Follower) -> None:
+        self.log = log
+        self.follower = follower
+        self.views = follower.store
+
+    def link(self, app_id: str, customid: str, customer_id: str) -> bool:
+        """Record the link; relinking to another customid is a transfer, on record with the
+        previous owner. False (nothing written) when that exact link already stands."""
+        self.follower.catch_up_if_behind()
+        with self.views.transaction() as cursor:
+            previous = link_of_buyer(cursor, app_id, customer_id)
+            explicit = [c for c in claims_of(cursor, app_id, customer_id) if c.source == CONNECT]
+        if explicit and max(explicit, key=lambda c: c.position).customid == customid:
+            return False
+
+        def build() -> list:
+            registration, bid, version = next_in_history(self.log, app_id, customer_id)
+            linked = Buyer.CustomidLinked(
+                originator_id=bid,
+                originator_version=version,
+                timestamp=Buyer.Event.create_timestamp(),
+                customid=customid,
+                previous_customid=previous,
+                source=CONNECT,
+            )
+            return [*registration, linked]
+
+        save_retrying(self.log, build, already_done=lambda: False)
+        self.follower.poke()
+        return True

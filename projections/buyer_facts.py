@@ -1,0 +1,274 @@
+"""The buyer-facts read model: each buyer's facts, and which app user (customid) each buyer is.
+
+It follows the event log (see `projections/follower.py`). For every recorded Stripe event it stores
+the version-neutral facts the Stripe adapter reads from the raw body, so that queries never parse
+Stripe JSON; for every customid claim (metadata, client_reference_id, connect_stripe) it stores the
+claim, and from the claims it keeps each buyer's current link. Subscriptions, purchases and
+permissions are then derived from these facts at the instant asked (`projections/entitlements.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.stripe.facts import facts_from_event, line_items_from_stripe
+from domain.aggregates import Buyer
+from domain.facts import CheckoutCompleted, Fact, fact_from_dict
+from projections.store import Cursor
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS buyer_facts (
+        app_id TEXT NOT NULL, buyer_key TEXT NOT NULL, position BIGINT NOT NULL,
+        seq INTEGER NOT NULL, event_id TEXT NOT NULL, at BIGINT NOT NULL,
+        recorded_at DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
+        PRIMARY KEY (app_id, buyer_key, position, seq))""",
+    """CREATE TABLE IF NOT EXISTS customid_claims (
+        app_id TEXT NOT NULL, buyer_key TEXT NOT NULL, position BIGINT NOT NULL,
+        customid TEXT NOT NULL, source TEXT NOT NULL, at BIGINT NOT NULL, event_id TEXT NOT NULL,
+        PRIMARY KEY (app_id, buyer_key, position, customid, source))""",
+    """CREATE TABLE IF NOT EXISTS buyer_links (
+        buyer_uuid TEXT PRIMARY KEY, app_id TEXT NOT NULL, buyer_key TEXT NOT NULL,
+        customid TEXT)""",
+    "CREATE INDEX IF NOT EXISTS buyer_links_customid ON buyer_links (app_id, customid)",
+    "CREATE INDEX IF NOT EXISTS buyer_links_key ON buyer_links (app_id, buyer_key)",
+]
+
+CUSTOMID_PREFIX = "customid:"
+PAYMENT_PREFIX = "payment:"
+
+# A claim's source, strongest first: an explicit link beats the buyer's own key, which beats
+# metadata found on Stripe objects.
+CONNECT, KEY, METADATA = "connect_stripe", "buyer_key", "metadata"
+
+
+@dataclass(frozen=True)
+class BuyerRow:
+    """A buyer as the read model knows it."""
+
+    uuid: str
+    app_id: str
+    buyer_key: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    customid: str
+    source: str
+    at: int
+    event_id: str
+    position: int
+
+
+@dataclass(frozen=True)
+class StoredFact:
+    fact: Fact
+    buyer_key: str
+    recorded_at: float
+    position: int
+
+
+class BuyerFactsProjection:
+    """Turns domain events into rows; called by the follower inside one transaction."""
+
+    name = "buyer_facts"
+
+    def create_tables(self, cursor: Cursor) -> None:
+        for statement in SCHEMA:
+            cursor.execute(statement)
+
+    def apply(self, cursor: Cursor, position: int, event: Any) -> None:
+        if isinstance(event, Buyer.Created):
+            self._register(cursor, event)
+        elif isinstance(event, Buyer.StripeEventRecorded):
+            self._record_facts(cursor, position, event)
+        elif isinstance(event, Buyer.CustomidLinked):
+            buyer = self._buyer(cursor, event.originator_id)
+            claim = Claim(event.customid, CONNECT, 0, f"link:{position}", position)
+            self._claim(cursor, buyer, claim)
+        elif isinstance(event, Buyer.LineItemsResolved):
+            self._resolve_line_items(cursor, event)
+
+    def _register(self, cursor: Cursor, event: Buyer.Created) -> None:
+        cursor.execute(
+            "INSERT INTO buyer_links (buyer_uuid, app_id, buyer_key, customid) "
+            "VALUES (?, ?, ?, NULL) ON CONFLICT DO NOTHING",
+            (str(event.originator_id), event.app_id, event.buyer_key),
+        )
+        if event.buyer_key.startswith(CUSTOMID_PREFIX):
+            customid = event.buyer_key.removeprefix(CUSTOMID_PREFIX)
+            buyer = BuyerRow(str(event.originator_id), event.app_id, event.buyer_key)
+            self._claim(cursor, buyer, Claim(customid, KEY, 0, "", 0))
+
+    def _record_facts(
+        self, cursor: Cursor, position: int, event: Buyer.StripeEventRecorded
+    ) -> None:
+        buyer = self._buyer(cursor, event.originator_id)
+        facts = facts_from_event(json.loads(event.raw))
+        cursor.executemany(
+            "INSERT INTO buyer_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [
+                (
+                    buyer.app_id,
+                    buyer.buyer_key,
+                    position,
+                    seq,
+                    fact.event_id,
+                    fact.at,
+                    event.received_at,
+                    fact.kind,
+                    json.dumps(fact.to_dict()),
+                )
+                for seq, fact in enumerate(facts)
+            ],
+        )
+        for customid in _claimed_customids(facts):
+            claim = Claim(customid, METADATA, event.stripe_created, event.stripe_event_id, position)
+            self._claim(cursor, buyer, claim)
+
+    def _resolve_line_items(self, cursor: Cursor, event: Buyer.LineItemsResolved) -> None:
+        """Fill in the products of a checkout once fetched from Stripe (a read model may be
+        updated: it is derived data; the log keeps both the checkout and the fetched items)."""
+        buyer = self._buyer(cursor, event.originator_id)
+        lines = line_items_from_stripe(json.loads(event.line_items))
+        cursor.execute(
+            "SELECT position, seq, body FROM buyer_facts "
+            "WHERE app_id = ? AND buyer_key = ? AND kind = ?",
+            (buyer.app_id, buyer.buyer_key, CheckoutCompleted.kind),
+        )
+        for position, seq, body in cursor.fetchall():
+            fact = fact_from_dict(json.loads(body))
+            if isinstance(fact, CheckoutCompleted) and fact.session_id == event.session_id:
+                resolved = {**fact.to_dict(), "lines": [vars(line) for line in lines]}
+                cursor.execute(
+                    "UPDATE buyer_facts SET body = ? WHERE app_id = ? AND buyer_key = ? "
+                    "AND position = ? AND seq = ?",
+                    (json.dumps(resolved), buyer.app_id, buyer.buyer_key, position, seq),
+                )
+
+    def _buyer(self, cursor: Cursor, originator_id: Any) -> BuyerRow:
+        cursor.execute(
+            "SELECT app_id, buyer_key FROM buyer_links WHERE buyer_uuid = ?", (str(originator_id),)
+        )
+        row = cursor.fetchone()
+        if row is None:
+            raise LookupError(f"buyer {originator_id} has events but no registration")
+        return BuyerRow(str(originator_id), row[0], row[1])
+
+    def _claim(self, cursor: Cursor, buyer: BuyerRow, claim: Claim) -> None:
+        cursor.execute(
+            "INSERT INTO customid_claims VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                buyer.app_id,
+                buyer.buyer_key,
+                claim.position,
+                claim.customid,
+                claim.source,
+                claim.at,
+                claim.event_id,
+            ),
+        )
+        linked = resolve_link(claims_of(cursor, buyer.app_id, buyer.buyer_key))
+        cursor.execute(
+            "UPDATE buyer_links SET customid = ? WHERE buyer_uuid = ?", (linked, buyer.uuid)
+        )
+
+
+def _claimed_customids(facts: Iterable[Fact]) -> set[str]:
+    claimed = set()
+    for fact in facts:
+        for name in ("customid", "client_reference_id"):
+            value = getattr(fact, name, None)
+            if isinstance(value, str) and value:
+                claimed.add(value)
+    return claimed
+
+
+def resolve_link(claims: list[Claim]) -> str | None:
+    """Which customid a buyer belongs to, from its claims, whatever order they arrived in.
+
+    The latest explicit link (connect_stripe; a relink is a transfer) wins; else the buyer's own
+    key (a guest buyer keyed by customid); else the earliest metadata claim by Stripe's clock.
+    Disagreeing claims are not resolved silently: `conflicts` reports them.
+    """
+    connects = [c for c in claims if c.source == CONNECT]
+    if connects:
+        return max(connects, key=lambda c: c.position).customid
+    keys = [c for c in claims if c.source == KEY]
+    if keys:
+        return keys[0].customid
+    metadata = [c for c in claims if c.source == METADATA]
+    if metadata:
+        return min(metadata, key=lambda c: (c.at, c.event_id)).customid
+    return None
+
+
+def conflicts(claims: list[Claim]) -> list[Claim]:
+    """The metadata claims that disagree with the buyer's link (empty when all agree)."""
+    linked = resolve_link(claims)
+    return [c for c in claims if c.source == METADATA and c.customid != linked]
+
+
+def claims_of(cursor: Cursor, app_id: str, buyer_key: str) -> list[Claim]:
+    cursor.execute(
+        "SELECT customid, source, at, event_id, position FROM customid_claims "
+        "WHERE app_id = ? AND buyer_key = ? ORDER BY position",
+        (app_id, buyer_key),
+    )
+    return [Claim(*row) for row in cursor.fetchall()]
+
+
+def buyers_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[str]:
+    cursor.execute(
+        "SELECT buyer_key FROM buyer_links WHERE app_id = ? AND customid = ? ORDER BY buyer_key",
+        (app_id, customid),
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def link_of_buyer(cursor: Cursor, app_id: str, buyer_key: str) -> str | None:
+    cursor.execute(
+        "SELECT customid FROM buyer_links WHERE app_id = ? AND buyer_key = ?", (app_id, buyer_key)
+    )
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def facts_of_buyers(cursor: Cursor, app_id: str, buyer_keys: list[str]) -> list[StoredFact]:
+    if not buyer_keys:
+        return []
+    marks = ", ".join("?" for _ in buyer_keys)
+    cursor.execute(
+        "SELECT buyer_key, body, recorded_at, position FROM buyer_facts "
+        f"WHERE app_id = ? AND buyer_key IN ({marks}) ORDER BY position, seq",
+        (app_id, *buyer_keys),
+    )
+    return [
+        StoredFact(fact_from_dict(json.loads(body)), key, recorded_at, position)
+        for key, body, recorded_at, position in cursor.fetchall()
+    ]
+
+
+def facts_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[StoredFact]:
+    """The facts of every buyer linked to `customid`, plus those of guest payments they made
+    (a dispute or refund on a charge names no customer, so it lands on the payment's history)."""
+    buyers = buyers_of_customid(cursor, app_id, customid)
+    facts = facts_of_buyers(cursor, app_id, buyers)
+    refs = {ref for stored in facts for ref in _payment_refs(stored.fact)}
+    payments = sorted(f"{PAYMENT_PREFIX}{ref}" for ref in refs)
+    guests = [
+        key for key in payments if key not in buyers and _unclaimed(cursor, app_id, key, customid)
+    ]
+    return facts + facts_of_buyers(cursor, app_id, guests)
+
+
+def _payment_refs(fact: Fact) -> list[str]:
+    refs = (getattr(fact, "payment_intent_id", None), getattr(fact, "charge_id", None))
+    return [ref for ref in refs if isinstance(ref, str)]
+
+
+def _unclaimed(cursor: Cursor, app_id: str, buyer_key: str, customid: str) -> bool:
+    linked = link_of_buyer(cursor, app_id, buyer_key)
+    return linked is None or linked == customid

@@ -1,0 +1,86 @@
+"""Subscriptions, purchases and permissions of an app user, derived at the instant asked.
+
+Validity depends on the instant (a period ends, a grace period runs out), so these are never
+frozen at write time: they are derived from the buyer-facts read model by the pure rules in
+`domain/rules.py`, at `at` (default now), from the facts recorded by `known_at` (default all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapters.catalogues import Catalogues
+from adapters.config import AppConfig
+from domain.rules import Derivation, PermissionStatus, derive
+from projections.buyer_facts import (
+    Claim,
+    buyers_of_customid,
+    claims_of,
+    conflicts,
+    facts_of_customid,
+)
+from projections.follower import Follower
+from projections.store import ViewStore
+
+
+@dataclass(frozen=True)
+class LinkedCustomer:
+    buyer_key: str
+    claims: tuple[Claim, ...]
+    conflicts: tuple[Claim, ...]
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    customid: str
+    customers: tuple[LinkedCustomer, ...]
+    derivation: Derivation
+
+
+class Entitlements:
+    def __init__(
+        self,
+        store: ViewStore,
+        follower: Follower,
+        catalogues: Catalogues,
+        apps: dict[str, AppConfig],
+        catch_up_on_read: bool = True,
+    ) -> None:
+        self.store = store
+        self.follower = follower
+        self.catalogues = catalogues
+        self.apps = apps
+        self.catch_up_on_read = catch_up_on_read
+
+    def permissions(
+        self, app_id: str, customid: str, at: int, known_at: float | None = None
+    ) -> tuple[PermissionStatus, ...]:
+        return self.derivation(app_id, customid, at, known_at).permissions
+
+    def derivation(
+        self, app_id: str, customid: str, at: int, known_at: float | None = None
+    ) -> Derivation:
+        self._fresh()
+        with self.store.transaction() as cursor:
+            stored = facts_of_customid(cursor, app_id, customid)
+        facts = [s.fact for s in stored if known_at is None or s.recorded_at <= known_at]
+        catalogue = self.catalogues.current(app_id)
+        return derive(facts, catalogue, self.apps[app_id].policy, at)
+
+    def subscriber(self, app_id: str, customid: str, at: int) -> Subscriber | None:
+        """None when no Stripe customer or payment was ever linked to `customid`."""
+        self._fresh()
+        with self.store.transaction() as cursor:
+            keys = buyers_of_customid(cursor, app_id, customid)
+            customers = tuple(self._customer(cursor, app_id, key) for key in keys)
+        if not customers:
+            return None
+        return Subscriber(customid, customers, self.derivation(app_id, customid, at))
+
+    def _customer(self, cursor, app_id: str, buyer_key: str) -> LinkedCustomer:
+        claims = claims_of(cursor, app_id, buyer_key)
+        return LinkedCustomer(buyer_key, tuple(claims), tuple(conflicts(claims)))
+
+    def _fresh(self) -> None:
+        if self.catch_up_on_read:
+            self.follower.catch_up_if_behind()

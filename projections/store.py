@@ -1,0 +1,126 @@
+"""Where read models live: a small SQL store on SQLite or PostgreSQL.
+
+Read models are derived data: they can be dropped and rebuilt from the event log at any time.
+On SQLite they sit in their own file beside the event log (`x.sqlite` -> `x.views.sqlite`), so
+that projecting never waits for the webhook writer's lock; on PostgreSQL they are tables in the
+same database and schema as the event log. SQL is written once, with `?` placeholders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from adapters.eventstore import sqlite_path
+
+Row = tuple[Any, ...]
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
+    def fetchall(self) -> list[Row]: ...
+    def fetchone(self) -> Row | None: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+
+class ViewStore(Protocol):
+    def transaction(self) -> contextlib.AbstractContextManager[Cursor]: ...
+    def close(self) -> None: ...
+
+
+class SQLiteViewStore:
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._lock = threading.RLock()  # one connection, shared by this process's threads
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self._lock:
+            cursor = self._conn.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield cursor
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _PostgresCursor:
+    """Adapts `?` placeholders to psycopg's `%s`."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._cursor.execute(sql.replace("?", "%s"), params)
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any:
+        return self._cursor.executemany(sql.replace("?", "%s"), params)
+
+    def fetchall(self) -> list[Row]:
+        return self._cursor.fetchall()
+
+    def fetchone(self) -> Row | None:
+        return self._cursor.fetchone()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+
+class PostgresViewStore:
+    def __init__(self, database_url: str, max_size: int = 5) -> None:
+        from psycopg_pool import ConnectionPool
+
+        conninfo, schema = _split_schema(database_url)
+        options = f"-c search_path={schema}" if schema else None
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"options": options} if options else {},
+            open=True,
+        )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield _PostgresCursor(cursor)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _split_schema(database_url: str) -> tuple[str, str | None]:
+    parts = urlsplit(database_url)
+    schema = parse_qs(parts.query).get("schema", [None])[0]
+    scheme = "postgresql"
+    return urlunsplit((scheme, parts.netloc, parts.path, "", "")), schema
+
+
+def open_view_store(database_url: str) -> ViewStore:
+    if database_url.startswith("sqlite:"):
+        path = sqlite_path(database_url)
+        return SQLiteViewStore(path if path == ":memory:" else _views_path(path))
+    return PostgresViewStore(database_url)
+
+
+def _views_path(events_path: str) -> str:
+    path = Path(events_path)
+    return str(path.with_name(f"{path.stem}.views{path.suffix or '.sqlite'}"))
