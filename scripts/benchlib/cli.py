@@ -1,0 +1,334 @@
+"""`scripts/bench`: run W1, W2 and W3 on SQLite and/or PostgreSQL beside same-run floors."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import shutil
+import time
+from pathlib import Path
+
+from benchlib import workloads
+from benchlib.events import build_stream
+from benchlib.loadgen import LoadResult, have_wrk
+from benchlib.report import Row, machine_info, markdown_table, table, write_json
+from benchlib.servers import PROJECT_ROOT
+from benchlib.storage import ThrowawayPostgres, server_version
+from benchlib.workloads import Bench, EngineRun, say
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmark the engine (W1 ingest over HTTP, W2 ingest in process, W3 "
+        "permission queries) beside floors measured in the same run; print one table and "
+        "write a JSON file. See docs/benchmarks.md.",
+    )
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--postgres-url",
+        help="PostgreSQL server to use (a database is created "
+        "per measurement); default: start a throwaway one",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per measurement (default 10)"
+    )
+    parser.add_argument(
+        "--customers",
+        type=int,
+        default=6000,
+        help="simulated customers, 5-7 events each (default 6000)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=64,
+        help="concurrent connections of the closed-loop runs (default 64)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes, engine and floors alike (default 1)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=500.0,
+        help="webhooks/s offered in W1's fixed-rate run (default 500)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also run W2 under cProfile and print the top costs"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="JSON results file (default bench-results/bench-<date>.json)"
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (databases, logs, request files)",
+    )
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="also print the table as Markdown (for docs/benchmarks.md)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    results_dir = PROJECT_ROOT / "bench-results"
+    work = results_dir / f"work-{stamp}"
+    work.mkdir(parents=True)
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    say(f"building {args.customers} customers' lifecycles from the fixtures")
+    bench = Bench(
+        build_stream(PROJECT_ROOT, args.customers),
+        work,
+        args.duration,
+        args.connections,
+        args.workers,
+        args.rate,
+        args.profile,
+    )
+    say(
+        f"{len(bench.stream.bodies)} events, mean body "
+        f"{sum(map(len, bench.stream.bodies)) / len(bench.stream.bodies):,.0f} bytes"
+    )
+    started = time.monotonic()
+    versions: dict[str, str] = {}
+    with contextlib.ExitStack() as cleanup:
+        if not args.keep:
+            cleanup.callback(shutil.rmtree, work, True)
+        workloads.measure_ceiling(bench)
+        for backend in backends:
+            if backend == "postgres":
+                bench.postgres_url = args.postgres_url or _throwaway(cleanup, work)
+                versions[backend] = server_version(bench.postgres_url)
+            else:
+                versions[backend] = server_version("sqlite:")
+            run_backend(bench, backend)
+    document = _document(args, bench, versions, time.monotonic() - started)
+    out = args.out or results_dir / f"bench-{stamp}.json"
+    write_json(out, document)
+    print()
+    print(_ceiling_line(bench))
+    print(table(bench.rows))
+    if args.markdown:
+        print()
+        print(markdown_table(bench.rows))
+    print(f"\nresults: {out}")
+    return 0
+
+
+def _throwaway(cleanup: contextlib.ExitStack, work: Path) -> str:
+    say("starting a throwaway PostgreSQL (scripts/postgres-throwaway)")
+    server = ThrowawayPostgres(PROJECT_ROOT, work / "postgres")
+    cleanup.callback(server.close)
+    return server.start()
+
+
+def run_backend(bench: Bench, backend: str) -> None:
+    naive = workloads.w1_floor(bench, backend, "naive", fixed_rate=True)
+    group = workloads.w1_floor(bench, backend, "group", fixed_rate=False)
+    engine = workloads.w1_engine(bench, backend)
+    w2 = workloads.w2(bench, backend)
+    bench.raw.setdefault("backends", {})[backend] = {
+        "w1": {
+            "naive_floor": {k: v.as_dict() for k, v in naive.items()},
+            "group_floor": {k: v.as_dict() for k, v in group.items()},
+            "engine": {
+                "closed": engine.closed.as_dict(),
+                "paced": engine.paced.as_dict(),
+                "events_sent": engine.sent,
+                "pool_exhausted": engine.exhausted,
+            },
+        },
+        "w2": {k: v.as_dict() for k, v in w2.items()},
+        "w3": {"status": engine.w3_status, "engine": engine.w3.as_dict() if engine.w3 else None},
+    }
+    bench.rows += w1_rows(bench, backend, naive, group, engine)
+    bench.rows += w2_rows(backend, w2)
+    bench.rows += w3_rows(bench, backend, engine)
+
+
+def w1_rows(
+    bench: Bench,
+    backend: str,
+    naive: dict[str, LoadResult],
+    group: dict[str, LoadResult],
+    engine: EngineRun,
+) -> list[Row]:
+    e, n, g, ep, np_ = engine.closed, naive["closed"], group["closed"], engine.paced, naive["paced"]
+    note = _errors_note(e) + (" pool exhausted: raise --customers" if engine.exhausted else "")
+    cpu = f"server CPU {_pct(e.server_cpu)} vs {_pct(n.server_cpu)}"
+    by_naive = e.rate >= n.rate and (backend != "sqlite" or e.rate >= 2000)
+    rate_bar = ">=1.0x & >=2,000/s" if backend == "sqlite" else ">=1.0x"
+    c = bench.connections
+    return [
+        Row(
+            "W1",
+            backend,
+            f"webhooks/s, {c} conns",
+            e.rate,
+            "naive insert/request",
+            n.rate,
+            bar=rate_bar,
+            meets=by_naive,
+            note=f"{cpu}{note}",
+        ),
+        Row(
+            "W1",
+            backend,
+            f"webhooks/s, {c} conns",
+            e.rate,
+            "group-commit insert",
+            g.rate,
+            bar=">=0.8x (moonshot)",
+            meets=e.rate >= 0.8 * g.rate,
+            note=f"server CPU {_pct(e.server_cpu)} vs {_pct(g.server_cpu)}",
+        ),
+        Row(
+            "W1",
+            backend,
+            "p50 ms, closed loop",
+            e.p50_ms,
+            "naive insert/request",
+            n.p50_ms,
+            higher_is_better=False,
+        ),
+        Row(
+            "W1",
+            backend,
+            "p99 ms, closed loop",
+            e.p99_ms,
+            "naive insert/request",
+            n.p99_ms,
+            higher_is_better=False,
+        ),
+        Row(
+            "W1",
+            backend,
+            f"p99 ms at {bench.rate:.0f}/s offered",
+            ep.p99_ms,
+            f"naive at {bench.rate:.0f}/s",
+            np_.p99_ms,
+            higher_is_better=False,
+            bar="<50 ms",
+            meets=ep.p99_ms < 50 and ep.ok >= 0.99 * bench.rate * bench.seconds,
+            note=_errors_note(ep).strip(),
+        ),
+    ]
+
+
+def w2_rows(backend: str, w2: dict) -> list[Row]:
+    engine, floor = w2["engine"], w2["floor"]
+    note = "pool exhausted: raise --customers" if engine.exhausted else ""
+    return [
+        Row(
+            "W2",
+            backend,
+            "events/s, in process",
+            engine.rate,
+            "verify + insert loop",
+            floor.rate,
+            note=note,
+        ),
+        Row(
+            "W2",
+            backend,
+            "p99 ms per event",
+            engine.p99_ms,
+            "verify + insert loop",
+            floor.p99_ms,
+            higher_is_better=False,
+        ),
+    ]
+
+
+def w3_rows(bench: Bench, backend: str, engine: EngineRun) -> list[Row]:
+    floor = bench.ceiling["bare_get"]
+    if engine.w3 is None:
+        return [
+            Row(
+                "W3",
+                backend,
+                "queries/s",
+                None,
+                "bare GET fixed JSON",
+                floor.rate,
+                bar=">=0.7x",
+                note="GET /v1/permissions not available",
+            )
+        ]
+    q = engine.w3
+    return [
+        Row(
+            "W3",
+            backend,
+            "queries/s",
+            q.rate,
+            "bare GET fixed JSON",
+            floor.rate,
+            bar=">=0.7x",
+            meets=q.rate >= 0.7 * floor.rate,
+            note=_errors_note(q).strip(),
+        ),
+        Row(
+            "W3",
+            backend,
+            "p99 ms",
+            q.p99_ms,
+            "bare GET fixed JSON",
+            floor.p99_ms,
+            higher_is_better=False,
+        ),
+    ]
+
+
+def _pct(share: float | None) -> str:
+    return "?" if share is None else f"{share:.0%}"
+
+
+def _errors_note(result: LoadResult) -> str:
+    if not (result.non2xx or result.errors):
+        return ""
+    return f" non-2xx {result.non2xx}, socket errors {result.errors}"
+
+
+def _ceiling_line(bench: Bench) -> str:
+    get, post = bench.ceiling["bare_get"], bench.ceiling["bare_post"]
+    tool = "wrk (1 thread)" if have_wrk() else "asyncio client"
+    return (
+        f"load generator: {tool}, {bench.connections} connections; against a bare Starlette "
+        f"app ({bench.workers} worker): GET {get.rate:,.0f}/s (generator at "
+        f"{get.client_cpu:.0%} of a core), POST 4.5 KB {post.rate:,.0f}/s "
+        f"({post.client_cpu:.0%} of a core)"
+    )
+
+
+def _document(
+    args: argparse.Namespace, bench: Bench, versions: dict[str, str], elapsed: float
+) -> dict:
+    return {
+        "machine": {**machine_info(), "backends": versions},
+        "settings": {
+            "duration_s": args.duration,
+            "customers": args.customers,
+            "events": len(bench.stream.bodies),
+            "lifecycles": bench.stream.lifecycles,
+            "mean_body_bytes": round(sum(map(len, bench.stream.bodies)) / len(bench.stream.bodies)),
+            "connections": args.connections,
+            "workers": args.workers,
+            "fixed_rate": args.rate,
+            "load_generator": "wrk" if have_wrk() else "asyncio-client",
+            "elapsed_s": round(elapsed, 1),
+        },
+        "rows": [r.as_dict() for r in bench.rows],
+        "load_generator_ceiling": bench.raw.get("ceiling"),
+        "runs": bench.raw.get("backends"),
+        "profiles": bench.raw.get("profiles"),
+    }

@@ -1,0 +1,215 @@
+"""W1 (ingest over HTTP), W2 (ingest in process) and W3 (permission queries), each beside its
+floor measured in the same run, on one backend at a time."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from benchlib import inprocess
+from benchlib.events import Stream
+from benchlib.loadgen import (
+    LoadResult,
+    get_request,
+    post_request,
+    run_client,
+    run_closed,
+    write_records,
+)
+from benchlib.report import Row
+from benchlib.servers import Server, engine_config, start_engine, start_floor
+from benchlib.storage import fresh_postgres_database, sqlite_url
+
+APP_ID = "bench"
+SECRET = "whsec_bench_secret_not_for_production"
+API_KEY = "bench-rest-key"
+WEBHOOK_PATH = f"/v1/stripe/webhooks/{APP_ID}"
+FLOOR_POOL = 5000  # floors store bodies without a uniqueness check: they may cycle through these
+WARMUP_SECONDS = 2.0
+W3_QUERIES = 5000
+PACED_CONNECTIONS = 256  # enough that a stalled server never holds back the fixed rate
+
+
+@dataclass
+class Bench:
+    """Everything one run shares: options, events, where files go, what was measured."""
+
+    stream: Stream
+    work: Path
+    seconds: float
+    connections: int
+    workers: int
+    rate: float
+    profile: bool
+    postgres_url: str | None = None
+    rows: list[Row] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+    ceiling: dict[str, LoadResult] = field(default_factory=dict)
+
+    def fresh_database(self, backend: str, name: str) -> str:
+        if backend == "sqlite":
+            path = self.work / f"{name}.sqlite"
+            for leftover in self.work.glob(f"{name}.*sqlite*"):
+                leftover.unlink()
+            return sqlite_url(path)
+        assert self.postgres_url, "no PostgreSQL server"
+        return fresh_postgres_database(self.postgres_url, f"bench_{name}")
+
+    def post_records(self, name: str, start: int, count: int) -> Path:
+        signed = self.stream.signed(start, count, SECRET)
+        requests = (post_request(WEBHOOK_PATH, sig, body) for sig, body in signed)
+        return write_records(self.work / f"{name}.records", requests)
+
+    def log(self, name: str) -> Path:
+        return self.work / f"{name}.log"
+
+
+def closed(
+    server: Server, records: Path, seconds: float, connections: int, once: bool = False
+) -> LoadResult:
+    """A closed-loop run, with the server's CPU use over it."""
+    before = server.cpu_seconds()
+    result = run_closed(server.base_url, records, seconds, connections, once)
+    result.server_cpu = (server.cpu_seconds() - before) / result.seconds
+    return result
+
+
+def paced(server: Server, records: Path, seconds: float, rate: float) -> LoadResult:
+    """A fixed-rate run (open loop), with the server's CPU use over it."""
+    before = server.cpu_seconds()
+    result = run_client(server.base_url, records, seconds, PACED_CONNECTIONS, rate)
+    result.server_cpu = (server.cpu_seconds() - before) / result.seconds
+    return result
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- The load generator's ceiling (also W3's floor) --------------------------------------------
+
+
+def measure_ceiling(bench: Bench) -> None:
+    say("load generator ceiling: bare GET and bare POST on an empty Starlette app")
+    with start_floor("bare", "", SECRET, bench.workers, bench.log("bare")) as server:
+        get = write_records(bench.work / "bare-get.records", [get_request("/bare")])
+        signed = bench.stream.signed(0, 1000, SECRET)
+        post = write_records(
+            bench.work / "bare-post.records", (post_request("/bare", s, b) for s, b in signed)
+        )
+        closed(server, get, WARMUP_SECONDS, bench.connections)
+        bench.ceiling["bare_get"] = closed(server, get, bench.seconds, bench.connections)
+        bench.ceiling["bare_post"] = closed(server, post, bench.seconds, bench.connections)
+    bench.raw["ceiling"] = {k: v.as_dict() for k, v in bench.ceiling.items()}
+
+
+# --- W1 floors -----------------------------------------------------------------------------------
+
+
+def w1_floor(bench: Bench, backend: str, mode: str, fixed_rate: bool) -> dict[str, LoadResult]:
+    say(f"W1 {backend}: {mode} floor")
+    database = bench.fresh_database(backend, f"floor_{mode}")
+    log = bench.log(f"floor-{mode}-{backend}")
+    with start_floor(mode, database, SECRET, bench.workers, log) as server:
+        records = bench.post_records(f"floor-{mode}", 0, FLOOR_POOL)
+        closed(server, records, WARMUP_SECONDS, bench.connections)
+        out = {"closed": closed(server, records, bench.seconds, bench.connections)}
+        if fixed_rate:
+            out["paced"] = paced(server, records, bench.seconds, bench.rate)
+    return out
+
+
+# --- W1 and W3 on the engine ---------------------------------------------------------------------
+
+
+@dataclass
+class EngineRun:
+    closed: LoadResult
+    paced: LoadResult
+    exhausted: bool
+    sent: int
+    w3: LoadResult | None
+    w3_status: str
+
+
+def w1_engine(bench: Bench, backend: str) -> EngineRun:
+    say(f"W1 {backend}: entitlements serve")
+    database = bench.fresh_database(backend, "engine_w1")
+    config = engine_config(bench.work / f"engine-{backend}.toml", database, APP_ID, SECRET, API_KEY)
+    with start_engine(config, bench.workers, bench.log(f"engine-{backend}")) as server:
+        cursor = _send_once(bench, server, 0, 2000, WARMUP_SECONDS)[1]
+        available = len(bench.stream.bodies) - cursor - int(bench.rate * bench.seconds) - 1000
+        if available < 1000:
+            raise SystemExit("too few events for --duration and --rate: raise --customers")
+        loop, cursor = _send_once(bench, server, cursor, available, bench.seconds)
+        exhausted = loop.ok + loop.non2xx + loop.errors >= available - bench.connections
+        say(f"W1 {backend}: entitlements serve at {bench.rate:.0f}/s offered")
+        count = int(bench.rate * bench.seconds)
+        records = bench.post_records("engine-paced", cursor, count)
+        at_rate = paced(server, records, bench.seconds, bench.rate)
+        cursor += count
+        w3, status = w3_queries(bench, backend, server, bench.stream.customids_before(cursor))
+    return EngineRun(loop, at_rate, exhausted, cursor, w3, status)
+
+
+def _send_once(
+    bench: Bench, server: Server, start: int, count: int, seconds: float
+) -> tuple[LoadResult, int]:
+    """Send bodies[start:start+count] (each once) for `seconds`; the result and the next cursor."""
+    records = bench.post_records("engine", start, count)
+    result = closed(server, records, seconds, bench.connections, once=True)
+    used = result.ok + result.non2xx + result.errors + bench.connections  # in flight at the end
+    return result, min(start + used, start + count)
+
+
+def w3_queries(
+    bench: Bench, backend: str, server: Server, customids: list[str]
+) -> tuple[LoadResult | None, str]:
+    """GET /v1/permissions for random linked customers, when the route exists."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    probe_path = f"/v1/permissions?customid={customids[0]}"
+    probe = httpx.get(server.base_url + probe_path, headers=headers, timeout=10)
+    if probe.status_code != 200:
+        return None, f"not available (probe: HTTP {probe.status_code} {probe.text[:120]})"
+    say(f"W3 {backend}: GET /v1/permissions")
+    picks = [random.choice(customids) for _ in range(W3_QUERIES)]
+    records = write_records(
+        bench.work / "w3.records",
+        (get_request(f"/v1/permissions?customid={c}", headers) for c in picks),
+    )
+    closed(server, records, WARMUP_SECONDS, bench.connections)
+    result = closed(server, records, bench.seconds, bench.connections)
+    return result, f"available (probe: {probe.text[:120]})"
+
+
+# --- W2 ------------------------------------------------------------------------------------------
+
+
+def w2(bench: Bench, backend: str) -> dict[str, inprocess.LoopResult]:
+    say(f"W2 {backend}: engine in process")
+    signed = bench.stream.signed(0, len(bench.stream.bodies), SECRET)
+    engine_db = bench.fresh_database(backend, "engine_w2")
+    engine, _ = inprocess.run_engine(engine_db, APP_ID, SECRET, signed, bench.seconds)
+    say(f"W2 {backend}: verify + insert loop")
+    floor_db = bench.fresh_database(backend, "floor_w2")
+    floor = inprocess.run_floor(floor_db, SECRET, signed, bench.seconds)
+    if bench.profile:
+        profile_w2(bench, backend, signed)
+    return {"engine": engine, "floor": floor}
+
+
+def profile_w2(bench: Bench, backend: str, signed: list[tuple[str, str]]) -> None:
+    say(f"W2 {backend}: engine in process under cProfile")
+    database = bench.fresh_database(backend, "engine_w2_profile")
+    stats = bench.work.parent / f"profile-w2-{backend}-{time.strftime('%Y%m%d-%H%M%S')}.pstats"
+    result, top = inprocess.run_engine(database, APP_ID, SECRET, signed, bench.seconds, stats)
+    bench.raw.setdefault("profiles", {})[backend] = {
+        "pstats": str(stats),
+        "events": result.count,
+        "top": top,
+    }
+    print(top)
