@@ -1,0 +1,273 @@
+"""Resolving one-time purchases: fetching the line items of checkouts whose products are unknown.
+
+Webhooks never carry a Checkout Session's line items, so a payment-mode checkout without
+`metadata.sku`/`metadata.product` is recorded as an unresolved purchase that grants nothing. This
+resolver finds those checkouts in the buyer-facts read model, asks Stripe for their line items
+with the app's restricted key, and appends `Buyer.LineItemsResolved` to the buyer's history; the
+projection then fills in the checkout's lines and the purchase grants what it bought.
+
+It never runs on the webhook request path: ingestion stays independent of Stripe's API. A fetch
+that fails (Stripe unreachable, slow, erroring) appends nothing and is retried later with an
+exponential backoff, so the purchase resolves once Stripe answers.
+
+Idempotence: a session is resolved at most once per buyer history. The check and the append use
+one read of the history: the new event's version follows the last event read, so a concurrent
+resolver (another thread or server) that appended first makes this append fail on the version
+and the re-check then finds its event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from uuid import UUID
+
+from adapters.appending import save_retrying
+from adapters.config import AppConfig
+from adapters.eventstore import EventLog
+from adapters.stripe.api import StripeApi
+from domain.aggregates import Buyer, buyer_id
+from domain.facts import CheckoutCompleted, fact_from_dict
+from projections.follower import Follower
+from projections.store import Cursor
+
+log = logging.getLogger("entitlements.line_items")
+
+POLL_INTERVAL = 5.0  # seconds between passes when nothing is due
+FIRST_RETRY = 5.0  # seconds; doubled after each failure of the same session
+LAST_RETRY = 300.0
+
+
+class LineItemsApi(Protocol):
+    def checkout_line_items(self, session_id: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class UnresolvedCheckout:
+    app_id: str
+    buyer_key: str
+    session_id: str
+
+
+@dataclass
+class Pending:
+    """A checkout waiting for its line items, and when to ask Stripe next."""
+
+    checkout: UnresolvedCheckout
+    failures: int = 0
+    next_try: float = 0.0
+
+
+@dataclass
+class PassSummary:
+    found: int = 0
+    resolved: int = 0
+    already: int = 0  # resolved meanwhile (by another process, or before the read model knew)
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        retry = " (they stay unresolved until Stripe answers)" if self.failed else ""
+        return (
+            f"resolve-checkouts: {self.found} unresolved checkout(s), {self.resolved} resolved, "
+            f"{self.already} already resolved, {self.failed} failed{retry}"
+        )
+
+
+class _AlreadyResolved(Exception):
+    pass
+
+
+class CheckoutResolver:
+    """Finds unresolved checkouts, fetches their line items, records them once."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        follower: Follower,
+        apps: dict[str, AppConfig],
+        api_for: Callable[[AppConfig], LineItemsApi] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = log
+        self.follower = follower
+        self.apps = {app_id: app for app_id, app in apps.items() if app.stripe_api_key}
+        self.api_for = api_for or _stripe_api
+        self.clock = clock
+        self._apis: dict[str, LineItemsApi] = {}
+        self._pending: dict[tuple[str, str], Pending] = {}
+        self._scanned_at: int | None = None  # read-model position of the last scan
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    def run_once(self) -> PassSummary:
+        """Resolve every unresolved checkout that is due; never raises for Stripe's failures."""
+        summary = PassSummary()
+        if not self.apps:
+            return summary
+        self.follower.catch_up_if_behind()  # see the resolutions appended by earlier passes
+        self._refresh_pending()
+        summary.found = len(self._pending)
+        now = self.clock()
+        for pending in [p for p in self._pending.values() if p.next_try <= now]:
+            self._resolve(pending, summary)
+        if summary.resolved:
+            self.follower.poke()
+        return summary
+
+    def _refresh_pending(self) -> None:
+        """Re-read the unresolved checkouts when the read model moved; keep retry schedules."""
+        position = self.follower.position()
+        if position == self._scanned_at:
+            return
+        with self.follower.reading() as cursor:
+            found = unresolved_checkouts(cursor, self.apps)
+        keep = {(c.app_id, c.session_id): c for c in found}
+        self._pending = {
+            key: self._pending.get(key) or Pending(checkout) for key, checkout in keep.items()
+        }
+        self._scanned_at = position
+
+    def _resolve(self, pending: Pending, summary: PassSummary) -> None:
+        checkout = pending.checkout
+        key = (checkout.app_id, checkout.session_id)
+        try:
+            appended = self._resolve_checkout(checkout)
+        except Exception as error:  # Stripe down or erroring: nothing written, try again later
+            self._back_off(pending)
+            summary.failed += 1
+            summary.errors.append(f"{checkout.app_id} {checkout.session_id}: {error}")
+            log.warning(
+                "line items of %s (app %s) not fetched, retry in %.0fs: %s",
+                checkout.session_id,
+                checkout.app_id,
+                pending.next_try - self.clock(),
+                error,
+            )
+            return
+        del self._pending[key]
+        if appended:
+            summary.resolved += 1
+        else:
+            summary.already += 1
+
+    def _resolve_checkout(self, checkout: UnresolvedCheckout) -> bool:
+        """Fetch and record the session's line items; False if they were already on record."""
+        bid = buyer_id(checkout.app_id, checkout.buyer_key)
+        if self._resolved_in_history(bid, checkout.session_id):
+            return False
+        items = self._api(checkout.app_id).checkout_line_items(checkout.session_id)
+        return self._append(bid, checkout.session_id, json.dumps(items))
+
+    def _append(self, bid: UUID, session_id: str, line_items: str) -> bool:
+        def build() -> list[Any]:
+            history = self.log.history(bid)
+            if not history:
+                raise LookupError(f"buyer {bid} has no history")
+            if _resolves(history, session_id):
+                raise _AlreadyResolved(session_id)
+            return [
+                Buyer.LineItemsResolved(
+                    originator_id=bid,
+                    originator_version=history[-1].originator_version + 1,
+                    timestamp=Buyer.Event.create_timestamp(),
+                    session_id=session_id,
+                    line_items=line_items,
+                )
+            ]
+
+        try:
+            return save_retrying(
+                self.log, build, already_done=lambda: self._resolved_in_history(bid, session_id)
+            )
+        except _AlreadyResolved:
+            return False
+
+    def _resolved_in_history(self, bid: UUID, session_id: str) -> bool:
+        return _resolves(self.log.history(bid), session_id)
+
+    def _api(self, app_id: str) -> LineItemsApi:
+        if app_id not in self._apis:
+            self._apis[app_id] = self.api_for(self.apps[app_id])
+        return self._apis[app_id]
+
+    def _back_off(self, pending: Pending) -> None:
+        """Exponential, capped and jittered, so that many waiting sessions do not retry in
+        lock-step against a Stripe that just came back."""
+        pending.failures += 1
+        delay = min(LAST_RETRY, FIRST_RETRY * 2 ** (pending.failures - 1))
+        pending.next_try = self.clock() + delay * random.uniform(0.8, 1.2)
+
+    # --- in the background ------------------------------------------------------------------
+
+    def run_forever(self, poll_interval: float | None = None) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # e.g. the database is briefly unreachable: the next pass retries
+                log.exception("resolving checkouts failed; retrying")
+            self._wake.wait(POLL_INTERVAL if poll_interval is None else poll_interval)
+            self._wake.clear()
+
+    def start_background(self, poll_interval: float | None = None) -> threading.Thread | None:
+        """A daemon thread resolving checkouts; none when no app has a Stripe API key."""
+        if not self.apps:
+            return None
+        thread = threading.Thread(
+            target=self.run_forever, args=(poll_interval,), name="line_items", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+
+def unresolved_checkouts(cursor: Cursor, apps: Iterable[str]) -> list[UnresolvedCheckout]:
+    """Payment-mode checkouts of these apps whose products are unknown: no lines, no sku.
+
+    Unpaid ones are included: a session completed before its (delayed) payment is paid later,
+    and its purchase needs its products then."""
+    app_ids = sorted(apps)
+    if not app_ids:
+        return []
+    marks = ", ".join("?" for _ in app_ids)
+    cursor.execute(
+        "SELECT app_id, buyer_key, body FROM buyer_facts "
+        f"WHERE kind = ? AND app_id IN ({marks}) ORDER BY position, seq",
+        (CheckoutCompleted.kind, *app_ids),
+    )
+    found = []
+    for app_id, buyer_key, body in cursor.fetchall():
+        fact = fact_from_dict(json.loads(body))
+        if isinstance(fact, CheckoutCompleted) and _products_unknown(fact):
+            found.append(UnresolvedCheckout(app_id, buyer_key, fact.session_id))
+    return found
+
+
+def _products_unknown(checkout: CheckoutCompleted) -> bool:
+    return checkout.mode == "payment" and checkout.lines is None and checkout.sku_id is None
+
+
+def _resolves(history: list[Any], session_id: str) -> bool:
+    return any(
+        isinstance(event, Buyer.LineItemsResolved) and event.session_id == session_id
+        for event in history
+    )
+
+
+def _stripe_api(app: AppConfig) -> LineItemsApi:
+    assert app.stripe_api_key is not None
+    return StripeApi(app.stripe_api_key, app.stripe_api_base)

@@ -1,0 +1,405 @@
+"""One-time purchases through Checkout: products resolved from line items fetched from Stripe.
+
+A fake Stripe API is served on loopback by uvicorn (a real socket, so that connection refused and
+timeouts are the real thing), and the engine's resolver talks to it through the stripe library with
+the app's restricted key. Webhook ingestion never waits for it: Stripe being down only delays the
+purchase's resolution. On SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from click.testing import CliRunner
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from adapters import line_items
+from adapters.bootstrap import Engine
+from adapters.cli import main as cli
+from adapters.config import AppConfig
+from adapters.http.asgi import create_app
+from adapters.line_items import CheckoutResolver
+from adapters.stripe.api import StripeApi
+from domain.aggregates import Buyer
+from tests.conftest import API_KEYS, FIXTURES, config_doc, post_webhook
+
+STRIPE_KEY = "rk_test_resolver"
+AUTH = {"Authorization": f"Bearer {API_KEYS['demo']}"}
+CATALOGUE = {
+    "skus": [{"skuId": "lifetime", "productId": "prod_LIFETIME"}],
+    "permissions": [{"permissionId": "premium", "skuIds": ["lifetime"]}],
+}
+
+
+# --- A fake Stripe API on loopback --------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeStripe:
+    """`GET /v1/checkout/sessions/{id}/line_items` with pagination, and ways to misbehave."""
+
+    def __init__(self) -> None:
+        self.port = free_port()  # fixed before start, so that "down" means connection refused
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.line_items: dict[str, list[dict[str, Any]]] = {}
+        self.mode = "ok"  # ok | error (HTTP 500) | slow (answers after `delay` seconds)
+        self.delay = 1.5
+        self.page_size = 100
+        self.hold = 0  # answer no request before this many have arrived (races)
+        self.requests: list[dict[str, Any]] = []
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    async def _line_items(self, request: Request) -> JSONResponse:
+        session_id = request.path_params["session_id"]
+        self.requests.append({"session": session_id, "auth": request.headers.get("authorization")})
+        await self._wait_for_others()
+        if self.mode == "error":
+            return JSONResponse({"error": {"type": "api_error", "message": "boom"}}, 500)
+        if self.mode == "slow":
+            await asyncio.sleep(self.delay)
+        if session_id not in self.line_items:
+            error = {"type": "invalid_request_error", "message": "No such checkout.session"}
+            return JSONResponse({"error": error}, 404)
+        return JSONResponse(self._page(self.line_items[session_id], request))
+
+    async def _wait_for_others(self) -> None:
+        deadline = time.monotonic() + 5
+        while len(self.requests) < self.hold and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    def _page(self, items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
+        after = request.query_params.get("starting_after")
+        start = next((i + 1 for i, item in enumerate(items) if item["id"] == after), 0)
+        size = min(int(request.query_params.get("limit", 10)), self.page_size)
+        page = items[start : start + size]
+        return {"object": "list", "data": page, "has_more": start + size < len(items)}
+
+    def start(self) -> None:
+        app = Starlette(
+            routes=[Route("/v1/checkout/sessions/{session_id}/line_items", self._line_items)]
+        )
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "the fake Stripe API did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(10)
+            self._server = self._thread = None
+
+
+@pytest.fixture
+def fake_stripe() -> Iterator[FakeStripe]:
+    fake = FakeStripe()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def settings_doc(database_url: str, fake_stripe: FakeStripe) -> dict[str, Any]:
+    """The shared configuration, with a Stripe key for the demo app only."""
+    doc = config_doc(database_url)
+    doc["apps"]["demo"].update(stripe_api_key=STRIPE_KEY, stripe_api_base=fake_stripe.url)
+    return doc
+
+
+# --- Helpers ------------------------------------------------------------------------------------
+
+
+def real_line_item(item_id: str, product: str) -> dict[str, Any]:
+    """Stripe's own line item fixture (an `item` object), naming our product."""
+    resources = json.loads((FIXTURES / "objects" / "fixtures3.json").read_text())["resources"]
+    item = copy.deepcopy(resources["item"])
+    item["id"] = item_id
+    item["price"]["product"] = product
+    return item
+
+
+def checkout_event(session_id: str, customid: str) -> str:
+    """The real 2020-08-27 checkout, made a guest payment-mode one with no product hint."""
+    event = json.loads(
+        (FIXTURES / "events" / "checkout.session.completed__srm__1.json").read_text()
+    )
+    event["id"] = f"evt_{session_id}"
+    event["data"]["object"].update(
+        id=session_id,
+        payment_intent=f"pi_{session_id}",
+        customer=None,
+        metadata={"customid": customid},
+        payment_status="paid",
+        mode="payment",
+    )
+    return json.dumps(event)
+
+
+def deliver_checkout(client: TestClient, session_id: str, customid: str, app_id="demo") -> None:
+    response = post_webhook(client, checkout_event(session_id, customid), app_id)
+    assert response.status_code == 200, response.text
+
+
+def setup_catalogue(client: TestClient) -> None:
+    response = client.put("/v1/catalogue", json=CATALOGUE, headers=AUTH)
+    assert response.status_code == 200, response.text
+
+
+def premium(client: TestClient, customid: str) -> int:
+    response = client.get("/v1/permissions", params={"customid": customid}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    (permission,) = response.json()["all"]
+    return permission["entitlement"]
+
+
+def purchase_resolved(client: TestClient, customid: str) -> bool:
+    response = client.get("/v1/subscriber", params={"customid": customid}, headers=AUTH)
+    (purchase,) = response.json()["purchases"]
+    return purchase["resolved"]
+
+
+def resolutions(engine: Engine) -> list[Buyer.LineItemsResolved]:
+    topic = Buyer.LineItemsResolved.TOPIC
+    notifications = engine.log.recorder.select_notifications(0, 10_000, topics=[topic])
+    return [engine.log.mapper.to_domain_event(n) for n in notifications]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def resolver_for(engine: Engine, clock: Clock, timeout: float = 2.0) -> CheckoutResolver:
+    def api_for(app: AppConfig) -> StripeApi:
+        assert app.stripe_api_key is not None
+        return StripeApi(app.stripe_api_key, app.stripe_api_base, timeout=timeout)
+
+    return CheckoutResolver(engine.log, engine.follower, engine.settings.apps, api_for, clock)
+
+
+# --- Resolution ---------------------------------------------------------------------------------
+
+
+def test_a_checkout_without_line_items_grants_once_they_are_fetched(client, engine, fake_stripe):
+    setup_catalogue(client)
+    fake_stripe.line_items["cs_one"] = [real_line_item("li_1", "prod_LIFETIME")]
+    deliver_checkout(client, "cs_one", "buyer-1")
+    assert premium(client, "buyer-1") == -9
+    assert purchase_resolved(client, "buyer-1") is False
+    assert fake_stripe.requests == []  # nothing is fetched on the webhook's request path
+
+    summary = engine.resolver.run_once()
+
+    assert (summary.found, summary.resolved, summary.failed) == (1, 1, 0)
+    (resolved,) = resolutions(engine)
+    assert resolved.session_id == "cs_one"
+    assert json.loads(resolved.line_items) == fake_stripe.line_items["cs_one"]
+    assert fake_stripe.requests == [{"session": "cs_one", "auth": f"Bearer {STRIPE_KEY}"}]
+    assert premium(client, "buyer-1") == 3
+    assert purchase_resolved(client, "buyer-1") is True
+
+
+def test_every_page_of_line_items_is_fetched(client, engine, fake_stripe):
+    setup_catalogue(client)
+    items = [real_line_item(f"li_{n}", f"prod_OTHER{n}") for n in range(4)]
+    fake_stripe.line_items["cs_pages"] = [*items, real_line_item("li_last", "prod_LIFETIME")]
+    fake_stripe.page_size = 2
+    deliver_checkout(client, "cs_pages", "buyer-2")
+
+    engine.resolver.run_once()
+
+    assert len(fake_stripe.requests) == 3
+    (resolved,) = resolutions(engine)
+    assert [item["id"] for item in json.loads(resolved.line_items)] == [
+        "li_0",
+        "li_1",
+        "li_2",
+        "li_3",
+        "li_last",
+    ]
+    assert premium(client, "buyer-2") == 3
+
+
+def test_resolving_twice_appends_once(client, engine, fake_stripe):
+    setup_catalogue(client)
+    fake_stripe.line_items["cs_twice"] = [real_line_item("li_1", "prod_LIFETIME")]
+    deliver_checkout(client, "cs_twice", "buyer-3")
+    engine.follower.catch_up()
+    with engine.follower.reading() as cursor:
+        (checkout,) = line_items.unresolved_checkouts(cursor, ["demo"])
+
+    assert engine.resolver.run_once().resolved == 1
+    assert engine.resolver.run_once().found == 0
+    # Another process, whose read model has not applied the resolution yet, appends nothing.
+    assert resolver_for(engine, Clock())._resolve_checkout(checkout) is False
+    assert len(resolutions(engine)) == 1
+    assert len(fake_stripe.requests) == 1
+
+
+def test_two_resolvers_racing_append_once(client, engine, fake_stripe):
+    setup_catalogue(client)
+    fake_stripe.line_items["cs_race"] = [real_line_item("li_1", "prod_LIFETIME")]
+    fake_stripe.hold = 2  # both fetch before either appends
+    deliver_checkout(client, "cs_race", "buyer-4")
+    engine.follower.catch_up()
+    resolvers = [resolver_for(engine, Clock()) for _ in range(2)]
+    summaries: list[line_items.PassSummary] = []
+    threads = [
+        threading.Thread(target=lambda r=r: summaries.append(r.run_once())) for r in resolvers
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+
+    assert len(fake_stripe.requests) == 2
+    assert sorted((s.resolved, s.already) for s in summaries) == [(0, 1), (1, 0)]
+    assert len(resolutions(engine)) == 1
+    assert premium(client, "buyer-4") == 3
+
+
+def test_apps_without_a_stripe_key_are_left_unresolved(client, engine, fake_stripe):
+    deliver_checkout(client, "cs_other", "buyer-5", app_id="other")
+    assert engine.resolver.run_once().found == 0
+    assert fake_stripe.requests == []
+
+
+# --- Stripe unreachable, erroring or slow -------------------------------------------------------
+
+
+@pytest.mark.parametrize("outage", ["connection refused", "http 500", "timeout"])
+def test_stripe_down_delays_the_purchase_and_never_the_webhook(client, engine, fake_stripe, outage):
+    setup_catalogue(client)
+    fake_stripe.line_items["cs_down"] = [real_line_item("li_1", "prod_LIFETIME")]
+    if outage == "connection refused":
+        fake_stripe.stop()
+    fake_stripe.mode = {"http 500": "error", "timeout": "slow"}.get(outage, "ok")
+    clock = Clock()
+    resolver = resolver_for(engine, clock, timeout=0.3)
+
+    deliver_checkout(client, "cs_down", "buyer-6")  # answers 200: Stripe is not asked
+    failed = resolver.run_once()
+
+    assert (failed.found, failed.resolved, failed.failed) == (1, 0, 1)
+    assert "cs_down" in failed.errors[0]
+    assert resolutions(engine) == []
+    assert premium(client, "buyer-6") == -9
+    assert purchase_resolved(client, "buyer-6") is False
+
+    # Stripe comes back. The session waits for its backoff, then resolves.
+    fake_stripe.mode = "ok"
+    if outage == "connection refused":
+        fake_stripe.start()
+    asked = len(fake_stripe.requests)
+    assert resolver.run_once().resolved == 0
+    assert len(fake_stripe.requests) == asked  # not retried before its backoff has run out
+    clock.now += line_items.FIRST_RETRY * 1.5
+    assert resolver.run_once().resolved == 1
+    assert len(resolutions(engine)) == 1
+    assert premium(client, "buyer-6") == 3
+
+
+def test_backoff_grows_with_each_failure(engine, fake_stripe):
+    clock = Clock()
+    resolver = resolver_for(engine, clock)
+    pending = line_items.Pending(line_items.UnresolvedCheckout("demo", "b", "cs_x"))
+    delays = []
+    for _ in range(10):
+        resolver._back_off(pending)
+        delays.append(pending.next_try - clock.now)
+    assert delays[0] <= line_items.FIRST_RETRY * 1.2
+    assert delays[1] > delays[0]
+    assert max(delays) <= line_items.LAST_RETRY * 1.2
+
+
+# --- In the server, and on the command line -----------------------------------------------------
+
+
+def write_config(path: Path, doc: dict[str, Any]) -> Path:
+    """A TOML file for `doc` (strings and lists of strings only: JSON quoting is TOML's)."""
+    lines = [f"[database]\nurl = {json.dumps(doc['database']['url'])}\n"]
+    for app_id, app in doc["apps"].items():
+        lines.append(f"[apps.{app_id}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in app.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_the_server_resolves_checkouts_in_the_background(
+    settings_doc, fake_stripe, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ENTITLEMENTS_CONFIG", str(write_config(tmp_path / "c.toml", settings_doc)))
+    monkeypatch.setattr(line_items, "POLL_INTERVAL", 0.05)
+    monkeypatch.setattr(line_items, "FIRST_RETRY", 0.1)
+    fake_stripe.line_items["cs_bg"] = [real_line_item("li_1", "prod_LIFETIME")]
+    fake_stripe.mode = "error"  # down at first: the webhook is recorded all the same
+    with TestClient(create_app()) as client:
+        setup_catalogue(client)
+        deliver_checkout(client, "cs_bg", "buyer-7")
+        wait_until(lambda: len(fake_stripe.requests) >= 1)
+        assert premium(client, "buyer-7") == -9
+        fake_stripe.mode = "ok"
+        wait_until(lambda: premium(client, "buyer-7") == 3)
+
+
+def wait_until(condition: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_the_cli_resolves_in_one_pass_and_fails_while_stripe_is_down(
+    client, settings_doc, fake_stripe, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ENTITLEMENTS_CONFIG", str(write_config(tmp_path / "c.toml", settings_doc)))
+    setup_catalogue(client)
+    fake_stripe.line_items["cs_cli"] = [real_line_item("li_1", "prod_LIFETIME")]
+    deliver_checkout(client, "cs_cli", "buyer-8")
+    fake_stripe.mode = "error"
+
+    down = CliRunner().invoke(cli, ["resolve-checkouts"])
+    assert down.exit_code == 1
+    assert "0 resolved" in down.output and "1 failed" in down.output
+    assert "HTTP 500" in down.output
+
+    fake_stripe.mode = "ok"
+    up = CliRunner().invoke(cli, ["resolve-checkouts"])
+    assert up.exit_code == 0, up.output
+    assert "1 resolved" in up.output
+    assert premium(client, "buyer-8") == 3
