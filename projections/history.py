@@ -1,0 +1,156 @@
+"""The buyer-history index: where each buyer event sits in the log, and what it is about.
+
+A customer's history is read from the event log itself (the events, with their raw bodies, are the
+record), but the log cannot answer "the next 100 events of these buyers after position P, of type
+T, created between A and B" without decoding every event. This read model keeps one small row per
+buyer event (no payload): its aggregate and version, its notification position, its Stripe id,
+type and `created`, and when it was recorded. A history page is then one indexed query here plus
+one `select_events` per run of consecutive versions (`adapters/history.py`).
+
+It is followed by its own `Follower` (tracking name "buyer_history"), so that it can be added to,
+or rebuilt on, an existing log without touching the buyer-facts read model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from domain.aggregates import Buyer
+from projections.store import Cursor
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS buyer_history (
+        buyer_uuid TEXT NOT NULL, version INTEGER NOT NULL, position BIGINT NOT NULL,
+        app_id TEXT NOT NULL, buyer_key TEXT NOT NULL, topic TEXT NOT NULL,
+        stripe_event_id TEXT, stripe_type TEXT, created DOUBLE PRECISION NOT NULL,
+        recorded_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (buyer_uuid, version))""",
+    "CREATE INDEX IF NOT EXISTS buyer_history_position ON buyer_history (buyer_uuid, position)",
+]
+
+# Buyers whose app and key are remembered between events (a bounded cache, not the truth).
+_BUYER_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """Where one buyer event is: enough to fetch it from the log."""
+
+    position: int
+    buyer_uuid: str
+    version: int
+    buyer_key: str
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    """Which events a page holds: after a position, `created` within [since, until], of types.
+
+    `created` is Stripe's clock for Stripe events and the event's own timestamp for the others
+    (registrations, links); `types` match a Stripe event type or a domain event topic.
+    """
+
+    after: int = 0
+    limit: int = 100
+    since: float | None = None
+    until: float | None = None
+    types: tuple[str, ...] = ()
+
+
+class HistoryProjection:
+    """One row per buyer event; called by a follower inside one transaction."""
+
+    name = "buyer_history"
+    tables = ("buyer_history",)
+    indexes = ("buyer_history_position",)
+
+    def __init__(self) -> None:
+        self._buyers: dict[str, tuple[str, str]] = {}
+
+    def create_tables(self, cursor: Cursor) -> None:
+        for statement in SCHEMA:
+            cursor.execute(statement)
+
+    def apply(self, cursor: Cursor, position: int, event: Any) -> None:
+        if not isinstance(event, Buyer.Event):
+            return
+        uuid = str(event.originator_id)
+        app_id, buyer_key = self._buyer(cursor, uuid, event)
+        created, recorded = _times(event)
+        stripe = isinstance(event, Buyer.StripeEventRecorded)
+        cursor.execute(
+            "INSERT INTO buyer_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (
+                uuid,
+                event.originator_version,
+                position,
+                app_id,
+                buyer_key,
+                type(event).TOPIC,
+                event.stripe_event_id if stripe else None,
+                event.stripe_type if stripe else None,
+                created,
+                recorded,
+            ),
+        )
+
+    def _buyer(self, cursor: Cursor, uuid: str, event: Any) -> tuple[str, str]:
+        """The buyer's app and key: from its registration (always its first event)."""
+        if isinstance(event, Buyer.Created):
+            found = (event.app_id, event.buyer_key)
+        elif uuid in self._buyers:
+            return self._buyers[uuid]
+        else:
+            cursor.execute(
+                "SELECT app_id, buyer_key FROM buyer_history WHERE buyer_uuid = ? AND version = 1",
+                (uuid,),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                raise LookupError(f"buyer {uuid} has events but no registration")
+            found = (row[0], row[1])
+        if len(self._buyers) >= _BUYER_CACHE_SIZE:
+            self._buyers.clear()
+        self._buyers[uuid] = found
+        return found
+
+
+def _times(event: Any) -> tuple[float, float]:
+    """(created, recorded): Stripe's clock and our receipt time, or the event's timestamp."""
+    if isinstance(event, Buyer.StripeEventRecorded):
+        return float(event.stripe_created), float(event.received_at)
+    stamp = event.timestamp.timestamp()
+    return stamp, stamp
+
+
+def history_page(
+    cursor: Cursor, buyer_uuids: Sequence[str], where: HistoryFilter
+) -> list[HistoryRow]:
+    """Up to `where.limit` rows of these buyers, oldest first by log position."""
+    if not buyer_uuids:
+        return []
+    clauses = [f"buyer_uuid IN ({_marks(buyer_uuids)})", "position > ?"]
+    params: list[Any] = [*buyer_uuids, where.after]
+    if where.since is not None:
+        clauses.append("created >= ?")
+        params.append(where.since)
+    if where.until is not None:
+        clauses.append("created <= ?")
+        params.append(where.until)
+    if where.types:
+        marks = _marks(where.types)
+        clauses.append(f"(stripe_type IN ({marks}) OR topic IN ({marks}))")
+        params += [*where.types, *where.types]
+    cursor.execute(
+        "SELECT position, buyer_uuid, version, buyer_key FROM buyer_history "
+        f"WHERE {' AND '.join(clauses)} ORDER BY position LIMIT ?",
+        (*params, where.limit),
+    )
+    return [HistoryRow(int(p), u, int(v), k) for p, u, v, k in cursor.fetchall()]
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
