@@ -1,0 +1,76 @@
+"""Structured logs: one JSON object per line on stderr, for the server and uvicorn alike.
+
+Each line has `timestamp` (UTC, ISO 8601), `level`, `logger` and `message`, plus whatever the
+call passed as `extra=` (`app_id`, `stripe_event_id`, `stripe_type`, `outcome` for webhooks).
+Secrets are never passed to a logger; as a second line of defence, anything shaped like a Stripe
+secret (`whsec_`, `sk_`, `rk_`) or a Bearer credential is masked before a line is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+# The attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's coloured duplicate of the message
+}
+
+SECRET_SHAPES = re.compile(
+    r"(?:whsec|sk_live|sk_test|rk_live|rk_test)_[A-Za-z0-9]+|(?i:bearer)\s+[^\s\"',]+"
+)
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """Mask anything shaped like a Stripe secret or a Bearer credential."""
+    return SECRET_SHAPES.sub(REDACTED, text)
+
+
+class JsonFormatter(logging.Formatter):
+    """A record as one line of JSON; extras are included, exceptions as a `traceback` string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update((key, value) for key, value in vars(record).items() if key not in _STANDARD)
+        if record.exc_info:
+            out["traceback"] = self.formatException(record.exc_info)
+        return redact(json.dumps(out, default=str, ensure_ascii=False))
+
+
+def log_config(level: str = "INFO") -> dict[str, Any]:
+    """A `logging.config.dictConfig` document; also given to uvicorn as its `log_config`."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    uvicorn = {"handlers": ["default"], "level": level, "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"default": handler},
+        "root": {"handlers": ["default"], "level": level},
+        "loggers": {
+            "uvicorn": uvicorn,
+            "uvicorn.error": {"level": level},
+            "uvicorn.access": uvicorn,
+        },
+    }
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Install JSON logging unless the root logger already has a handler: then `serve` gave
+    uvicorn `log_config()` already, or a harness (pytest) captures logs and must keep them."""
+    if not logging.getLogger().handlers:
+        logging.config.dictConfig(log_config(level))
