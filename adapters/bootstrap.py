@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from adapters.catalogues import Catalogues
 from adapters.config import Settings
 from adapters.eventstore import EventLog, open_event_log
+from adapters.history import CustomerHistory
 from adapters.ingest import Ingestor
+from adapters.line_items import CheckoutResolver
 from adapters.linking import Linker
 from projections.buyer_facts import BuyerFactsProjection
 from projections.entitlements import Entitlements
 from projections.follower import Follower
+from projections.history import HistoryProjection
 from projections.store import ViewStore, open_view_store
 
 
@@ -25,9 +28,13 @@ class Engine:
     linker: Linker
     catalogues: Catalogues
     entitlements: Entitlements
+    history: CustomerHistory
+    resolver: CheckoutResolver
 
     def close(self) -> None:
         self.follower.stop()
+        self.resolver.stop()
+        self.history.index.stop()
         self.views.close()
         self.log.close()
 
@@ -48,5 +55,7 @@ def bootstrap(settings: Settings) -> Engine:
         ingestor=Ingestor(log, on_recorded=follower.poke),
         linker=Linker(log, follower),
         catalogues=catalogues,
-        entitlements=Entitlements(views, follower, catalogues, settings.apps),
+        entitlements=Entitlements(follower, catalogues, settings.apps),
+        history=CustomerHistory(log, follower, Follower(log, views, HistoryProjection())),
+        resolver=CheckoutResolver(log, follower, settings.apps),
     )

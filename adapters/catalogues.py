@@ -34,6 +34,20 @@ class Catalogues:
         self._cache[app_id] = (aggregate.version, catalogue)
         return catalogue
 
+    def as_of(self, app_id: str, known_at: float | None) -> Catalogue:
+        """The catalogue as it stood at `known_at` (epoch seconds; None: now), so that a query
+        "as known then" also uses the SKUs and permissions of then. Catalogues change rarely:
+        reading their few events is cheap."""
+        if known_at is None:
+            return self.current(app_id)
+        text = None
+        for event in self.log.events.get(catalogue_id(app_id)):
+            if event.timestamp.timestamp() > known_at:
+                break
+            if isinstance(event, AppCatalogue.Replaced):
+                text = event.catalogue
+        return Catalogue.from_json(json.loads(text)) if text else Catalogue()
+
     def replace(self, app_id: str, catalogue: Catalogue) -> bool:
         """Record the new catalogue; False (and nothing written) when it is unchanged."""
         with self._lock:

@@ -10,6 +10,7 @@ import click
 from tqdm import tqdm
 
 from adapters.bootstrap import bootstrap
+from adapters.cli_audit import audit, history, permissions
 from adapters.config import ConfigError, Settings, load_settings
 from adapters.replay import ReplaySummary, event_files, replay_file
 
@@ -44,6 +45,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP API with uvicorn."""
     import uvicorn
 
+    from adapters.logging_setup import log_config
+
     settings = _settings()
     uvicorn.run(
         "adapters.http.asgi:create_app",
@@ -52,6 +55,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         port=port or settings.port,
         workers=workers or settings.workers,
         log_level="info",
+        log_config=log_config("INFO"),  # one JSON object per line, uvicorn's lines included
+        timeout_keep_alive=int(settings.limits.keep_alive_timeout),
+        timeout_graceful_shutdown=int(settings.limits.request_timeout) or None,
     )
 
 
@@ -75,6 +81,118 @@ def replay(paths: tuple[str, ...], app_id: str | None) -> None:
     click.echo(summary.render())
     if summary.rejected:
         sys.exit(1)
+
+
+def _app_id(settings: Settings, app_id: str | None) -> str:
+    chosen = app_id or next(iter(settings.apps))
+    if chosen not in settings.apps:
+        raise click.ClickException(f"unknown app {chosen!r}")
+    return chosen
+
+
+@main.command()
+@click.option("--app", "app_id", help="Accepted for symmetry: a rebuild covers every app.")
+@click.option(
+    "--projection",
+    type=click.Choice(["buyer_facts"]),
+    default="buyer_facts",
+    show_default=True,
+    help="Which read model (permissions, subscriptions and purchases derive from it).",
+)
+def rebuild(app_id: str | None, projection: str) -> None:
+    """Rebuild a read model from the first event; the live one answers until the switch."""
+    from projections.rebuild import rebuild as run_rebuild
+
+    engine = bootstrap(_settings())
+    try:
+        total = engine.log.recorder.max_notification_id() or 0
+        with tqdm(total=total, desc=f"rebuild {projection}", unit="event", file=sys.stderr) as bar:
+            report = run_rebuild(
+                engine.log,
+                engine.views,
+                engine.follower.projection,
+                on_batch=lambda count, _: bar.update(count),
+            )
+    finally:
+        engine.close()
+    rate = report.events / report.seconds if report.seconds else 0.0
+    click.echo(
+        f"rebuilt {report.projection}: {report.events} events in {report.seconds:.1f} s "
+        f"({rate:,.0f}/s); generation {report.old_generation} -> {report.new_generation}"
+    )
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Catch up once and exit (default: keep following).")
+def project(once: bool) -> None:
+    """Run the projections as a separate worker (several may run: each event applies once)."""
+    engine = bootstrap(_settings())
+    try:
+        if once:
+            click.echo(f"applied {engine.follower.catch_up()} events")
+            return
+        click.echo("following the event log; Ctrl-C to stop", err=True)
+        engine.follower.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.close()
+
+
+@main.command("resolve-checkouts")
+def resolve_checkouts() -> None:
+    """Fetch the line items of checkouts whose products are unknown (one pass)."""
+    engine = bootstrap(_settings())
+    try:
+        summary = engine.resolver.run_once()
+    finally:
+        engine.close()
+    for error in summary.errors:
+        click.echo(f"failed: {error}", err=True)
+    click.echo(summary.render())
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.group()
+def catalogue() -> None:
+    """Read or replace an app's catalogue of SKUs and permissions."""
+
+
+@catalogue.command("apply")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--app", "app_id", help="App whose catalogue to replace (default: the first).")
+@click.option("--dry-run", is_flag=True, help="Only show who would gain and who would lose.")
+def catalogue_apply(file: str, app_id: str | None, dry_run: bool) -> None:
+    """Replace the catalogue from a JSON or TOML FILE (or preview it with --dry-run)."""
+    import time
+
+    from adapters.catalogues import load_catalogue_file
+    from domain.catalogue import InvalidCatalogue
+
+    settings = _settings()
+    app_id = _app_id(settings, app_id)
+    try:
+        proposed = load_catalogue_file(Path(file))
+    except InvalidCatalogue as error:
+        raise click.ClickException(str(error)) from error
+    engine = bootstrap(settings)
+    try:
+        diff = engine.entitlements.preview_catalogue(app_id, proposed, int(time.time()))
+        for verb, changes in (("gain", diff.gains), ("lose", diff.losses)):
+            for permission_id, customids in sorted(changes.items()):
+                click.echo(f"{len(customids)} would {verb} {permission_id}: {', '.join(customids)}")
+        if dry_run:
+            click.echo(f"dry run: nothing changed ({diff.customids} customids compared)")
+            return
+        changed = engine.catalogues.replace(app_id, proposed)
+    finally:
+        engine.close()
+    click.echo("catalogue replaced" if changed else "catalogue unchanged")
+
+
+for _command in (permissions, history, audit):  # adapters/cli_audit.py
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,18 @@ class AppConfig:
 
 
 @dataclass(frozen=True)
+class ServerLimits:
+    """Per-process protections (see adapters/http/limits.py); 0 disables a limit."""
+
+    rate_limit_per_second: float = 100.0  # REST calls, per app key
+    rate_limit_burst: int = 200
+    webhook_rate_limit_per_second: float = 0.0  # verified webhooks, per app: none by default
+    webhook_rate_limit_burst: int = 1000
+    request_timeout: float = 30.0  # seconds before a request is answered 503
+    keep_alive_timeout: int = 5  # seconds an idle keep-alive connection stays open
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     apps: dict[str, AppConfig] = field(default_factory=dict)
@@ -55,6 +67,7 @@ class Settings:
     port: int = 8000
     workers: int = 1
     signature_tolerance: int = 300  # seconds, as Stripe's libraries
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
 
 def load_settings(
@@ -91,7 +104,25 @@ def settings_from_dict(doc: dict[str, Any], env: Any, base_dir: Path = Path()) -
         host=server.get("host", "127.0.0.1"),
         port=_int(server, "port", 8000),
         workers=_int(server, "workers", 1),
+        limits=_limits(server),
     )
+
+
+def _limits(server: dict[str, Any]) -> ServerLimits:
+    defaults = ServerLimits()
+    return ServerLimits(
+        **{
+            name: _non_negative(server, name, getattr(defaults, name))
+            for name in ServerLimits.__dataclass_fields__
+        }
+    )
+
+
+def _non_negative(raw: dict[str, Any], key: str, default: float) -> Any:
+    value = raw.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"server.{key} must be a number >= 0 (0 disables it)")
+    return value
 
 
 def _app_config(app_id: str, raw: Any, base_dir: Path) -> AppConfig:

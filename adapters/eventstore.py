@@ -7,6 +7,7 @@ that choice cannot be changed later without migrating every stored event.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -18,6 +19,13 @@ from domain.aggregates import Buyer
 
 class UnsupportedDatabase(ValueError):
     pass
+
+
+def database_timeout() -> str:
+    """Seconds to wait for a database lock or a pooled connection before failing (a webhook then
+    gets 503, /healthz says unreachable), so that an outage is answered promptly rather than
+    after the pool's 30 s. `ENTITLEMENTS_DB_TIMEOUT` changes it (fault tests use 1); default 10."""
+    return str(int(os.environ.get("ENTITLEMENTS_DB_TIMEOUT") or 10))
 
 
 class EventLog(Application):
@@ -59,7 +67,7 @@ def _sqlite_env(database_url: str) -> dict[str, str]:
     return {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": path,
-        "SQLITE_LOCK_TIMEOUT": "10",
+        "SQLITE_LOCK_TIMEOUT": database_timeout(),
     }
 
 
@@ -73,7 +81,8 @@ def _postgres_env(parts: Any) -> dict[str, str]:
         "POSTGRES_USER": unquote(parts.username or "postgres"),
         "POSTGRES_PASSWORD": unquote(parts.password or ""),
         # Writers wait for the table lock rather than fail at once under contention.
-        "POSTGRES_LOCK_TIMEOUT": "10",
+        "POSTGRES_LOCK_TIMEOUT": database_timeout(),
+        "POSTGRES_CONNECT_TIMEOUT": database_timeout(),  # the wait for a pooled connection
     }
     if "schema" in query:
         env["POSTGRES_SCHEMA"] = query["schema"][0]

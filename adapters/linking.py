@@ -13,13 +13,12 @@ class Linker:
     def __init__(self, log: EventLog, follower: Follower) -> None:
         self.log = log
         self.follower = follower
-        self.views = follower.store
 
     def link(self, app_id: str, customid: str, customer_id: str) -> bool:
         """Record the link; relinking to another customid is a transfer, on record with the
         previous owner. False (nothing written) when that exact link already stands."""
         self.follower.catch_up_if_behind()
-        with self.views.transaction() as cursor:
+        with self.follower.reading() as cursor:
             previous = link_of_buyer(cursor, app_id, customer_id)
             explicit = [c for c in claims_of(cursor, app_id, customer_id) if c.source == CONNECT]
         if explicit and max(explicit, key=lambda c: c.position).customid == customid:

@@ -74,6 +74,8 @@ class BuyerFactsProjection:
     """Turns domain events into rows; called by the follower inside one transaction."""
 
     name = "buyer_facts"
+    tables = ("buyer_facts", "customid_claims", "buyer_links")
+    indexes = ("buyer_links_customid", "buyer_links_key")
 
     def create_tables(self, cursor: Cursor) -> None:
         for statement in SCHEMA:
@@ -224,6 +226,15 @@ def buyers_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[str]:
     cursor.execute(
         "SELECT buyer_key FROM buyer_links WHERE app_id = ? AND customid = ? ORDER BY buyer_key",
         (app_id, customid),
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def customids_of_app(cursor: Cursor, app_id: str) -> list[str]:
+    cursor.execute(
+        "SELECT DISTINCT customid FROM buyer_links WHERE app_id = ? AND customid IS NOT NULL "
+        "ORDER BY customid",
+        (app_id,),
     )
     return [row[0] for row in cursor.fetchall()]
 

@@ -7,20 +7,22 @@ frozen at write time: they are derived from the buyer-facts read model by the pu
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from adapters.catalogues import Catalogues
 from adapters.config import AppConfig
+from domain.catalogue import Catalogue
 from domain.rules import Derivation, PermissionStatus, derive
 from projections.buyer_facts import (
     Claim,
     buyers_of_customid,
     claims_of,
     conflicts,
+    customids_of_app,
     facts_of_customid,
 )
 from projections.follower import Follower
-from projections.store import ViewStore
 
 
 @dataclass(frozen=True)
@@ -37,16 +39,25 @@ class Subscriber:
     derivation: Derivation
 
 
+@dataclass(frozen=True)
+class CatalogueDiff:
+    gains: dict[str, list[str]]  # permission id -> customids that would gain it
+    losses: dict[str, list[str]]
+    customids: int  # how many were compared
+
+
+def _valid(permissions: tuple[PermissionStatus, ...]) -> set[str]:
+    return {p.permission_id for p in permissions if p.is_valid}
+
+
 class Entitlements:
     def __init__(
         self,
-        store: ViewStore,
         follower: Follower,
         catalogues: Catalogues,
         apps: dict[str, AppConfig],
         catch_up_on_read: bool = True,
     ) -> None:
-        self.store = store
         self.follower = follower
         self.catalogues = catalogues
         self.apps = apps
@@ -61,21 +72,42 @@ class Entitlements:
         self, app_id: str, customid: str, at: int, known_at: float | None = None
     ) -> Derivation:
         self._fresh()
-        with self.store.transaction() as cursor:
+        with self.follower.reading() as cursor:
             stored = facts_of_customid(cursor, app_id, customid)
         facts = [s.fact for s in stored if known_at is None or s.recorded_at <= known_at]
-        catalogue = self.catalogues.current(app_id)
+        catalogue = self.catalogues.as_of(app_id, known_at)
         return derive(facts, catalogue, self.apps[app_id].policy, at)
 
     def subscriber(self, app_id: str, customid: str, at: int) -> Subscriber | None:
         """None when no Stripe customer or payment was ever linked to `customid`."""
         self._fresh()
-        with self.store.transaction() as cursor:
+        with self.follower.reading() as cursor:
             keys = buyers_of_customid(cursor, app_id, customid)
             customers = tuple(self._customer(cursor, app_id, key) for key in keys)
         if not customers:
             return None
         return Subscriber(customid, customers, self.derivation(app_id, customid, at))
+
+    def preview_catalogue(self, app_id: str, proposed: Catalogue, at: int) -> CatalogueDiff:
+        """Who would gain and who would lose which permission if `proposed` replaced the
+        app's catalogue now. Changes nothing."""
+        self._fresh()
+        current = self.catalogues.current(app_id)
+        policy = self.apps[app_id].policy
+        gains: dict[str, list[str]] = defaultdict(list)
+        losses: dict[str, list[str]] = defaultdict(list)
+        with self.follower.reading() as cursor:
+            customids = customids_of_app(cursor, app_id)
+        for customid in customids:
+            with self.follower.reading() as cursor:
+                facts = [s.fact for s in facts_of_customid(cursor, app_id, customid)]
+            before = _valid(derive(facts, current, policy, at).permissions)
+            after = _valid(derive(facts, proposed, policy, at).permissions)
+            for permission_id in sorted(after - before):
+                gains[permission_id].append(customid)
+            for permission_id in sorted(before - after):
+                losses[permission_id].append(customid)
+        return CatalogueDiff(dict(gains), dict(losses), len(customids))
 
     def _customer(self, cursor, app_id: str, buyer_key: str) -> LinkedCustomer:
         claims = claims_of(cursor, app_id, buyer_key)

@@ -6,15 +6,22 @@ between batches loses nothing and repeats nothing; two followers racing (two pro
 both apply a batch, because the tracking row only moves forward from the position they read.
 SQLite has no push subscriptions, so this is a pull loop: `catch_up()` on demand (after a write,
 before a read) and `run_forever()` in a worker thread or process.
+
+A follower follows the projection's active generation (see `projections/generations.py`), or one
+fixed generation while that one is being rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from adapters.eventstore import EventLog
+from projections.generations import SCHEMA as GENERATIONS_SCHEMA
+from projections.generations import GenerationCursor, active_generation, tracking_name
 from projections.store import Cursor, ViewStore
 
 log = logging.getLogger("entitlements.projections")
@@ -27,33 +34,72 @@ TRACKING_SCHEMA = (
 
 class Projection(Protocol):
     name: str
+    tables: tuple[str, ...]  # base names of its tables, renamed per generation
+    indexes: tuple[str, ...]
 
     def create_tables(self, cursor: Cursor) -> None: ...
     def apply(self, cursor: Cursor, position: int, event: Any) -> None: ...
 
 
 class TrackingConflict(RuntimeError):
-    """Another follower applied this batch first; re-read the position and go on."""
+    """Another follower applied this batch first (or the generation switched); go on."""
 
 
 class Follower:
     def __init__(
-        self, log: EventLog, store: ViewStore, projection: Projection, batch_size: int = 500
+        self,
+        log: EventLog,
+        store: ViewStore,
+        projection: Projection,
+        batch_size: int = 500,
+        generation: int | None = None,  # None: follow the active generation
     ) -> None:
         self.log = log
         self.store = store
         self.projection = projection
         self.batch_size = batch_size
+        self.generation = generation
+        self._created: set[int] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        with store.transaction() as cursor:
-            cursor.execute(TRACKING_SCHEMA)
-            projection.create_tables(cursor)
+        self._create_tables()
+
+    def _create_tables(self, attempts: int = 5) -> None:
+        # Several processes starting at once may race on CREATE TABLE IF NOT EXISTS
+        # (PostgreSQL can then raise a unique violation): the loser tries again.
+        for attempt in range(attempts):
+            try:
+                with self.store.transaction() as cursor:
+                    cursor.execute(TRACKING_SCHEMA)
+                    cursor.execute(GENERATIONS_SCHEMA)
+                with self.reading():
+                    return
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                self._created.clear()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[GenerationCursor]:
+        """A transaction on the generation this follower writes (the active one by default)."""
+        with self.store.transaction() as raw:
+            yield self._on_generation(raw)
+
+    def _on_generation(self, raw: Cursor) -> GenerationCursor:
+        generation = self.generation or active_generation(raw, self.projection.name)
+        cursor = GenerationCursor(raw, self.projection.tables + self.projection.indexes, generation)
+        if generation not in self._created:
+            self.projection.create_tables(cursor)
+            self._created.add(generation)
+        return cursor
+
+    def _tracking_name(self, cursor: GenerationCursor) -> str:
+        return tracking_name(self.projection.name, cursor.generation)
 
     def position(self) -> int:
-        with self.store.transaction() as cursor:
-            return _tracked(cursor, self.projection.name)
+        with self.reading() as cursor:
+            return _tracked(cursor, self._tracking_name(cursor))
 
     def lag(self) -> int:
         """How many notifications the read model is behind the log (by id)."""
@@ -64,34 +110,39 @@ class Follower:
         if self.lag() > 0:
             self.catch_up()
 
-    def catch_up(self) -> int:
-        """Apply everything recorded so far; returns how many events were applied."""
+    def catch_up(self, on_batch: Callable[[int, int], None] | None = None) -> int:
+        """Apply everything recorded so far; returns how many events were applied.
+        `on_batch(count, position)` is called after each committed batch (progress bars)."""
         applied = 0
         with self._lock:
             while True:
                 try:
-                    count = self._apply_next_batch()
+                    count, position = self._apply_next_batch()
                 except TrackingConflict:
                     continue
                 applied += count
+                if count and on_batch:
+                    on_batch(count, position)
                 if count < self.batch_size:
                     return applied
 
-    def _apply_next_batch(self) -> int:
-        start = self.position()
+    def _apply_next_batch(self) -> tuple[int, int]:
+        with self.reading() as cursor:
+            generation, start = cursor.generation, _tracked(cursor, self._tracking_name(cursor))
         notifications = self.log.recorder.select_notifications(
             start=start, limit=self.batch_size, inclusive_of_start=False
         )
         if not notifications:
-            return 0
-        with self.store.transaction() as cursor:
-            if _tracked(cursor, self.projection.name) != start:
-                raise TrackingConflict(self.projection.name)
+            return 0, start
+        with self.reading() as cursor:
+            name = self._tracking_name(cursor)
+            if cursor.generation != generation or _tracked(cursor, name) != start:
+                raise TrackingConflict(name)
             for notification in notifications:
                 event = self.log.mapper.to_domain_event(notification)
                 self.projection.apply(cursor, notification.id, event)
-            _track(cursor, self.projection.name, start, notifications[-1].id)
-        return len(notifications)
+            _track(cursor, name, start, notifications[-1].id)
+        return len(notifications), notifications[-1].id
 
     def poke(self) -> None:
         """Something was written: wake the background loop."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from adapters.eventstore import sqlite_path
+from adapters.eventstore import database_timeout, sqlite_path
 
 Row = tuple[Any, ...]
 
@@ -96,6 +96,7 @@ class PostgresViewStore:
             max_size=max_size,
             kwargs={"options": options} if options else {},
             open=True,
+            timeout=float(database_timeout()),  # fail promptly while the database is down
         )
 
     @contextlib.contextmanager

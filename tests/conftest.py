@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,10 @@ from starlette.testclient import TestClient
 from adapters.bootstrap import Engine, bootstrap
 from adapters.config import settings_from_dict
 from adapters.http.app import build_http_app
+from adapters.ingest import Webhook
+from adapters.stripe.envelope import parse_event
 from adapters.stripe.signature import sign
+from domain.catalogue import Catalogue
 
 PROJECT = Path(__file__).resolve().parents[1]
 FIXTURES = PROJECT.parent / "shared" / "fixtures" / "stripe"
@@ -76,6 +80,30 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def postgres_url() -> Iterator[str]:
     with postgres_schema() as url:
         yield url
+
+
+@contextlib.contextmanager
+def fresh_engine(backend: str, catalogue: dict[str, Any] | None = None) -> Iterator[Engine]:
+    """An engine on a new, empty database (for Hypothesis examples, which cannot use
+    function-scoped fixtures), with the demo app's catalogue set when one is given."""
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            folder = stack.enter_context(tempfile.TemporaryDirectory())
+            url = f"sqlite:///{folder}/entitlements.sqlite"
+        else:
+            url = stack.enter_context(postgres_schema())
+        engine = bootstrap(settings_from_dict(config_doc(url), env={}))
+        stack.callback(engine.close)
+        if catalogue is not None:
+            engine.catalogues.replace("demo", Catalogue.from_json(catalogue))
+        yield engine
+
+
+def ingest(engine: Engine, bodies: list[str], app_id: str = "demo") -> None:
+    """Record Stripe events in process, as the webhook endpoint would after verification."""
+    for raw in bodies:
+        envelope, _ = parse_event(raw)
+        engine.ingestor.record(Webhook(app_id, envelope, raw))
 
 
 @pytest.fixture

@@ -7,25 +7,24 @@ import logging
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from adapters.http.commands import connect_stripe, get_catalogue, put_catalogue
+from adapters.http.commands import (
+    connect_stripe,
+    get_catalogue,
+    preview_catalogue,
+    put_catalogue,
+)
 from adapters.http.errors import GENERIC, ApiError, error_response
+from adapters.http.history import get_history
+from adapters.http.limits import Limiters, RateLimited, protections, rate_limited_response
+from adapters.http.openapi import openapi_document
+from adapters.http.operations import healthz, metrics
 from adapters.http.queries import get_permissions, get_subscriber
 from adapters.http.webhooks import receive_stripe_webhook
 
 log = logging.getLogger("entitlements.http")
-
-
-async def healthz(request: Request) -> JSONResponse:
-    engine = request.app.state.engine
-    try:
-        engine.log.recorder.max_notification_id()
-    except Exception:
-        log.exception("database unreachable")
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
-    return JSONResponse({"status": "ok", "database": "ok"})
 
 
 def routes() -> list[Route]:
@@ -34,9 +33,13 @@ def routes() -> list[Route]:
         Route("/v1/connect_stripe", connect_stripe, methods=["POST"]),
         Route("/v1/permissions", get_permissions, methods=["GET"]),
         Route("/v1/subscriber", get_subscriber, methods=["GET"]),
+        Route("/v1/customers/{customid}/history", get_history, methods=["GET"]),
         Route("/v1/catalogue", get_catalogue, methods=["GET"]),
         Route("/v1/catalogue", put_catalogue, methods=["PUT"]),
+        Route("/v1/catalogue/preview", preview_catalogue, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_document, methods=["GET"]),
     ]
 
 
@@ -60,9 +63,12 @@ def build_http_app(engine) -> Starlette:
         routes=routes(),
         exception_handlers={
             ApiError: _api_error,
+            RateLimited: rate_limited_response,
             HTTPException: _http_error,
             Exception: _unexpected,
         },
+        middleware=protections(engine.settings.limits, engine.settings.max_body_bytes),
     )
     app.state.engine = engine
+    app.state.limits = Limiters.from_settings(engine.settings.limits)
     return app

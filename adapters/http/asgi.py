@@ -10,16 +10,20 @@ from starlette.applications import Starlette
 from adapters.bootstrap import bootstrap
 from adapters.config import load_settings
 from adapters.http.app import build_http_app
+from adapters.logging_setup import configure_logging
 
 
 def create_app() -> Starlette:
     """Reads ENTITLEMENTS_CONFIG (or the demo configuration) in each worker process."""
+    configure_logging()  # JSON lines, also when started as `uvicorn --factory ...`
     engine = bootstrap(load_settings())
     app = build_http_app(engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         engine.follower.start_background()  # projections follow the log in this process
+        engine.history.index.start_background()  # the history index, likewise
+        engine.resolver.start_background()  # line items of checkouts, fetched from Stripe
         yield
         engine.close()
 

@@ -6,6 +6,7 @@ from starlette.requests import Request
 
 from adapters.config import AppConfig
 from adapters.http.errors import INVALID_API_KEY, ApiError
+from adapters.http.limits import limit_rest_call
 
 
 def authenticated_app(request: Request) -> AppConfig:
@@ -18,4 +19,5 @@ def authenticated_app(request: Request) -> AppConfig:
     matches = [app for app in apps if app.accepts_api_key(key.strip())]
     if len(matches) != 1:
         raise ApiError(401, INVALID_API_KEY, "Invalid APIKEY")
+    limit_rest_call(request, matches[0].app_id)  # 429 once the app has spent its budget
     return matches[0]

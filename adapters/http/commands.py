@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -41,6 +43,18 @@ async def put_catalogue(request: Request) -> JSONResponse:
     catalogue = parse_catalogue(await json_body(request, engine.settings.max_body_bytes))
     changed = await run_in_threadpool(engine.catalogues.replace, app.app_id, catalogue)
     return JSONResponse({**catalogue.to_json(), "changed": changed})
+
+
+async def preview_catalogue(request: Request) -> JSONResponse:
+    """Who would gain and who would lose which permission; nothing is changed."""
+    app = authenticated_app(request)
+    engine = request.app.state.engine
+    catalogue = parse_catalogue(await json_body(request, engine.settings.max_body_bytes))
+    now = int(time.time())
+    diff = await run_in_threadpool(
+        engine.entitlements.preview_catalogue, app.app_id, catalogue, now
+    )
+    return JSONResponse({"gains": diff.gains, "losses": diff.losses, "customids": diff.customids})
 
 
 def parse_catalogue(doc: object) -> Catalogue:

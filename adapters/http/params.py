@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ def required_text(value: Any, name: str) -> str:
         raise bad_request(f"missing parameter {name!r}")
     if len(value) > MAX_ID_LENGTH:
         raise bad_request(f"{name!r} is longer than {MAX_ID_LENGTH} characters")
-    return value
+    return no_nul(value, name)
 
 
 def instant(value: str | None, name: str, default: float | None = None) -> float | None:
@@ -26,9 +27,13 @@ def instant(value: str | None, name: str, default: float | None = None) -> float
     if value is None or value == "":
         return default
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):  # nan and inf compare and convert to nothing sensible
+            raise bad_request(f"{name!r} must be a finite number of epoch seconds")
+        return seconds
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as error:
@@ -36,6 +41,13 @@ def instant(value: str | None, name: str, default: float | None = None) -> float
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+def no_nul(value: str, name: str) -> str:
+    """PostgreSQL cannot store NUL characters: refused on every backend alike."""
+    if "\x00" in value:
+        raise bad_request(f"{name!r} must not contain NUL characters")
+    return value
 
 
 def flag(value: str | None) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -11,16 +12,49 @@ from starlette.responses import JSONResponse
 
 from adapters.http.body import read_limited
 from adapters.http.errors import GENERIC, ApiError, bad_request
+from adapters.http.limits import limit_webhook
+from adapters.http.operations import WEBHOOK_SECONDS, WEBHOOKS
 from adapters.ingest import Outcome, Webhook
-from adapters.stripe.envelope import NotAStripeEvent, parse_event
+from adapters.stripe.envelope import NotAStripeEvent, StripeEnvelope, parse_event
 from adapters.stripe.signature import BadSignature, verify_signature
 
 log = logging.getLogger("entitlements.webhooks")
 
 
 async def receive_stripe_webhook(request: Request) -> JSONResponse:
+    started = time.perf_counter()
     engine = request.app.state.engine
     app_id = request.path_params["app_id"]
+    known_app = app_id in engine.settings.apps
+    try:
+        envelope, outcome = await _receive(request, engine, app_id)
+    except ApiError as error:
+        # Never label by unverified input: unknown apps and types would be unbounded labels.
+        app_label = app_id if known_app else "unknown"
+        WEBHOOKS.labels(app_label, "unverified", f"rejected_{error.status}").inc()
+        log.warning(
+            "webhook rejected: %s",
+            error.description,
+            extra={"app_id": app_label, "status": error.status, "outcome": "rejected"},
+        )
+        raise
+    WEBHOOKS.labels(app_id, envelope.type, outcome.value).inc()
+    WEBHOOK_SECONDS.observe(time.perf_counter() - started)
+    log.info(
+        "webhook %s",
+        outcome.value,
+        extra={
+            "app_id": app_id,
+            "stripe_event_id": envelope.event_id,
+            "stripe_type": envelope.type,
+            "outcome": outcome.value,
+        },
+    )
+    return JSONResponse({"received": True, "duplicate": outcome is Outcome.DUPLICATE})
+
+
+async def _receive(request: Request, engine, app_id: str) -> tuple[StripeEnvelope, Outcome]:
+    """Verify, parse and record; raises ApiError for anything refused."""
     app = engine.settings.apps.get(app_id)
     if app is None:
         raise ApiError(404, GENERIC, f"unknown app {app_id!r}")
@@ -35,23 +69,14 @@ async def receive_stripe_webhook(request: Request) -> JSONResponse:
         )
     except BadSignature as error:
         raise bad_request(f"invalid Stripe signature: {error}") from error
+    limit_webhook(request, app_id)  # only verified events count (no limit by default)
     try:
         envelope, _ = parse_event(raw)
     except json.JSONDecodeError as error:
         raise bad_request(f"malformed JSON: {error.msg} at position {error.pos}") from error
     except NotAStripeEvent as error:
         raise bad_request(f"not a Stripe event: {error}") from error
-    outcome = await _record(engine, Webhook(app_id, envelope, raw))
-    log.info(
-        "webhook %s",
-        outcome.value,
-        extra={
-            "app_id": app_id,
-            "stripe_event_id": envelope.event_id,
-            "stripe_type": envelope.type,
-        },
-    )
-    return JSONResponse({"received": True, "duplicate": outcome is Outcome.DUPLICATE})
+    return envelope, await _record(engine, Webhook(app_id, envelope, raw))
 
 
 async def _record(engine, webhook: Webhook) -> Outcome:

@@ -7,11 +7,11 @@ This reads only the few fields every API version shares (`id`, `type`, `api_vers
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from adapters.stripe.fields import id_of, metadata
+from adapters.stripe.sanity import UnstorableJson, load_json
 from domain.aggregates import Buyer
 
 MAX_ID_LENGTH = 255
@@ -64,7 +64,10 @@ EVENT_CLASSES: dict[str, type[Buyer.StripeEventRecorded]] = {
 
 def parse_event(raw: str) -> tuple[StripeEnvelope, dict[str, Any]]:
     """Parse and check a webhook body. Raises `json.JSONDecodeError` or `NotAStripeEvent`."""
-    event = json.loads(raw)
+    try:
+        event = load_json(raw)  # also refuses what storage could not hold (see sanity.py)
+    except UnstorableJson as error:
+        raise NotAStripeEvent(str(error)) from error
     return read_envelope(event), event
 
 

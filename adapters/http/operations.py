@@ -1,0 +1,61 @@
+"""For operators: /healthz (liveness and readiness) and /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger("entitlements.http")
+
+MAX_READY_LAG = 1000  # events; beyond this the read side is too stale to call "ready"
+# A health check must answer before the prober gives up; while the database is down the
+# store's own retries take far longer (10 attempts), so stop waiting and say unreachable.
+HEALTH_SECONDS = 3.0
+
+WEBHOOKS = Counter(
+    "entitlements_webhooks",
+    "Stripe webhooks received, by app, event type and outcome",
+    ["app", "type", "outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "entitlements_webhook_seconds",
+    "Time to verify and durably record a webhook",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PROJECTION_LAG = Gauge(
+    "entitlements_projection_lag_events",
+    "How many events the read model is behind the event log",
+    ["projection"],
+)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    engine = request.app.state.engine
+    try:
+        with anyio.fail_after(HEALTH_SECONDS):
+            lag = await anyio.to_thread.run_sync(engine.follower.lag, abandon_on_cancel=True)
+    except Exception:  # TimeoutError included
+        log.exception("database unreachable")
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
+    ready = lag <= MAX_READY_LAG
+    body = {
+        "status": "ok" if ready else "catching_up",
+        "database": "ok",
+        "projections": {engine.follower.projection.name: {"lag": lag, "ready": ready}},
+    }
+    return JSONResponse(body, 200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    engine = request.app.state.engine
+    try:
+        lag = await run_in_threadpool(engine.follower.lag)
+        PROJECTION_LAG.labels(engine.follower.projection.name).set(lag)
+    except Exception:
+        log.exception("projection lag unavailable")
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

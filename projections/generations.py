@@ -1,0 +1,87 @@
+"""Generations of a read model: rebuild a new one beside the live one, then switch.
+
+A projection's tables are named per generation (`buyer_facts` for the first, then
+`buyer_facts_g2`, ...); SQL is written with the base names and `GenerationCursor` renames them.
+`projection_generations` says which generation answers queries. A rebuild fills generation N+1
+from the first event while N keeps answering and keeps following the log; once N+1 has caught up,
+one UPDATE makes it the active one, and every follower moves to it at its next batch (each
+generation has its own tracking position, so nothing is lost or applied twice across the switch).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from projections.store import Cursor, Row
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS projection_generations ("
+    "name TEXT PRIMARY KEY, generation INTEGER NOT NULL)"
+)
+FIRST_GENERATION = 1
+
+
+class GenerationCursor:
+    """A cursor on one generation's tables: base table names in SQL become generation names."""
+
+    def __init__(self, cursor: Cursor, names: Sequence[str], generation: int) -> None:
+        self._cursor = cursor
+        self.generation = generation
+        self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+        self._suffix = suffix(generation)
+
+    def _rename(self, sql: str) -> str:
+        if not self._suffix:
+            return sql
+        return self._pattern.sub(lambda m: m.group(1) + self._suffix, sql)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._cursor.execute(self._rename(sql), params)
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any:
+        return self._cursor.executemany(self._rename(sql), params)
+
+    def fetchall(self) -> list[Row]:
+        return self._cursor.fetchall()
+
+    def fetchone(self) -> Row | None:
+        return self._cursor.fetchone()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+
+def suffix(generation: int) -> str:
+    return "" if generation == FIRST_GENERATION else f"_g{generation}"
+
+
+def tracking_name(projection: str, generation: int) -> str:
+    return f"{projection}@g{generation}"
+
+
+def active_generation(cursor: Cursor, name: str) -> int:
+    cursor.execute("SELECT generation FROM projection_generations WHERE name = ?", (name,))
+    row = cursor.fetchone()
+    return int(row[0]) if row else FIRST_GENERATION
+
+
+def activate(cursor: Cursor, name: str, old: int, new: int) -> bool:
+    """Switch `name` from generation `old` to `new`; False if someone else switched first."""
+    cursor.execute(
+        "INSERT INTO projection_generations (name, generation) VALUES (?, ?) "
+        "ON CONFLICT (name) DO NOTHING",
+        (name, old),
+    )
+    cursor.execute(
+        "UPDATE projection_generations SET generation = ? WHERE name = ? AND generation = ?",
+        (new, name, old),
+    )
+    return cursor.rowcount == 1
+
+
+def drop_generation(cursor: Cursor, tables: Sequence[str], generation: int) -> None:
+    for table in tables:
+        cursor.execute(f"DROP TABLE IF EXISTS {table}{suffix(generation)}")
