@@ -31,10 +31,19 @@ class Engine:
     history: CustomerHistory
     resolver: CheckoutResolver
 
+    @property
+    def followers(self) -> tuple[Follower, ...]:
+        """Every read model that follows the event log."""
+        return (self.follower, self.history.index)
+
+    def poke_followers(self) -> None:
+        for follower in self.followers:
+            follower.poke()
+
     def close(self) -> None:
-        self.follower.stop()
         self.resolver.stop()
-        self.history.index.stop()
+        for follower in self.followers:
+            follower.stop()
         self.views.close()
         self.log.close()
 
@@ -47,15 +56,18 @@ def bootstrap(settings: Settings) -> Engine:
     for app in settings.apps.values():
         if app.catalogue_file is not None:
             catalogues.seed(app.app_id, app.catalogue_file)
-    return Engine(
+    history_index = Follower(log, views, HistoryProjection())
+    engine = Engine(
         settings=settings,
         log=log,
         views=views,
         follower=follower,
-        ingestor=Ingestor(log, on_recorded=follower.poke),
+        ingestor=Ingestor(log),
         linker=Linker(log, follower),
         catalogues=catalogues,
         entitlements=Entitlements(follower, catalogues, settings.apps),
-        history=CustomerHistory(log, follower, Follower(log, views, HistoryProjection())),
+        history=CustomerHistory(log, follower, history_index),
         resolver=CheckoutResolver(log, follower, settings.apps),
     )
+    engine.ingestor.on_recorded = engine.poke_followers
+    return engine

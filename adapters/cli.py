@@ -94,45 +94,53 @@ def _app_id(settings: Settings, app_id: str | None) -> str:
 @click.option("--app", "app_id", help="Accepted for symmetry: a rebuild covers every app.")
 @click.option(
     "--projection",
-    type=click.Choice(["buyer_facts"]),
-    default="buyer_facts",
+    type=click.Choice(["all", "buyer_facts", "buyer_history"]),
+    default="all",
     show_default=True,
-    help="Which read model (permissions, subscriptions and purchases derive from it).",
+    help="Which read model (permissions, subscriptions and purchases derive from buyer_facts).",
 )
 def rebuild(app_id: str | None, projection: str) -> None:
-    """Rebuild a read model from the first event; the live one answers until the switch."""
+    """Rebuild read models from the first event; the live ones answer until the switch."""
     from projections.rebuild import rebuild as run_rebuild
 
     engine = bootstrap(_settings())
     try:
         total = engine.log.recorder.max_notification_id() or 0
-        with tqdm(total=total, desc=f"rebuild {projection}", unit="event", file=sys.stderr) as bar:
-            report = run_rebuild(
-                engine.log,
-                engine.views,
-                engine.follower.projection,
-                on_batch=lambda count, _: bar.update(count),
+        for follower in engine.followers:
+            name = follower.projection.name
+            if projection not in ("all", name):
+                continue
+            with tqdm(total=total, desc=f"rebuild {name}", unit="event", file=sys.stderr) as bar:
+                report = run_rebuild(
+                    engine.log,
+                    engine.views,
+                    follower.projection,
+                    on_batch=lambda count, _: bar.update(count),
+                )
+            rate = report.events / report.seconds if report.seconds else 0.0
+            click.echo(
+                f"rebuilt {name}: {report.events} events in {report.seconds:.1f} s "
+                f"({rate:,.0f}/s); generation {report.old_generation} -> {report.new_generation}"
             )
     finally:
         engine.close()
-    rate = report.events / report.seconds if report.seconds else 0.0
-    click.echo(
-        f"rebuilt {report.projection}: {report.events} events in {report.seconds:.1f} s "
-        f"({rate:,.0f}/s); generation {report.old_generation} -> {report.new_generation}"
-    )
 
 
 @main.command()
 @click.option("--once", is_flag=True, help="Catch up once and exit (default: keep following).")
 def project(once: bool) -> None:
-    """Run the projections as a separate worker (several may run: each event applies once)."""
+    """Run the read models as a separate worker (several may run: each event applies once)."""
     engine = bootstrap(_settings())
     try:
         if once:
-            click.echo(f"applied {engine.follower.catch_up()} events")
+            for follower in engine.followers:
+                applied = follower.catch_up()
+                click.echo(f"{follower.projection.name}: applied {applied} events")
             return
         click.echo("following the event log; Ctrl-C to stop", err=True)
-        engine.follower.run_forever()
+        threads = [follower.start_background() for follower in engine.followers]
+        while any(thread.is_alive() for thread in threads):
+            threads[0].join(timeout=1.0)
     except KeyboardInterrupt:
         pass
     finally:

@@ -28,7 +28,7 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS customid_claims (
         app_id TEXT NOT NULL, buyer_key TEXT NOT NULL, position BIGINT NOT NULL,
         customid TEXT NOT NULL, source TEXT NOT NULL, at BIGINT NOT NULL, event_id TEXT NOT NULL,
-        PRIMARY KEY (app_id, buyer_key, position, customid, source))""",
+        PRIMARY KEY (app_id, buyer_key, customid, source))""",
     """CREATE TABLE IF NOT EXISTS buyer_links (
         buyer_uuid TEXT PRIMARY KEY, app_id TEXT NOT NULL, buyer_key TEXT NOT NULL,
         customid TEXT)""",
@@ -160,8 +160,17 @@ class BuyerFactsProjection:
         return BuyerRow(str(originator_id), row[0], row[1])
 
     def _claim(self, cursor: Cursor, buyer: BuyerRow, claim: Claim) -> None:
+        """Keep one claim per (customid, source): the latest explicit link, the earliest
+        metadata claim. The buyer's link is recomputed only when a claim changed, so a buyer
+        whose every event repeats its customid costs one no-op upsert per event."""
         cursor.execute(
-            "INSERT INTO customid_claims VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO customid_claims VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (app_id, buyer_key, customid, source) DO UPDATE SET "
+            "position = excluded.position, at = excluded.at, event_id = excluded.event_id "
+            "WHERE (customid_claims.source = ? AND excluded.position > customid_claims.position) "
+            "OR (customid_claims.source <> ? AND (excluded.at < customid_claims.at "
+            "OR (excluded.at = customid_claims.at "
+            "AND excluded.event_id < customid_claims.event_id)))",
             (
                 buyer.app_id,
                 buyer.buyer_key,
@@ -170,8 +179,12 @@ class BuyerFactsProjection:
                 claim.source,
                 claim.at,
                 claim.event_id,
+                CONNECT,
+                CONNECT,
             ),
         )
+        if cursor.rowcount == 0:
+            return
         linked = resolve_link(claims_of(cursor, buyer.app_id, buyer.buyer_key))
         cursor.execute(
             "UPDATE buyer_links SET customid = ? WHERE buyer_uuid = ?", (linked, buyer.uuid)
@@ -269,9 +282,9 @@ def facts_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[Stored
     facts = facts_of_buyers(cursor, app_id, buyers)
     refs = {ref for stored in facts for ref in _payment_refs(stored.fact)}
     payments = sorted(f"{PAYMENT_PREFIX}{ref}" for ref in refs)
-    guests = [
-        key for key in payments if key not in buyers and _unclaimed(cursor, app_id, key, customid)
-    ]
+    candidates = [key for key in payments if key not in buyers]
+    links = _links_of_buyers(cursor, app_id, candidates)
+    guests = [key for key in candidates if links.get(key) in (None, customid)]
     return facts + facts_of_buyers(cursor, app_id, guests)
 
 
@@ -280,6 +293,15 @@ def _payment_refs(fact: Fact) -> list[str]:
     return [ref for ref in refs if isinstance(ref, str)]
 
 
-def _unclaimed(cursor: Cursor, app_id: str, buyer_key: str, customid: str) -> bool:
-    linked = link_of_buyer(cursor, app_id, buyer_key)
-    return linked is None or linked == customid
+def _links_of_buyers(cursor: Cursor, app_id: str, keys: list[str]) -> dict[str, str | None]:
+    links: dict[str, str | None] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        cursor.execute(
+            f"SELECT buyer_key, customid FROM buyer_links WHERE app_id = ? "
+            f"AND buyer_key IN ({marks})",
+            (app_id, *chunk),
+        )
+        links.update(dict(cursor.fetchall()))
+    return links

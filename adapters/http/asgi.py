@@ -21,8 +21,8 @@ def create_app() -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        engine.follower.start_background()  # projections follow the log in this process
-        engine.history.index.start_background()  # the history index, likewise
+        for follower in engine.followers:  # read models follow the log in this process
+            follower.start_background()
         engine.resolver.start_background()  # line items of checkouts, fetched from Stripe
         yield
         engine.close()
