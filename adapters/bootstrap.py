@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from adapters.catalogues import Catalogues
 from adapters.config import Settings
 from adapters.eventstore import EventLog, open_event_log
+from adapters.group_commit import GroupCommitWriter
 from adapters.history import CustomerHistory
 from adapters.ingest import Ingestor
 from adapters.line_items import CheckoutResolver
@@ -30,6 +31,7 @@ class Engine:
     entitlements: Entitlements
     history: CustomerHistory
     resolver: CheckoutResolver
+    writer: GroupCommitWriter  # webhooks from HTTP: batched into shared commits
 
     @property
     def followers(self) -> tuple[Follower, ...]:
@@ -41,6 +43,7 @@ class Engine:
             follower.poke()
 
     def close(self) -> None:
+        self.writer.stop()
         self.resolver.stop()
         for follower in self.followers:
             follower.stop()
@@ -57,17 +60,19 @@ def bootstrap(settings: Settings) -> Engine:
         if app.catalogue_file is not None:
             catalogues.seed(app.app_id, app.catalogue_file)
     history_index = Follower(log, views, HistoryProjection())
+    ingestor = Ingestor(log)
     engine = Engine(
         settings=settings,
         log=log,
         views=views,
         follower=follower,
-        ingestor=Ingestor(log),
+        ingestor=ingestor,
         linker=Linker(log, follower),
         catalogues=catalogues,
         entitlements=Entitlements(follower, catalogues, settings.apps),
         history=CustomerHistory(log, follower, history_index),
         resolver=CheckoutResolver(log, follower, settings.apps),
+        writer=GroupCommitWriter(ingestor),
     )
     engine.ingestor.on_recorded = engine.poke_followers
     return engine

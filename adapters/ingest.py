@@ -11,16 +11,22 @@ holds no state a webhook could violate, so replaying thousands of events to appe
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from eventsourcing.persistence import IntegrityError
+
 from adapters.appending import next_in_history, save_retrying
 from adapters.eventstore import EventLog
 from adapters.stripe.envelope import StripeEnvelope
-from domain.aggregates import Buyer, WebhookReceipt, receipt_id
+from domain.aggregates import Buyer, WebhookReceipt, buyer_id, receipt_id
+
+VERSION_CACHE_SIZE = 100_000  # buyers whose next version is remembered
 
 
 class Outcome(Enum):
@@ -45,6 +51,72 @@ class Ingestor:
         self.log = log
         self.clock = clock
         self.on_recorded = on_recorded  # e.g. wake the projections
+        self._next_versions: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def record_many(self, webhooks: list[Webhook]) -> list[Outcome | Exception]:
+        """Record several webhooks in ONE transaction (group commit): one fsync for all.
+
+        Any uniqueness failure (a redelivery, or another process appending to the same buyer)
+        aborts the whole batch, which is then recorded one webhook at a time, so each gets its
+        own exact outcome. A storage failure is every webhook's outcome: none was stored.
+        """
+        try:
+            events, outcomes, next_versions = self._batch(webhooks)
+            self.log.save(*events)
+        except IntegrityError:
+            self._forget([(w.app_id, w.envelope.buyer_key) for w in webhooks])
+            return [self._outcome_of(webhook) for webhook in webhooks]
+        except Exception as error:
+            return [error] * len(webhooks)
+        self._remember(next_versions)
+        self.on_recorded()
+        return outcomes
+
+    def _outcome_of(self, webhook: Webhook) -> Outcome | Exception:
+        try:
+            return self.record(webhook)
+        except Exception as error:
+            return error
+
+    def _batch(
+        self, webhooks: list[Webhook]
+    ) -> tuple[list[Any], list[Outcome], dict[tuple[str, str], int]]:
+        """The events of a batch; buyers appearing twice get consecutive versions, and an event
+        id appearing twice is a duplicate of its first copy."""
+        events: list[Any] = []
+        outcomes: list[Outcome] = []
+        next_versions: dict[tuple[str, str], int] = {}
+        seen: set[tuple[str, str]] = set()
+        for webhook in webhooks:
+            key = (webhook.app_id, webhook.envelope.event_id)
+            if key in seen:
+                outcomes.append(Outcome.DUPLICATE)
+                continue
+            seen.add(key)
+            buyer = (webhook.app_id, webhook.envelope.buyer_key)
+            known = next_versions.get(buyer) or self._next_versions.get(buyer)
+            new = self.new_events(webhook, known)
+            next_versions[buyer] = new[-1].originator_version + 1
+            events += new
+            outcomes.append(Outcome.RECORDED)
+        return events, outcomes, next_versions
+
+    def _remember(self, next_versions: dict[tuple[str, str], int]) -> None:
+        """Cache each buyer's next version, so that appending needs no read. Another process
+        may append meanwhile: the stale version then fails on the version's unique key, the
+        batch is retried one webhook at a time from fresh reads, and the entry is forgotten."""
+        with self._cache_lock:
+            for buyer, version in next_versions.items():
+                self._next_versions[buyer] = version
+                self._next_versions.move_to_end(buyer)
+            while len(self._next_versions) > VERSION_CACHE_SIZE:
+                self._next_versions.popitem(last=False)
+
+    def _forget(self, buyers: list[tuple[str, str]]) -> None:
+        with self._cache_lock:
+            for buyer in buyers:
+                self._next_versions.pop(buyer, None)
 
     def record(self, webhook: Webhook) -> Outcome:
         saved = save_retrying(
@@ -52,6 +124,7 @@ class Ingestor:
         )
         if not saved:
             return Outcome.DUPLICATE
+        self._forget([(webhook.app_id, webhook.envelope.buyer_key)])  # re-read next time
         self.on_recorded()
         return Outcome.RECORDED
 
@@ -59,11 +132,15 @@ class Ingestor:
         rid = receipt_id(webhook.app_id, webhook.envelope.event_id)
         return self.log.last_version(rid) is not None
 
-    def new_events(self, webhook: Webhook) -> list[Any]:
-        """The receipt, plus the buyer's registration if new, plus the typed Stripe event."""
+    def new_events(self, webhook: Webhook, version: int | None = None) -> list[Any]:
+        """The receipt, plus the buyer's registration if new, plus the typed Stripe event
+        (at `version` when the caller already knows the buyer's next version)."""
         env = webhook.envelope
         receipt = WebhookReceipt(webhook.app_id, env.event_id, env.buyer_key)
-        registration, bid, version = next_in_history(self.log, webhook.app_id, env.buyer_key)
+        if version is None:
+            registration, bid, version = next_in_history(self.log, webhook.app_id, env.buyer_key)
+        else:
+            registration, bid = [], buyer_id(webhook.app_id, env.buyer_key)
         recorded = env.event_class(
             originator_id=bid,
             originator_version=version,

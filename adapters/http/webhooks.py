@@ -6,7 +6,6 @@ import json
 import logging
 import time
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -81,7 +80,7 @@ async def _receive(request: Request, engine, app_id: str) -> tuple[StripeEnvelop
 
 async def _record(engine, webhook: Webhook) -> Outcome:
     try:
-        return await run_in_threadpool(engine.ingestor.record, webhook)
+        return await engine.writer.record(webhook)
     except Exception as error:  # storage failed: answer 5xx so that Stripe retries
         log.exception(
             "storage failure",
