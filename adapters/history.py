@@ -9,11 +9,12 @@ replayed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
+
+import orjson
 
 from adapters.eventstore import EventLog
 from adapters.stripe.facts import facts_from_event
@@ -143,7 +144,7 @@ def stripe_facts(raw: str) -> list[dict[str, Any]]:
     """The facts the engine reads from a raw body today (they may differ from what a former
     version of the engine read: the raw body, not the facts, is the record)."""
     try:
-        event = json.loads(raw)
+        event = orjson.loads(raw)
     except ValueError:
         return []
     return [fact.to_dict() for fact in facts_from_event(event)]

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from adapters.stripe.facts import facts_from_event, line_items_from_stripe
 from domain.aggregates import Buyer
 from domain.facts import CheckoutCompleted, Fact, fact_from_dict
@@ -108,7 +110,7 @@ class BuyerFactsProjection:
         self, cursor: Cursor, position: int, event: Buyer.StripeEventRecorded
     ) -> None:
         buyer = self._buyer(cursor, event.originator_id)
-        facts = facts_from_event(json.loads(event.raw))
+        facts = facts_from_event(orjson.loads(event.raw))
         cursor.executemany(
             "INSERT INTO buyer_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.stripe.fields import id_of, metadata
-from adapters.stripe.sanity import UnstorableJson, load_json
+from adapters.stripe.sanity import INT64, UnstorableJson, load_json
 from domain.aggregates import Buyer
 
 MAX_ID_LENGTH = 255
@@ -82,6 +82,8 @@ def read_envelope(event: Any) -> StripeEnvelope:
     created = event.get("created")
     if created is not None and (not isinstance(created, int) or isinstance(created, bool)):
         raise NotAStripeEvent("'created' must be an integer (epoch seconds)")
+    if created is not None and not -INT64 <= created < INT64:
+        raise NotAStripeEvent("'created' does not fit in 64 bits")
     api_version = event.get("api_version")
     if api_version is not None and not isinstance(api_version, str):
         raise NotAStripeEvent("'api_version' must be a string")

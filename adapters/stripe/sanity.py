@@ -11,11 +11,16 @@ nothing written, rather than accepted and left to jam a read model later.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-MAX_DEPTH = 64  # Stripe payloads nest about ten levels deep
-INT64 = 2**63
+import orjson
+
+# orjson refuses NaN/Infinity, unpaired surrogates and nesting deeper than 1,024 levels with a
+# JSONDecodeError (a subclass of the standard library's), and is 3x faster than `json`; every
+# reader of stored bodies uses it too, so what was accepted can always be read back.
+MAX_DEPTH = 1024
+INT64 = 2**63  # integers that become database columns must fit (SQLite refuses more)
+_NUL_ESCAPE = "\\u0000"
 
 
 class UnstorableJson(ValueError):
@@ -23,45 +28,8 @@ class UnstorableJson(ValueError):
 
 
 def load_json(raw: str) -> Any:
-    """`json.loads`, refusing what storage cannot hold. Raises `json.JSONDecodeError` for
-    malformed JSON and `UnstorableJson` (a `ValueError`) for the cases in the module docstring."""
-    try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
-    except RecursionError as error:
-        raise UnstorableJson(f"JSON nested deeper than {MAX_DEPTH} levels") from error
-    check_storable(value)
-    return value
-
-
-def check_storable(value: Any) -> None:
-    """Walk the document without recursion (it may be deep) and refuse unstorable values."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, str):
-            _check_text(item)
-        elif isinstance(item, bool | float) or item is None:
-            continue
-        elif isinstance(item, int):
-            if not -INT64 <= item < INT64:
-                raise UnstorableJson("an integer does not fit in 64 bits")
-        elif depth > MAX_DEPTH:
-            raise UnstorableJson(f"JSON nested deeper than {MAX_DEPTH} levels")
-        elif isinstance(item, dict):
-            pending.extend((key, depth) for key in item)
-            pending.extend((child, depth + 1) for child in item.values())
-        else:
-            pending.extend((child, depth + 1) for child in item)
-
-
-def _check_text(text: str) -> None:
-    if "\x00" in text:
+    """Parse a webhook body, refusing what storage cannot hold. Raises `json.JSONDecodeError`
+    (malformed JSON, including the cases above) or `UnstorableJson` (a `ValueError`)."""
+    if _NUL_ESCAPE in raw:  # a raw NUL is already invalid JSON; an escaped one is not
         raise UnstorableJson("a string contains a NUL character")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise UnstorableJson("a string contains an unpaired UTF-16 surrogate") from error
-
-
-def _refuse_constant(name: str) -> Any:
-    raise UnstorableJson(f"{name} is not a JSON number")
+    return orjson.loads(raw)
