@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from pathlib import Path
 
 from eventsourcing.application import AggregateNotFoundError
@@ -14,16 +15,25 @@ from adapters.eventstore import EventLog
 from domain.aggregates import AppCatalogue, catalogue_id
 from domain.catalogue import Catalogue, InvalidCatalogue
 
+REFRESH_SECONDS = 1.0
+
 
 class Catalogues:
     def __init__(self, log: EventLog) -> None:
         self.log = log
         self._cache: dict[str, tuple[int, Catalogue]] = {}
+        self._checked: dict[str, float] = {}  # app id -> monotonic time its cache is trusted to
         self._lock = threading.Lock()
 
     def current(self, app_id: str) -> Catalogue:
-        """The app's catalogue; re-read only when another process or thread replaced it."""
+        """The app's catalogue. Replacements made in this process show at once; those of other
+        processes within `REFRESH_SECONDS` (a permission query should not cost a log read)."""
+        cached = self._cache.get(app_id)
+        fresh_until = self._checked.get(app_id, 0.0)
+        if cached and time.monotonic() < fresh_until:
+            return cached[1]
         version = self.log.last_version(catalogue_id(app_id))
+        self._checked[app_id] = time.monotonic() + REFRESH_SECONDS
         if version is None:
             return Catalogue()
         cached = self._cache.get(app_id)
@@ -60,6 +70,7 @@ class Catalogues:
                 return False
             aggregate.replace(text)
             self.log.save(aggregate)
+            self._checked.pop(app_id, None)
             return True
 
     def seed(self, app_id: str, path: Path) -> None:

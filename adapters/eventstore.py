@@ -8,11 +8,14 @@ that choice cannot be changed later without migrating every stored event.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError, ProgrammingError
 
 from domain.aggregates import Buyer
 
@@ -32,6 +35,20 @@ class EventLog(Application):
     """Every domain event of every app: buyers' histories, webhook receipts, catalogues."""
 
     name = "Entitlements"
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__(env)
+        # The newest notification id this process has written (or found at start): reads
+        # catch their read models up to it, so that they see their own writes.
+        self.high_water = self.recorder.max_notification_id() or 0
+        self._high_water_lock = threading.Lock()
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        recordings = super().save(*objs, **kwargs)
+        if recordings:
+            with self._high_water_lock:
+                self.high_water = max(self.high_water, recordings[-1].notification.id)
+        return recordings
 
     def last_version(self, aggregate_id: Any) -> int | None:
         """The version of an aggregate's newest event, without replaying its history."""
@@ -89,5 +106,14 @@ def _postgres_env(parts: Any) -> dict[str, str]:
     return env
 
 
-def open_event_log(database_url: str) -> EventLog:
-    return EventLog(env=store_env(database_url))
+def open_event_log(database_url: str, attempts: int = 5) -> EventLog:
+    """Several processes starting at once on an empty PostgreSQL schema race to create its
+    tables and types (`CREATE ... IF NOT EXISTS` is not atomic there): the losers try again."""
+    for attempt in range(attempts):
+        try:
+            return EventLog(env=store_env(database_url))
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")

@@ -60,6 +60,7 @@ class Follower:
         self.batch_size = batch_size
         self.generation = generation
         self._created: set[int] = set()
+        self._applied = 0  # the newest position this process has seen applied
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -99,14 +100,20 @@ class Follower:
 
     def position(self) -> int:
         with self.reading() as cursor:
-            return _tracked(cursor, self._tracking_name(cursor))
+            position = _tracked(cursor, self._tracking_name(cursor))
+        self._applied = max(self._applied, position)
+        return position
 
     def lag(self) -> int:
         """How many notifications the read model is behind the log (by id)."""
         return max(0, (self.log.recorder.max_notification_id() or 0) - self.position())
 
     def catch_up_if_behind(self) -> None:
-        """Read your writes: apply whatever was recorded before this call."""
+        """Read your writes: apply whatever this process recorded before this call. Costs no
+        query when the read model already holds this process's newest write; writes of other
+        processes arrive through the background loop."""
+        if self.log.high_water <= self._applied:
+            return
         if self.lag() > 0:
             self.catch_up()
 
@@ -142,20 +149,25 @@ class Follower:
                 event = self.log.mapper.to_domain_event(notification)
                 self.projection.apply(cursor, notification.id, event)
             _track(cursor, name, start, notifications[-1].id)
+        self._applied = max(self._applied, notifications[-1].id)
         return len(notifications), notifications[-1].id
 
     def poke(self) -> None:
         """Something was written: wake the background loop."""
         self._wake.set()
 
-    def run_forever(self, poll_interval: float = 0.5) -> None:
+    def run_forever(self, poll_interval: float = 0.5, linger: float = 0.05) -> None:
+        """Follow until stopped. After a wake-up it lingers a moment, so that a burst of
+        webhooks is projected in one transaction rather than one each (a reader never waits
+        for this: reads catch up first)."""
         while not self._stop.is_set():
             try:
                 self.catch_up()
             except Exception:  # keep following; the next round retries the same batch
                 log.exception("projection %s failed; retrying", self.projection.name)
                 self._stop.wait(1.0)
-            self._wake.wait(poll_interval)
+            if self._wake.wait(poll_interval):
+                self._stop.wait(linger)
             self._wake.clear()
 
     def start_background(self) -> threading.Thread:
