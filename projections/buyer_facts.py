@@ -34,8 +34,14 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS buyer_links (
         buyer_uuid TEXT PRIMARY KEY, app_id TEXT NOT NULL, buyer_key TEXT NOT NULL,
         customid TEXT)""",
-    "CREATE INDEX IF NOT EXISTS buyer_links_customid ON buyer_links (app_id, customid)",
-    "CREATE INDEX IF NOT EXISTS buyer_links_key ON buyer_links (app_id, buyer_key)",
+    # Both lookups of buyer_links read a covering index: a customid's buyers, in buyer_key order,
+    # and the links of given buyer keys. With the two-column indexes of earlier versions (dropped
+    # here) SQLite, which has no statistics, scanned every buyer of the app for the first one.
+    "DROP INDEX IF EXISTS buyer_links_customid",
+    "DROP INDEX IF EXISTS buyer_links_key",
+    "CREATE INDEX IF NOT EXISTS buyer_links_by_customid "
+    "ON buyer_links (app_id, customid, buyer_key)",
+    "CREATE INDEX IF NOT EXISTS buyer_links_by_key ON buyer_links (app_id, buyer_key, customid)",
 ]
 
 CUSTOMID_PREFIX = "customid:"
@@ -77,7 +83,12 @@ class BuyerFactsProjection:
 
     name = "buyer_facts"
     tables = ("buyer_facts", "customid_claims", "buyer_links")
-    indexes = ("buyer_links_customid", "buyer_links_key")
+    indexes = (
+        "buyer_links_customid",  # dropped
+        "buyer_links_key",  # dropped
+        "buyer_links_by_customid",
+        "buyer_links_by_key",
+    )
 
     def create_tables(self, cursor: Cursor) -> None:
         for statement in SCHEMA:
@@ -272,9 +283,19 @@ def facts_of_buyers(cursor: Cursor, app_id: str, buyer_keys: list[str]) -> list[
         (app_id, *buyer_keys),
     )
     return [
-        StoredFact(fact_from_dict(json.loads(body)), key, recorded_at, position)
+        StoredFact(_load_fact(body), key, recorded_at, position)
         for key, body, recorded_at, position in cursor.fetchall()
     ]
+
+
+def _load_fact(body: str) -> Fact:
+    """A stored fact. orjson reads what `json.dumps` wrote ~3x faster; anything it refuses
+    (NaN, integers beyond 64 bits: never in facts read from Stripe) goes to `json`."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = json.loads(body)
+    return fact_from_dict(data)
 
 
 def facts_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[StoredFact]:

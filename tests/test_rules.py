@@ -24,7 +24,7 @@ from domain.facts import (
     SubscriptionObserved,
 )
 from domain.policy import AppPolicy
-from domain.rules import PermissionStatus, derive, permissions
+from domain.rules import PermissionStatus, derive, fact_order, known_facts, permissions
 
 DAY = 86400
 T0 = 1_700_000_000
@@ -783,3 +783,23 @@ def test_a_subscription_heard_of_only_through_a_paid_invoice_is_5_for_the_period
 
 def test_a_failed_invoice_alone_grants_nothing():
     assert code([invoice(at=T0, paid=False)], at=day(1))[0] == -9
+
+
+def test_facts_tied_on_clock_event_and_kind_are_ordered_by_their_content():
+    # The content (repr) is compared lazily, only on such ties; the order is the one of
+    # (at, event_id, kind, repr(fact)).
+    same = dict(at=T0, event_id="evt_same")
+    tied = [
+        subscription(status=status, product=product, **same)
+        for status in ("active", "past_due", "canceled")
+        for product in ("prod_M", "prod_Y")
+    ]
+    facts = [*tied, subscription(status="active", at=T0 - 1), invoice(at=T0)]
+    by_repr = sorted(facts, key=lambda f: (f.at, f.event_id, f.kind, repr(f)))
+    for order in itertools.permutations(facts[:4]):
+        shuffled = [*order, *facts[4:]]
+        assert sorted(shuffled, key=fact_order) == by_repr
+        assert list(known_facts(shuffled, T0)) == by_repr
+    assert max(facts, key=fact_order) == by_repr[-1]
+    assert min(facts, key=fact_order) == by_repr[0]
+    assert fact_order(tied[0]) == fact_order(tied[0]) != fact_order(tied[1])

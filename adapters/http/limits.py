@@ -13,6 +13,7 @@ without a shared store; a global quota belongs in a proxy in front.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -171,8 +172,11 @@ class TimeoutMiddleware:
         if scope["type"] != "http" or self.seconds <= 0:
             await self.app(scope, receive, send)
             return
-        state = {"started": False, "timed_out": False}
-        failure: list[Exception] = []
+        # The app runs in this task; a timer (not a task and a sleeping task per request, which
+        # cost as much as a permission query) starts the 503 only when the time is up.
+        state = {"started": False, "timed_out": False, "running": True}
+        cancel_scope = anyio.CancelScope()
+        answering: list[asyncio.Task[None]] = []
 
         async def guarded_send(message: Message) -> None:
             if state["timed_out"]:
@@ -181,27 +185,33 @@ class TimeoutMiddleware:
                 state["started"] = True
             await send(message)
 
-        async with anyio.create_task_group() as group:
+        async def answer() -> None:
+            try:
+                if not state["started"]:
+                    response = error_response(503, GENERIC, "request timed out, retry later")
+                    await response(scope, receive, send)
+            finally:
+                if state["running"]:
+                    cancel_scope.cancel()
 
-            async def run() -> None:
-                try:
-                    await self.app(scope, receive, guarded_send)
-                except Exception as error:  # re-raised below, not wrapped in an ExceptionGroup
-                    failure.append(error)
-                finally:
-                    group.cancel_scope.cancel()
-
-            group.start_soon(run)
-            await anyio.sleep(self.seconds)
+        def time_out() -> None:
             state["timed_out"] = True
             log.warning(
                 "request timed out after %s s",
                 self.seconds,
                 extra={"method": scope.get("method"), "path": scope.get("path")},
             )
-            if not state["started"]:
-                response = error_response(503, GENERIC, "request timed out, retry later")
-                await response(scope, receive, send)
-            group.cancel_scope.cancel()
-        if failure and not state["timed_out"]:
-            raise failure[0]
+            answering.append(asyncio.ensure_future(answer()))
+
+        timer = asyncio.get_running_loop().call_later(self.seconds, time_out)
+        try:
+            with cancel_scope:
+                await self.app(scope, receive, guarded_send)
+        except Exception:
+            if not state["timed_out"]:  # after a timeout the 503 has answered already
+                raise
+        finally:
+            state["running"] = False
+            timer.cancel()
+        if answering:
+            await answering[0]
