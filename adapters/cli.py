@@ -91,7 +91,7 @@ def _app_id(settings: Settings, app_id: str | None) -> str:
 
 
 @main.command()
-@click.option("--app", "app_id", help="Accepted for symmetry: a rebuild covers every app.")
+@click.option("--app", "app_id", help="Rebuild only this app's rows (default: every app).")
 @click.option(
     "--projection",
     type=click.Choice(["all", "buyer_facts", "buyer_history"]),
@@ -103,7 +103,8 @@ def rebuild(app_id: str | None, projection: str) -> None:
     """Rebuild read models from the first event; the live ones answer until the switch."""
     from projections.rebuild import rebuild as run_rebuild
 
-    engine = bootstrap(_settings())
+    settings = _settings()
+    engine = bootstrap(settings)
     try:
         total = engine.log.recorder.max_notification_id() or 0
         for follower in engine.followers:
@@ -116,6 +117,7 @@ def rebuild(app_id: str | None, projection: str) -> None:
                     engine.views,
                     follower.projection,
                     on_batch=lambda count, _: bar.update(count),
+                    app_id=app_id and _app_id(settings, app_id),
                 )
             rate = report.events / report.seconds if report.seconds else 0.0
             click.echo(

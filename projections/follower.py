@@ -53,12 +53,14 @@ class Follower:
         projection: Projection,
         batch_size: int = 500,
         generation: int | None = None,  # None: follow the active generation
+        stop_at: int | None = None,  # apply nothing after this position (a bounded replay)
     ) -> None:
         self.log = log
         self.store = store
         self.projection = projection
         self.batch_size = batch_size
         self.generation = generation
+        self.stop_at = stop_at
         self._created: set[int] = set()
         self._applied = 0  # the newest position this process has seen applied
         self._lock = threading.Lock()
@@ -137,7 +139,7 @@ class Follower:
         with self.reading() as cursor:
             generation, start = cursor.generation, _tracked(cursor, self._tracking_name(cursor))
         notifications = self.log.recorder.select_notifications(
-            start=start, limit=self.batch_size, inclusive_of_start=False
+            start=start, limit=self.batch_size, stop=self.stop_at, inclusive_of_start=False
         )
         if not notifications:
             return 0, start

@@ -11,17 +11,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from adapters.eventstore import EventLog
+from domain.aggregates import Buyer
 from projections.follower import TRACKING_SCHEMA, Follower, Projection
 from projections.generations import SCHEMA as GENERATIONS_SCHEMA
 from projections.generations import (
     activate,
     active_generation,
     drop_generation,
+    suffix,
     tracking_name,
 )
-from projections.store import ViewStore
+from projections.store import Cursor, ViewStore
 
 REBUILD_BATCH = 1000
 
@@ -45,16 +48,72 @@ def rebuild(
     projection: Projection,
     on_batch: Callable[[int, int], None] | None = None,
     batch_size: int = REBUILD_BATCH,
+    app_id: str | None = None,
 ) -> RebuildReport:
+    """Rebuild every app's rows, or only `app_id`'s: then the other apps' rows are copied
+    from the live generation as they stood at its tracked position P, the app's events up to P
+    are replayed from the first, and everything after P is applied as usual."""
     started = time.monotonic()
     old, new = _prepare(store, projection)
     follower = Follower(log, store, projection, batch_size=batch_size, generation=new)
-    events = follower.catch_up(on_batch)
+    events = 0
+    if app_id is not None:
+        copied_up_to = _copy_other_apps(store, projection, old, new, app_id)
+        only_app = OnlyApp(projection, app_id)
+        bounded = Follower(
+            log, store, only_app, batch_size=batch_size, generation=new, stop_at=copied_up_to
+        )
+        events += bounded.catch_up(on_batch)
+    events += follower.catch_up(on_batch)
     events += follower.catch_up(on_batch)  # what arrived during the first pass
     with store.transaction() as cursor:
         if not activate(cursor, projection.name, old, new):
             raise RebuildRaced(projection.name)
     return RebuildReport(projection.name, old, new, events, time.monotonic() - started)
+
+
+def _copy_other_apps(
+    store: ViewStore, projection: Projection, old: int, new: int, app_id: str
+) -> int:
+    """Copy the rows of every other app from the live generation into the new one; returns the
+    live generation's position P, which the copy reflects exactly: the no-op UPDATE locks the
+    live tracking row, so the live follower cannot commit a batch meanwhile."""
+    live = tracking_name(projection.name, old)
+    with store.transaction() as cursor:
+        cursor.execute("UPDATE projection_tracking SET position = position WHERE name = ?", (live,))
+        cursor.execute("SELECT position FROM projection_tracking WHERE name = ?", (live,))
+        row = cursor.fetchone()
+        position = int(row[0]) if row else 0
+        for table in projection.tables:
+            cursor.execute(
+                f"INSERT INTO {table}{suffix(new)} "
+                f"SELECT * FROM {table}{suffix(old)} WHERE app_id <> ?",
+                (app_id,),
+            )
+    return position
+
+
+class OnlyApp:
+    """A projection seen through a filter: only the events of one app's buyers reach it.
+    A replay starts at the first event, so every buyer's registration (which names its app)
+    is seen before the buyer's other events."""
+
+    def __init__(self, projection: Projection, app_id: str) -> None:
+        self.inner = projection
+        self.app_id = app_id
+        self.name = projection.name
+        self.tables = projection.tables
+        self.indexes = projection.indexes
+        self._buyers: set[Any] = set()
+
+    def create_tables(self, cursor: Cursor) -> None:
+        self.inner.create_tables(cursor)
+
+    def apply(self, cursor: Cursor, position: int, event: Any) -> None:
+        if isinstance(event, Buyer.Created) and event.app_id == self.app_id:
+            self._buyers.add(event.originator_id)
+        if not isinstance(event, Buyer.Event) or event.originator_id in self._buyers:
+            self.inner.apply(cursor, position, event)
 
 
 def _prepare(store: ViewStore, projection: Projection) -> tuple[int, int]:
