@@ -12,10 +12,9 @@ from adapters.history import CustomerHistory
 from adapters.ingest import Ingestor
 from adapters.line_items import CheckoutResolver
 from adapters.linking import Linker
-from projections.buyer_facts import BuyerFactsProjection
 from projections.entitlements import Entitlements
 from projections.follower import Follower
-from projections.history import HistoryProjection
+from projections.read_models import BuyerReadModels
 from projections.store import ViewStore, open_view_store
 
 
@@ -36,7 +35,7 @@ class Engine:
     @property
     def followers(self) -> tuple[Follower, ...]:
         """Every read model that follows the event log."""
-        return (self.follower, self.history.index)
+        return (self.follower,)
 
     def poke_followers(self) -> None:
         for follower in self.followers:
@@ -54,12 +53,11 @@ class Engine:
 def bootstrap(settings: Settings) -> Engine:
     log = open_event_log(settings.database_url)
     views = open_view_store(settings.database_url)
-    follower = Follower(log, views, BuyerFactsProjection())
+    follower = Follower(log, views, BuyerReadModels())
     catalogues = Catalogues(log)
     for app in settings.apps.values():
         if app.catalogue_file is not None:
             catalogues.seed(app.app_id, app.catalogue_file)
-    history_index = Follower(log, views, HistoryProjection())
     ingestor = Ingestor(log)
     engine = Engine(
         settings=settings,
@@ -70,7 +68,7 @@ def bootstrap(settings: Settings) -> Engine:
         linker=Linker(log, follower),
         catalogues=catalogues,
         entitlements=Entitlements(follower, catalogues, settings.apps),
-        history=CustomerHistory(log, follower, history_index),
+        history=CustomerHistory(log, follower, follower),
         resolver=CheckoutResolver(log, follower, settings.apps),
         writer=GroupCommitWriter(ingestor),
     )

@@ -94,10 +94,10 @@ def _app_id(settings: Settings, app_id: str | None) -> str:
 @click.option("--app", "app_id", help="Rebuild only this app's rows (default: every app).")
 @click.option(
     "--projection",
-    type=click.Choice(["all", "buyer_facts", "buyer_history"]),
+    type=click.Choice(["all", "buyer_read_models"]),
     default="all",
     show_default=True,
-    help="Which read model (permissions, subscriptions and purchases derive from buyer_facts).",
+    help="Which read models (buyer_read_models: the facts and the history).",
 )
 def rebuild(app_id: str | None, projection: str) -> None:
     """Rebuild read models from the first event; the live ones answer until the switch."""

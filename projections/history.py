@@ -7,8 +7,8 @@ buyer event (no payload): its aggregate and version, its notification position, 
 type and `created`, and when it was recorded. A history page is then one indexed query here plus
 one `select_events` per run of consecutive versions (`adapters/history.py`).
 
-It is followed by its own `Follower` (tracking name "buyer_history"), so that it can be added to,
-or rebuilt on, an existing log without touching the buyer-facts read model.
+It is fed by the same follower as the buyer-facts read model (`projections/read_models.py`): one
+read of the log for both.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ class Server:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             body = self.healthz().json()
-            if body.get("projections", {}).get("buyer_facts", {}).get("lag") == 0:
+            if body.get("projections", {}).get("buyer_read_models", {}).get("lag") == 0:
                 return
             time.sleep(0.2)
         pytest.fail(f"projection did not catch up: {self.healthz().text}")
