@@ -32,6 +32,7 @@ from adapters.history import CustomerHistory
 from domain.aggregates import AppCatalogue, Buyer, catalogue_id
 from projections.follower import Follower
 from projections.history import HistoryFilter
+from projections.store import placeholders
 
 GENESIS = "0" * 64
 FORMAT = "entitlements-audit/1"
@@ -185,7 +186,7 @@ def _members(links: Follower, app_id: str, batch: Any) -> set[UUID]:
     ids = sorted({str(n.originator_id) for n in batch if _is_exported(n.topic)})
     if not ids:
         return set()
-    marks = ", ".join("?" for _ in ids)
+    marks = placeholders(ids)
     with links.reading() as cursor:
         cursor.execute(
             f"SELECT buyer_uuid FROM buyer_links WHERE app_id = ? AND buyer_uuid IN ({marks})",

@@ -33,7 +33,8 @@ from adapters.config import AppConfig
 from adapters.eventstore import EventLog
 from adapters.stripe.api import StripeApi
 from domain.aggregates import Buyer, buyer_id
-from domain.facts import CheckoutCompleted, fact_from_dict
+from domain.facts import CheckoutCompleted
+from projections.buyer_facts import checkouts_of_apps
 from projections.follower import Follower
 from projections.store import Cursor
 
@@ -240,21 +241,11 @@ def unresolved_checkouts(cursor: Cursor, apps: Iterable[str]) -> list[Unresolved
 
     Unpaid ones are included: a session completed before its (delayed) payment is paid later,
     and its purchase needs its products then."""
-    app_ids = sorted(apps)
-    if not app_ids:
-        return []
-    marks = ", ".join("?" for _ in app_ids)
-    cursor.execute(
-        "SELECT app_id, buyer_key, body FROM buyer_facts "
-        f"WHERE kind = ? AND app_id IN ({marks}) ORDER BY position, seq",
-        (CheckoutCompleted.kind, *app_ids),
-    )
-    found = []
-    for app_id, buyer_key, body in cursor.fetchall():
-        fact = fact_from_dict(json.loads(body))
-        if isinstance(fact, CheckoutCompleted) and _products_unknown(fact):
-            found.append(UnresolvedCheckout(app_id, buyer_key, fact.session_id))
-    return found
+    return [
+        UnresolvedCheckout(app_id, buyer_key, fact.session_id)
+        for app_id, buyer_key, fact in checkouts_of_apps(cursor, sorted(apps))
+        if _products_unknown(fact)
+    ]
 
 
 def _products_unknown(checkout: CheckoutCompleted) -> bool:

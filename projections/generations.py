@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
-from projections.store import Cursor, Row
+from projections.store import Cursor, RewritingCursor
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS projection_generations ("
@@ -23,35 +22,18 @@ SCHEMA = (
 FIRST_GENERATION = 1
 
 
-class GenerationCursor:
+class GenerationCursor(RewritingCursor):
     """A cursor on one generation's tables: base table names in SQL become generation names."""
 
     def __init__(self, cursor: Cursor, names: Sequence[str], generation: int) -> None:
-        self._cursor = cursor
         self.generation = generation
-        self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
-        self._suffix = suffix(generation)
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+        end = suffix(generation)
 
-    def _rename(self, sql: str) -> str:
-        if not self._suffix:
-            return sql
-        return self._pattern.sub(lambda m: m.group(1) + self._suffix, sql)
+        def rename(sql: str) -> str:
+            return pattern.sub(lambda m: m.group(1) + end, sql) if end else sql
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._cursor.execute(self._rename(sql), params)
-
-    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any:
-        return self._cursor.executemany(self._rename(sql), params)
-
-    def fetchall(self) -> list[Row]:
-        return self._cursor.fetchall()
-
-    def fetchone(self) -> Row | None:
-        return self._cursor.fetchone()
-
-    @property
-    def rowcount(self) -> int:
-        return self._cursor.rowcount
+        super().__init__(cursor, rename)
 
 
 def suffix(generation: int) -> str:

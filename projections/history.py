@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.aggregates import Buyer
-from projections.store import Cursor
+from projections.store import Cursor, placeholders
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS buyer_history (
@@ -132,7 +132,7 @@ def history_page(
     """Up to `where.limit` rows of these buyers, oldest first by log position."""
     if not buyer_uuids:
         return []
-    clauses = [f"buyer_uuid IN ({_marks(buyer_uuids)})", "position > ?"]
+    clauses = [f"buyer_uuid IN ({placeholders(buyer_uuids)})", "position > ?"]
     params: list[Any] = [*buyer_uuids, where.after]
     if where.since is not None:
         clauses.append("created >= ?")
@@ -141,7 +141,7 @@ def history_page(
         clauses.append("created <= ?")
         params.append(where.until)
     if where.types:
-        marks = _marks(where.types)
+        marks = placeholders(where.types)
         clauses.append(f"(stripe_type IN ({marks}) OR topic IN ({marks}))")
         params += [*where.types, *where.types]
     cursor.execute(
@@ -150,7 +150,3 @@ def history_page(
         (*params, where.limit),
     )
     return [HistoryRow(int(p), u, int(v), k) for p, u, v, k in cursor.fetchall()]
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join("?" for _ in values)

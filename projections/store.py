@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -61,17 +61,19 @@ class SQLiteViewStore:
         self._conn.close()
 
 
-class _PostgresCursor:
-    """Adapts `?` placeholders to psycopg's `%s`."""
+class RewritingCursor:
+    """A cursor whose SQL is rewritten before it runs (placeholders for psycopg, table names
+    for a read model's generation)."""
 
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: Any, rewrite: Callable[[str], str]) -> None:
         self._cursor = cursor
+        self._rewrite = rewrite
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._cursor.execute(sql.replace("?", "%s"), params)
+        return self._cursor.execute(self._rewrite(sql), params)
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any:
-        return self._cursor.executemany(sql.replace("?", "%s"), params)
+        return self._cursor.executemany(self._rewrite(sql), params)
 
     def fetchall(self) -> list[Row]:
         return self._cursor.fetchall()
@@ -82,6 +84,15 @@ class _PostgresCursor:
     @property
     def rowcount(self) -> int:
         return self._cursor.rowcount
+
+
+def placeholders(values: Sequence[Any]) -> str:
+    """`?, ?, ?` for an `IN (...)` of these values."""
+    return ", ".join("?" for _ in values)
+
+
+def _psycopg_placeholders(sql: str) -> str:
+    return sql.replace("?", "%s")
 
 
 class PostgresViewStore:
@@ -102,7 +113,7 @@ class PostgresViewStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            yield _PostgresCursor(cursor)
+            yield RewritingCursor(cursor, _psycopg_placeholders)
 
     def close(self) -> None:
         self._pool.close()
