@@ -13,7 +13,6 @@ to replay a long history (see `adapters/ingest.py`).
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -47,8 +46,6 @@ class Buyer(Aggregate):
     def __init__(self, app_id: str, buyer_key: str) -> None:
         self.app_id = app_id
         self.buyer_key = buyer_key
-        self.customid: str | None = None
-        self.stripe_events = 0
 
     @staticmethod
     def create_id(app_id: str, buyer_key: str) -> UUID:
@@ -64,9 +61,6 @@ class Buyer(Aggregate):
         stripe_created: int
         received_at: float  # epoch seconds, our clock
         raw: str  # the request body exactly as Stripe sent it (text, never a dict)
-
-        def apply(self, aggregate: Any) -> None:
-            aggregate.stripe_events += 1
 
     # Typed events: what happened, in the user's words. They carry the same fields; the type
     # says which kind of fact the Stripe event is (chosen by `adapters/stripe/envelope.py`).
@@ -122,10 +116,6 @@ class Buyer(Aggregate):
         TOPIC = "entitlements.buyer.line_items_resolved"
         session_id: str
         line_items: str  # JSON text of Stripe's line item objects, as fetched
-
-    @event(CustomidLinked)
-    def link_customid(self, customid: str, previous_customid: str | None, source: str) -> None:
-        self.customid = customid
 
 
 class WebhookReceipt(Aggregate):

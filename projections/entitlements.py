@@ -56,12 +56,10 @@ class Entitlements:
         follower: Follower,
         catalogues: Catalogues,
         apps: dict[str, AppConfig],
-        catch_up_on_read: bool = True,
     ) -> None:
         self.follower = follower
         self.catalogues = catalogues
         self.apps = apps
-        self.catch_up_on_read = catch_up_on_read
 
     def permissions(
         self, app_id: str, customid: str, at: int, known_at: float | None = None
@@ -114,5 +112,4 @@ class Entitlements:
         return LinkedCustomer(buyer_key, tuple(claims), tuple(conflicts(claims)))
 
     def _fresh(self) -> None:
-        if self.catch_up_on_read:
-            self.follower.catch_up_if_behind()
+        self.follower.catch_up_if_behind()
