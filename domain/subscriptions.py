@@ -333,7 +333,7 @@ def _active(
     expire = _earliest(period_end, cancel_end)
     if period_end is None or at <= period_end:
         return Outcome(code, rule, expire, ids), period_end
-    if at - period_end <= policy.renewal_leeway:
+    if at <= period_end + policy.renewal_leeway:  # `at` itself compared: see domain/clock.py
         return Outcome(code, f"{rule}.renewal_leeway", expire, ids), period_end
     missing = Outcome(
         Entitlement.MISSING_INFO,
