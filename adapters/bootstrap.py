@@ -12,6 +12,7 @@ from adapters.history import CustomerHistory
 from adapters.ingest import Ingestor
 from adapters.line_items import CheckoutResolver
 from adapters.linking import Linker
+from projections.answers import AnswerCache
 from projections.entitlements import Entitlements
 from projections.follower import Follower
 from projections.read_models import BuyerReadModels
@@ -31,6 +32,7 @@ class Engine:
     history: CustomerHistory
     resolver: CheckoutResolver
     writer: GroupCommitWriter  # webhooks from HTTP: batched into shared commits
+    answers: AnswerCache  # permissions now, while they cannot have changed
 
     @property
     def followers(self) -> tuple[Follower, ...]:
@@ -71,6 +73,7 @@ def bootstrap(settings: Settings) -> Engine:
         history=CustomerHistory(log, follower, follower),
         resolver=CheckoutResolver(log, follower, settings.apps),
         writer=GroupCommitWriter(ingestor),
+        answers=AnswerCache(),
     )
     engine.ingestor.on_recorded = engine.poke_followers
     return engine

@@ -23,6 +23,7 @@ class Catalogues:
         self.log = log
         self._cache: dict[str, tuple[int, Catalogue]] = {}
         self._checked: dict[str, float] = {}  # app id -> monotonic time its cache is trusted to
+        self._seen_at: dict[str, int] = {}  # app id -> log position its cache is current at
         self._lock = threading.Lock()
 
     def current(self, app_id: str) -> Catalogue:
@@ -42,6 +43,21 @@ class Catalogues:
         aggregate = self.log.repository.get(catalogue_id(app_id))
         catalogue = Catalogue.from_json(json.loads(aggregate.catalogue))
         self._cache[app_id] = (aggregate.version, catalogue)
+        return catalogue
+
+    def current_at(self, app_id: str, position: int) -> Catalogue:
+        """The app's catalogue as it stands once the log's events up to `position` (a read
+        model's tracked position, read before this call) are committed: re-read only when the
+        log has moved since the last look. An answer derived with it holds until that position
+        moves, since a catalogue change is an event in the same log."""
+        with self._lock:
+            seen = self._seen_at.get(app_id, -1)
+        if position <= seen and app_id in self._cache:
+            return self._cache[app_id][1]
+        self._checked.pop(app_id, None)  # look now
+        catalogue = self.current(app_id)
+        with self._lock:
+            self._seen_at[app_id] = max(position, self._seen_at.get(app_id, -1))
         return catalogue
 
     def as_of(self, app_id: str, known_at: float | None) -> Catalogue:

@@ -7,13 +7,17 @@ frozen at write time: they are derived from the buyer-facts read model by the pu
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from adapters.catalogues import Catalogues
 from adapters.config import AppConfig
 from domain.catalogue import Catalogue
+from domain.clock import Instant
 from domain.rules import Derivation, PermissionStatus, derive
+from projections.answers import Stamp
 from projections.buyer_facts import (
     Claim,
     buyers_of_customid,
@@ -40,6 +44,17 @@ class Subscriber:
 
 
 @dataclass(frozen=True)
+class CurrentPermissions:
+    """Permissions now, with what an answer cache needs to know how long they hold."""
+
+    permissions: tuple[PermissionStatus, ...]
+    stamp: Stamp  # the read model's (generation, position) before it was read; the catalogue
+    # used is the one current at that position
+    at: int
+    valid_until: int | None  # see domain/clock.py
+
+
+@dataclass(frozen=True)
 class CatalogueDiff:
     gains: dict[str, list[str]]  # permission id -> customids that would gain it
     losses: dict[str, list[str]]
@@ -56,15 +71,27 @@ class Entitlements:
         follower: Follower,
         catalogues: Catalogues,
         apps: dict[str, AppConfig],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.follower = follower
         self.catalogues = catalogues
         self.apps = apps
+        self.clock = clock  # what "now" is (tests move it)
 
     def permissions(
         self, app_id: str, customid: str, at: int, known_at: float | None = None
     ) -> tuple[PermissionStatus, ...]:
         return self.derivation(app_id, customid, at, known_at).permissions
+
+    def permissions_now(self, app_id: str, customid: str) -> CurrentPermissions:
+        self._fresh()
+        at = Instant(int(self.clock()))
+        with self.follower.reading() as cursor:
+            stamp = self.follower.observe(cursor)  # read first: a later write only makes it older
+            facts = [s.fact for s in facts_of_customid(cursor, app_id, customid)]
+        catalogue = self.catalogues.current_at(app_id, stamp[1])
+        derivation = derive(facts, catalogue, self.apps[app_id].policy, at)
+        return CurrentPermissions(derivation.permissions, stamp, int(at), at.next_change)
 
     def derivation(
         self, app_id: str, customid: str, at: int, known_at: float | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -63,6 +64,11 @@ class Follower:
         self.stop_at = stop_at
         self._created: set[int] = set()
         self._applied = 0  # the newest position this process has seen applied
+        # (generation, position) of the read model as last read or written here, and when:
+        # what cached answers are stamped with (see `settled`).
+        self.observed: tuple[int, int] = (0, 0)
+        self.observed_at = 0.0
+        self._observed_lock = threading.Lock()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -102,13 +108,34 @@ class Follower:
 
     def position(self) -> int:
         with self.reading() as cursor:
-            position = _tracked(cursor, self._tracking_name(cursor))
-        self._applied = max(self._applied, position)
-        return position
+            return self.observe(cursor)[1]
 
     def lag(self) -> int:
         """How many notifications the read model is behind the log (by id)."""
         return max(0, (self.log.recorder.max_notification_id() or 0) - self.position())
+
+    def settled(self, max_age: float) -> tuple[int, int] | None:
+        """The read model's (generation, position) as this process last saw it, if it saw it
+        within `max_age` seconds and holds every write this process made; else None (a cached
+        answer could then be stale). No query: the background loop keeps it current."""
+        if self.log.high_water > self._applied:
+            return None
+        if time.monotonic() - self.observed_at > max_age:
+            return None
+        return self.observed
+
+    def observe(self, cursor: GenerationCursor) -> tuple[int, int]:
+        """The (generation, position) of the read model as `cursor`'s transaction sees it."""
+        position = _tracked(cursor, self._tracking_name(cursor))
+        self._observe(cursor.generation, position)
+        return cursor.generation, position
+
+    def _observe(self, generation: int, position: int) -> None:
+        with self._observed_lock:  # never backwards: threads may report what they read late
+            self._applied = max(self._applied, position)
+            if position >= self.observed[1]:
+                self.observed = (generation, position)
+                self.observed_at = time.monotonic()
 
     def catch_up_if_behind(self) -> None:
         """Read your writes: apply whatever this process recorded before this call. Costs no
@@ -142,6 +169,7 @@ class Follower:
             start=start, limit=self.batch_size, stop=self.stop_at, inclusive_of_start=False
         )
         if not notifications:
+            self._observe(generation, start)
             return 0, start
         with self.reading() as cursor:
             name = self._tracking_name(cursor)
@@ -151,14 +179,14 @@ class Follower:
                 event = self.log.mapper.to_domain_event(notification)
                 self.projection.apply(cursor, notification.id, event)
             _track(cursor, name, start, notifications[-1].id)
-        self._applied = max(self._applied, notifications[-1].id)
+        self._observe(generation, notifications[-1].id)
         return len(notifications), notifications[-1].id
 
     def poke(self) -> None:
         """Something was written: wake the background loop."""
         self._wake.set()
 
-    def run_forever(self, poll_interval: float = 0.5, linger: float = 0.05) -> None:
+    def run_forever(self, poll_interval: float = 0.25, linger: float = 0.05) -> None:
         """Follow until stopped. After a wake-up it lingers a moment, so that a burst of
         webhooks is projected in one transaction rather than one each (a reader never waits
         for this: reads catch up first)."""

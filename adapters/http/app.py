@@ -6,6 +6,7 @@ import logging
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,6 +18,7 @@ from adapters.http.commands import (
     put_catalogue,
 )
 from adapters.http.errors import GENERIC, ApiError, error_response
+from adapters.http.fast_path import PermissionsFastPath
 from adapters.http.history import get_history
 from adapters.http.limits import Limiters, RateLimited, protections, rate_limited_response
 from adapters.http.openapi import openapi_document
@@ -59,6 +61,8 @@ async def _unexpected(request: Request, error: Exception) -> Response:
 
 
 def build_http_app(engine) -> Starlette:
+    limiters = Limiters.from_settings(engine.settings.limits)
+    fast_path = Middleware(PermissionsFastPath, engine=engine, limiters=limiters)
     app = Starlette(
         routes=routes(),
         exception_handlers={
@@ -67,8 +71,11 @@ def build_http_app(engine) -> Starlette:
             HTTPException: _http_error,
             Exception: _unexpected,
         },
-        middleware=protections(engine.settings.limits, engine.settings.max_body_bytes),
+        middleware=[
+            fast_path,  # first: a cached answer skips everything below
+            *protections(engine.settings.limits, engine.settings.max_body_bytes),
+        ],
     )
     app.state.engine = engine
-    app.state.limits = Limiters.from_settings(engine.settings.limits)
+    app.state.limits = limiters
     return app

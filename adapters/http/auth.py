@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from starlette.requests import Request
 
 from adapters.config import AppConfig
@@ -9,15 +11,21 @@ from adapters.http.errors import INVALID_API_KEY, ApiError
 from adapters.http.limits import limit_rest_call
 
 
-def authenticated_app(request: Request) -> AppConfig:
-    header = request.headers.get("authorization", "")
+def app_for_authorization(header: str, apps: Iterable[AppConfig]) -> AppConfig | None:
+    """The one app whose REST key the `Authorization` header carries, else None."""
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise ApiError(401, INVALID_API_KEY, "Invalid APIKEY")
-    apps = request.app.state.engine.settings.apps.values()
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        return None
     # Check every app (no early exit) so that timing says nothing about which app matched.
-    matches = [app for app in apps if app.accepts_api_key(key.strip())]
-    if len(matches) != 1:
+    matches = [app for app in apps if app.accepts_api_key(key)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def authenticated_app(request: Request) -> AppConfig:
+    apps = request.app.state.engine.settings.apps.values()
+    app = app_for_authorization(request.headers.get("authorization", ""), apps)
+    if app is None:
         raise ApiError(401, INVALID_API_KEY, "Invalid APIKEY")
-    limit_rest_call(request, matches[0].app_id)  # 429 once the app has spent its budget
-    return matches[0]
+    limit_rest_call(request, app.app_id)  # 429 once the app has spent its budget
+    return app

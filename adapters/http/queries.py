@@ -12,19 +12,37 @@ from adapters.http.auth import authenticated_app
 from adapters.http.errors import SUBSCRIBER_NOT_FOUND, ApiError
 from adapters.http.params import flag, instant, required_text
 from adapters.http.render import permissions_json, subscriber_json
+from projections.answers import Answer
 
 
 async def get_permissions(request: Request) -> JSONResponse:
     app = authenticated_app(request)
     params = request.query_params
     customid = required_text(params.get("customid"), "customid")
-    at = int(instant(params.get("at"), "at", default=time.time()))  # type: ignore[arg-type]
+    explain = flag(params.get("explain"))
+    at = instant(params.get("at"), "at")
     known_at = instant(params.get("known_at"), "known_at")
-    entitlements = request.app.state.engine.entitlements
+    engine = request.app.state.engine
+    if at is None and known_at is None:
+        return await _permissions_now(engine, app.app_id, customid, explain)
+    when = int(time.time() if at is None else at)
     permissions = await run_in_threadpool(
-        entitlements.permissions, app.app_id, customid, at, known_at
+        engine.entitlements.permissions, app.app_id, customid, when, known_at
     )
-    return JSONResponse(permissions_json(customid, permissions, flag(params.get("explain"))))
+    return JSONResponse(permissions_json(customid, permissions, explain))
+
+
+async def _permissions_now(engine, app_id: str, customid: str, explain: bool) -> JSONResponse:
+    """Derived now, and kept in the answer cache for the fast path (adapters/http/fast_path.py)."""
+    now = await run_in_threadpool(engine.entitlements.permissions_now, app_id, customid)
+    response = JSONResponse(permissions_json(customid, now.permissions, explain))
+    answer = Answer(response.body, now.stamp, now.at, now.valid_until)
+    engine.answers.put(answer_key(app_id, customid, explain), answer)
+    return response
+
+
+def answer_key(app_id: str, customid: str, explain: bool) -> tuple[str, str, bool]:
+    return (app_id, customid, explain)
 
 
 async def get_subscriber(request: Request) -> JSONResponse:
