@@ -13,10 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+from uuid import UUID
 
-from eventsourcing.application import Application
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import IntegrityError, ProgrammingError
+from psycopg.sql import SQL, Identifier
 
+from adapters.transcoding import OrjsonTranscoder
 from domain.aggregates import Buyer
 
 
@@ -43,11 +47,29 @@ class EventLog(Application):
         self.high_water = self.recorder.max_notification_id() or 0
         self._high_water_lock = threading.Lock()
 
+    def construct_transcoder(self) -> OrjsonTranscoder:
+        transcoder = OrjsonTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
+
     def save(self, *objs: Any, **kwargs: Any) -> Any:
-        recordings = super().save(*objs, **kwargs)
+        if objs and not kwargs and all(isinstance(obj, DomainEvent) for obj in objs):
+            recordings = self._save_events(objs)
+        else:
+            recordings = super().save(*objs, **kwargs)
         if recordings:
             with self._high_water_lock:
                 self.high_water = max(self.high_water, recordings[-1].notification.id)
+        return recordings
+
+    def _save_events(self, events: tuple[DomainEvent, ...]) -> Any:
+        """What `Application.save` does with domain events, without its per-object checks
+        against runtime-checkable Protocols (~15 us each on Python 3.11: a fifth of recording
+        a webhook)."""
+        processing_event: ProcessingEvent[Any] = ProcessingEvent()
+        processing_event.events.extend(events)  # type: ignore[arg-type]
+        recordings = self._record(processing_event)
+        self._notify(recordings)
         return recordings
 
     def last_version(self, aggregate_id: Any) -> int | None:
@@ -55,8 +77,41 @@ class EventLog(Application):
         newest = self.recorder.select_events(aggregate_id, desc=True, limit=1)
         return newest[0].originator_version if newest else None
 
+    def last_versions(self, aggregate_ids: list[UUID]) -> dict[UUID, int]:
+        """`last_version` of many aggregates in one query (absent: no events yet). A group
+        commit of new buyers would otherwise make one round trip per buyer, in series."""
+        found: dict[UUID, int] = {}
+        for start in range(0, len(aggregate_ids), 500):
+            found.update(self._last_versions(aggregate_ids[start : start + 500]))
+        return found
+
+    def _last_versions(self, ids: list[UUID]) -> dict[UUID, int]:
+        recorder: Any = self.recorder
+        table = recorder.events_table_name
+        if hasattr(recorder.datastore, "schema"):  # PostgreSQL
+            query = SQL(
+                "SELECT originator_id, MAX(originator_version) FROM {schema}.{table} "
+                "WHERE originator_id = ANY(%s) GROUP BY originator_id"
+            ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(table))
+            with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+                cursor.execute(query, (ids,))
+                rows = cursor.fetchall()
+            return {_as_uuid(row["originator_id"]): row["max"] for row in rows}
+        marks = ",".join("?" * len(ids))
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(
+                f"SELECT originator_id, MAX(originator_version) FROM {table} "
+                f"WHERE originator_id IN ({marks}) GROUP BY originator_id",
+                [i.hex for i in ids],
+            )
+            return {_as_uuid(row[0]): row[1] for row in cursor.fetchall()}
+
     def history(self, aggregate_id: Any) -> list[Buyer.Event]:
         return list(self.events.get(aggregate_id))
+
+
+def _as_uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)
 
 
 def store_env(database_url: str) -> dict[str, str]:
@@ -92,6 +147,7 @@ def _postgres_env(parts: Any) -> dict[str, str]:
     query = parse_qs(parts.query)
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "APPLICATION_RECORDER_TOPIC": "adapters.pg_recorder:PostgresEventRecorder",
         "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
         "POSTGRES_HOST": parts.hostname or "127.0.0.1",
         "POSTGRES_PORT": str(parts.port or 5432),

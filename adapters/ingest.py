@@ -86,7 +86,7 @@ class Ingestor:
         id appearing twice is a duplicate of its first copy."""
         events: list[Any] = []
         outcomes: list[Outcome] = []
-        next_versions: dict[tuple[str, str], int] = {}
+        next_versions = self._unknown_versions(webhooks)
         seen: set[tuple[str, str]] = set()
         for webhook in webhooks:
             key = (webhook.app_id, webhook.envelope.event_id)
@@ -101,6 +101,18 @@ class Ingestor:
             events += new
             outcomes.append(Outcome.RECORDED)
         return events, outcomes, next_versions
+
+    def _unknown_versions(self, webhooks: list[Webhook]) -> dict[tuple[str, str], int]:
+        """The next version of each buyer of the batch that the cache does not know, read in
+        one query (1 for a new buyer: its registration comes first)."""
+        unknown = {
+            (w.app_id, w.envelope.buyer_key)
+            for w in webhooks
+            if (w.app_id, w.envelope.buyer_key) not in self._next_versions
+        }
+        ids = {buyer_id(*buyer): buyer for buyer in unknown}
+        found = self.log.last_versions(list(ids))
+        return {buyer: found.get(bid, 0) + 1 for bid, buyer in ids.items()}
 
     def _remember(self, next_versions: dict[tuple[str, str], int]) -> None:
         """Cache each buyer's next version, so that appending needs no read. Another process
@@ -134,13 +146,18 @@ class Ingestor:
 
     def new_events(self, webhook: Webhook, version: int | None = None) -> list[Any]:
         """The receipt, plus the buyer's registration if new, plus the typed Stripe event
-        (at `version` when the caller already knows the buyer's next version)."""
+        (at `version` when the caller already knows the buyer's next version; for a new buyer
+        that is its registration's)."""
         env = webhook.envelope
-        receipt = WebhookReceipt(webhook.app_id, env.event_id, env.buyer_key)
+        receipt = WebhookReceipt.received(webhook.app_id, env.event_id, env.buyer_key)
+        registration: list[Any] = []
         if version is None:
             registration, bid, version = next_in_history(self.log, webhook.app_id, env.buyer_key)
+        elif version == Buyer.INITIAL_VERSION:
+            registration = Buyer(webhook.app_id, env.buyer_key).collect_events()
+            bid, version = registration[0].originator_id, version + 1
         else:
-            registration, bid = [], buyer_id(webhook.app_id, env.buyer_key)
+            bid = buyer_id(webhook.app_id, env.buyer_key)
         recorded = env.event_class(
             originator_id=bid,
             originator_version=version,
@@ -152,4 +169,4 @@ class Ingestor:
             received_at=self.clock(),
             raw=webhook.raw,
         )
-        return [*receipt.collect_events(), *registration, recorded]
+        return [receipt, *registration, recorded]

@@ -15,6 +15,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 # The attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -48,7 +50,16 @@ class JsonFormatter(logging.Formatter):
         out.update((key, value) for key, value in vars(record).items() if key not in _STANDARD)
         if record.exc_info:
             out["traceback"] = self.formatException(record.exc_info)
-        return redact(json.dumps(out, default=str, ensure_ascii=False))
+        return redact(_dumps(out))
+
+
+def _dumps(out: dict[str, Any]) -> str:
+    """orjson (a log line is written per request: it costs a third of `json`'s time); `json`
+    for what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(out, default=str).decode()
+    except TypeError:
+        return json.dumps(out, default=str, ensure_ascii=False)
 
 
 def log_config(level: str = "INFO") -> dict[str, Any]:

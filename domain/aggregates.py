@@ -142,6 +142,20 @@ class WebhookReceipt(Aggregate):
     def create_id(app_id: str, stripe_event_id: str) -> UUID:
         return receipt_id(app_id, stripe_event_id)
 
+    @classmethod
+    def received(cls, app_id: str, stripe_event_id: str, buyer_key: str) -> WebhookReceipt.Created:
+        """The receipt's one event, built without the aggregate (nothing ever loads a receipt;
+        building one through the library costs as much as the rest of recording a webhook)."""
+        return cls.Created(
+            originator_id=receipt_id(app_id, stripe_event_id),
+            originator_version=cls.INITIAL_VERSION,
+            timestamp=cls.Created.create_timestamp(),
+            originator_topic=cls.TOPIC,
+            app_id=app_id,
+            stripe_event_id=stripe_event_id,
+            buyer_key=buyer_key,
+        )
+
 
 class AppCatalogue(Aggregate):
     """An app's catalogue of SKUs and permissions; every replacement is on record."""
