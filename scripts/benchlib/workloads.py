@@ -175,6 +175,7 @@ def w3_queries(
     probe = httpx.get(server.base_url + probe_path, headers=headers, timeout=10)
     if probe.status_code != 200:
         return None, f"not available (probe: HTTP {probe.status_code} {probe.text[:120]})"
+    _wait_until_projected(server)
     say(f"W3 {backend}: GET /v1/permissions")
     picks = [random.choice(customids) for _ in range(W3_QUERIES)]
     records = write_records(
@@ -184,6 +185,18 @@ def w3_queries(
     closed(server, records, WARMUP_SECONDS, bench.connections)
     result = closed(server, records, bench.seconds, bench.connections)
     return result, f"available (probe: {probe.text[:120]})"
+
+
+def _wait_until_projected(server: Server, timeout: float = 120.0) -> None:
+    """W3 measures queries, not a read model still catching up on W1's webhooks (each batch it
+    applies moves the position that cached answers are stamped with)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = httpx.get(server.base_url + "/healthz", timeout=10).json()
+        if all(p["lag"] == 0 for p in health.get("projections", {}).values()):
+            return
+        time.sleep(0.2)
+    say("W3: the read model did not catch up in time; measuring anyway")
 
 
 # --- W2 ------------------------------------------------------------------------------------------
