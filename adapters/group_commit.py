@@ -77,13 +77,23 @@ class GroupCommitWriter:
         except Exception as error:  # never let the writer thread die
             log.exception("group commit failed")
             outcomes = [error] * len(batch)
+        # One wake-up of each event loop for the whole batch, not one per request: each costs
+        # the loop an iteration (and the writer a syscall).
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}
         for pending, outcome in zip(batch, outcomes, strict=True):
-            pending.loop.call_soon_threadsafe(_settle, pending.future, outcome)
+            by_loop.setdefault(pending.loop, []).append((pending.future, outcome))
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
 
     def stop(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=10)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Outcome], Outcome | Exception]]) -> None:
+    for future, outcome in settled:
+        _settle(future, outcome)
 
 
 def _settle(future: asyncio.Future[Outcome], outcome: Outcome | Exception) -> None:
