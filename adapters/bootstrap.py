@@ -76,4 +76,5 @@ def bootstrap(settings: Settings) -> Engine:
         answers=AnswerCache(),
     )
     engine.ingestor.on_recorded = engine.poke_followers
+    follower.on_applied = engine.answers.applied  # what each batch touched ends cached answers
     return engine

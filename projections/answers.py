@@ -1,26 +1,81 @@
 """Answers to "what may user X do now?", kept while they cannot have changed.
 
-Permission queries far outnumber webhooks, and between two writes the same question gets the
-same answer until the clock reaches the instant at which the rules would answer differently.
-An answer is kept with:
-- the read model's (generation, position) it was derived from: any new event, from this process
-  or another, moves it, and every older answer is then stale (a catalogue change is an event in
-  the same log, and answers use the catalogue current at their position);
+Permission queries far outnumber webhooks, and between two writes that concern a user the same
+question gets the same answer until the clock reaches the instant at which the rules would answer
+differently. An answer is kept with what it was derived from:
+- `stamp`: the read model's (generation, position) read before its rows, so the answer reflects
+  every event up to that position (and maybe some later ones);
+- its app, its customid and the buyer keys whose facts or links it read: the buyers linked to
+  the customid and every guest payment key considered, with or without a history yet, since a
+  later refund or dispute lands on that key (`facts_and_dependencies` in buyer_facts.py);
 - `valid_until`: the rules' own bound on how long the answer holds (`domain/clock.py`).
 
-Staleness: writes of this process are always seen (`Follower.settled` refuses while one is not
-projected); writes of other processes once this process's follower has seen the position move
-(its background loop polls), as for every other read.
+Invalidation by floors. After each committed batch, the follower reports what its events touched
+(`Touched`: a buyer and every customid it was linked to or claimed, before and after; an app's
+catalogue; or everything) and the batch's end position E; each touched key's floor rises to E.
+A range this process did not apply itself (another process's follower did) is judged from the
+rows it left (`projections/touched.py`), or, when it cannot be (too long), is
+reported as unknown: the global floor rises to its end. An answer stamped (g, p) holds iff
+- the read model is still on generation g (a rebuild switched: every row may differ);
+- p >= the global floor and the floors of its app's catalogue, its customid and its buyer keys;
+- every event up to the position the caller observed has been reported (the `horizon`): a
+  query thread may read a position this process's follower committed but has not reported yet;
+- the caller observed the read model recently and holds no unprojected write of this process
+  (`Follower.settled`, else the stamp passed in is None), and at <= now < valid_until.
+
+Why it is safe: every event the answer did not see has a position above p. If it could change
+the answer, it changed the facts or the link of a buyer the answer read, linked a new buyer to
+the customid or unlinked one (it then touches the customid, before and after), created facts on
+a guest key the answer considered, or changed the catalogue: each raises a floor above p once
+reported, and nothing is served past an unreported position. Floors only rise, and are checked
+when an answer is read, never when it is stored, so an answer stored late (derived before a
+batch was reported) is still judged against that batch.
+
+Memory: floors at or below the global floor are dropped; past `max_floors` keys the global floor
+rises to the newest reported position and the map is emptied (every older answer then misses).
+Readers take no lock: writers publish in an order that lets a reader trust what it reads (see
+`_holds`), and only replace the floor map, never shrink it in place.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Hashable
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
+
+from domain.aggregates import catalogue_id
 
 Stamp = tuple[int, int]  # (generation, position) of the read model
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """What one applied event may have changed for answers (reported by the projection)."""
+
+    app_id: str = ""
+    buyer_key: str | None = None
+    customids: tuple[str, ...] = ()  # linked to or claimed by the buyer, before and after
+    catalogue: UUID | None = None  # an app's catalogue aggregate (its events name no app id)
+    everything: bool = False  # an event the projection does not know: assume the worst
+
+    def floor_keys(self) -> Iterator[Hashable]:
+        if self.catalogue is not None:
+            yield ("catalogue", str(self.catalogue))  # a str caches its hash; a UUID does not
+        if self.buyer_key is not None:
+            yield ("buyer", self.app_id, self.buyer_key)
+        for customid in self.customids:
+            yield ("customid", self.app_id, customid)
+
+
+EVERYTHING = Touched(everything=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _catalogue_key(app_id: str) -> Hashable:
+    return ("catalogue", str(catalogue_id(app_id)))
 
 
 @dataclass(frozen=True)
@@ -29,33 +84,64 @@ class Answer:
     stamp: Stamp
     at: int  # the instant it was derived for
     valid_until: int | None  # the first instant it may be wrong; None: until something is written
+    app_id: str
+    customid: str
+    buyer_keys: tuple[str, ...] = ()  # linked buyers and every guest payment key considered
+    floor_keys: tuple[Hashable, ...] = field(init=False, repr=False, compare=False)
 
-    def holds(self, stamp: Stamp | None, now: int) -> bool:
-        return (
-            stamp == self.stamp
-            and self.at <= now
-            and (self.valid_until is None or now < self.valid_until)
+    def __post_init__(self) -> None:
+        keys = (
+            _catalogue_key(self.app_id),
+            ("customid", self.app_id, self.customid),
+            *(("buyer", self.app_id, key) for key in self.buyer_keys),
         )
+        object.__setattr__(self, "floor_keys", keys)
+
+    def in_time(self, now: int) -> bool:
+        return self.at <= now and (self.valid_until is None or now < self.valid_until)
 
 
 class AnswerCache:
     """A bounded map of answers; the oldest entry goes first when it is full. Entries are
     replaced, never updated in place, so readers need no lock."""
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, max_floors: int = 100_000) -> None:
         self.max_entries = max_entries
+        self.max_floors = max_floors
         self._entries: dict[Hashable, Answer] = {}
-        self._lock = threading.Lock()  # writers only
+        self._lock = threading.Lock()  # writers only: short sections, never any I/O
+        self._floors: dict[Hashable, int] = {}  # key -> end of the last batch that touched it
+        self._global_floor = 0
+        self._top = 0  # the highest floor in `_floors`
+        self._horizon = 0  # every event up to here was reported
         self.hits = 0
         self.misses = 0
 
     def get(self, key: Hashable, stamp: Stamp | None, now: int) -> Any | None:
+        """The answer kept for `key` if it still holds; `stamp` is the read model's (generation,
+        position) as the caller last observed it (None: it may be stale)."""
         answer = self._entries.get(key)
-        if answer is not None and answer.holds(stamp, now):
+        if answer is not None and stamp is not None and self._holds(answer, stamp, now):
             self.hits += 1
             return answer.value
         self.misses += 1
         return None
+
+    def _holds(self, answer: Answer, stamp: Stamp, now: int) -> bool:
+        # Read in the reverse of the order writers publish in: the horizon (raised after the
+        # floors of its batch), then the floor map (replaced after the global floor rose), then
+        # the global floor. Whatever a reader sees is then at least as strict as the state at
+        # the instant it read the horizon.
+        if stamp[1] > self._horizon:
+            return False  # events up to the observed position are not all reported yet
+        floors = self._floors
+        position = answer.stamp[1]
+        if answer.stamp[0] != stamp[0] or position < self._global_floor:
+            return False
+        if not answer.in_time(now):
+            return False
+        floor = floors.get
+        return all(floor(key, 0) <= position for key in answer.floor_keys)
 
     def put(self, key: Hashable, answer: Answer) -> None:
         if self.max_entries <= 0:
@@ -65,6 +151,43 @@ class AnswerCache:
             while len(self._entries) >= self.max_entries:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[key] = answer
+
+    def applied(self, touched: Iterable[Touched] | None, start: int, end: int) -> None:
+        """The follower committed the events in (start, end]; `touched` is what they touched,
+        None when this process did not apply them (another process did): all of it, then."""
+        with self._lock:
+            if touched is None:
+                self._raise_global_floor(end)
+            else:
+                floors = self._floors
+                for change in touched:
+                    if change.everything:
+                        self._raise_global_floor(end)
+                        floors = self._floors
+                        continue
+                    for key in change.floor_keys():
+                        if floors.get(key, 0) < end:
+                            floors[key] = end
+                if end > self._top:
+                    self._top = end
+                if len(floors) > self.max_floors:
+                    self._raise_global_floor(max(end, self._horizon))
+            if end > self._horizon:
+                self._horizon = end  # last: the floors of this range are in place
+
+    def _raise_global_floor(self, position: int) -> None:
+        if position <= self._global_floor:
+            return
+        self._global_floor = position  # first: a reader that still sees the old map sees this
+        if position >= self._top:
+            self._floors = {}
+        else:
+            self._floors = {k: v for k, v in self._floors.items() if v > position}
+
+    @property
+    def floors(self) -> int:
+        """How many per-key floors are kept (bounded by `max_floors`)."""
+        return len(self._floors)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -5,6 +5,11 @@ the version-neutral facts the Stripe adapter reads from the raw body, so that qu
 Stripe JSON; for every customid claim (metadata, client_reference_id, connect_stripe) it stores the
 claim, and from the claims it keeps each buyer's current link. Subscriptions, purchases and
 permissions are then derived from these facts at the instant asked (`projections/entitlements.py`).
+
+`apply` reports what each event touched (`projections/answers.py`: the buyer, and every customid
+it was linked to or claimed before and after the event; an app's catalogue; or, for an event it
+does not know, everything), so that cached answers that read none of it stay valid.
+`projections/touched.py` says the same of events another process applied, from the rows left.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from typing import Any
 import orjson
 
 from adapters.stripe.facts import facts_from_event, line_items_from_stripe
-from domain.aggregates import Buyer
+from domain.aggregates import AppCatalogue, Buyer, WebhookReceipt
 from domain.facts import CheckoutCompleted, Fact, fact_from_dict
+from projections.answers import EVERYTHING, Touched
 from projections.store import Cursor, placeholders
 
 SCHEMA = [
@@ -61,6 +67,7 @@ class BuyerRow:
     uuid: str
     app_id: str
     buyer_key: str
+    customid: str | None = None  # its link when read
 
 
 @dataclass(frozen=True)
@@ -96,32 +103,39 @@ class BuyerFactsProjection:
         for statement in SCHEMA:
             cursor.execute(statement)
 
-    def apply(self, cursor: Cursor, position: int, event: Any) -> None:
+    def apply(self, cursor: Cursor, position: int, event: Any) -> Touched | None:
+        """Store the event's rows; returns what it touched (None: nothing answers read)."""
         if isinstance(event, Buyer.Created):
-            self._register(cursor, event)
-        elif isinstance(event, Buyer.StripeEventRecorded):
-            self._record_facts(cursor, position, event)
-        elif isinstance(event, Buyer.CustomidLinked):
+            return self._register(cursor, event)
+        if isinstance(event, Buyer.StripeEventRecorded):
+            return self._record_facts(cursor, position, event)
+        if isinstance(event, Buyer.CustomidLinked):
             buyer = self._buyer(cursor, event.originator_id)
             claim = Claim(event.customid, CONNECT, 0, f"link:{position}", position)
-            self._claim(cursor, buyer, claim)
-        elif isinstance(event, Buyer.LineItemsResolved):
-            self._resolve_line_items(cursor, event)
+            return touched(buyer, event.customid, self._claim(cursor, buyer, claim))
+        if isinstance(event, Buyer.LineItemsResolved):
+            return self._resolve_line_items(cursor, event)
+        if isinstance(event, AppCatalogue.Event):  # answers use the catalogue of their app
+            return Touched(catalogue=event.originator_id)
+        if isinstance(event, WebhookReceipt.Event):
+            return None  # proof of receipt only: no row here
+        return EVERYTHING  # unknown to this projection: assume it changed anything
 
-    def _register(self, cursor: Cursor, event: Buyer.Created) -> None:
+    def _register(self, cursor: Cursor, event: Buyer.Created) -> Touched:
         cursor.execute(
             "INSERT INTO buyer_links (buyer_uuid, app_id, buyer_key, customid) "
             "VALUES (?, ?, ?, NULL) ON CONFLICT DO NOTHING",
             (str(event.originator_id), event.app_id, event.buyer_key),
         )
-        if event.buyer_key.startswith(CUSTOMID_PREFIX):
-            customid = event.buyer_key.removeprefix(CUSTOMID_PREFIX)
-            buyer = BuyerRow(str(event.originator_id), event.app_id, event.buyer_key)
-            self._claim(cursor, buyer, Claim(customid, KEY, 0, "", 0))
+        buyer = BuyerRow(str(event.originator_id), event.app_id, event.buyer_key)
+        if not event.buyer_key.startswith(CUSTOMID_PREFIX):
+            return touched(buyer)
+        customid = event.buyer_key.removeprefix(CUSTOMID_PREFIX)
+        return touched(buyer, customid, self._claim(cursor, buyer, Claim(customid, KEY, 0, "", 0)))
 
     def _record_facts(
         self, cursor: Cursor, position: int, event: Buyer.StripeEventRecorded
-    ) -> None:
+    ) -> Touched:
         buyer = self._buyer(cursor, event.originator_id)
         facts = facts_from_event(orjson.loads(event.raw))
         cursor.executemany(
@@ -141,11 +155,14 @@ class BuyerFactsProjection:
                 for seq, fact in enumerate(facts)
             ],
         )
-        for customid in _claimed_customids(facts):
+        claimed = _claimed_customids(facts)
+        linked = []
+        for customid in claimed:
             claim = Claim(customid, METADATA, event.stripe_created, event.stripe_event_id, position)
-            self._claim(cursor, buyer, claim)
+            linked.append(self._claim(cursor, buyer, claim))
+        return touched(buyer, *claimed, *linked)
 
-    def _resolve_line_items(self, cursor: Cursor, event: Buyer.LineItemsResolved) -> None:
+    def _resolve_line_items(self, cursor: Cursor, event: Buyer.LineItemsResolved) -> Touched:
         """Fill in the products of a checkout once fetched from Stripe (a read model may be
         updated: it is derived data; the log keeps both the checkout and the fetched items)."""
         buyer = self._buyer(cursor, event.originator_id)
@@ -164,20 +181,23 @@ class BuyerFactsProjection:
                     "AND position = ? AND seq = ?",
                     (json.dumps(resolved), buyer.app_id, buyer.buyer_key, position, seq),
                 )
+        return touched(buyer)
 
     def _buyer(self, cursor: Cursor, originator_id: Any) -> BuyerRow:
         cursor.execute(
-            "SELECT app_id, buyer_key FROM buyer_links WHERE buyer_uuid = ?", (str(originator_id),)
+            "SELECT app_id, buyer_key, customid FROM buyer_links WHERE buyer_uuid = ?",
+            (str(originator_id),),
         )
         row = cursor.fetchone()
         if row is None:
             raise LookupError(f"buyer {originator_id} has events but no registration")
-        return BuyerRow(str(originator_id), row[0], row[1])
+        return BuyerRow(str(originator_id), row[0], row[1], row[2])
 
-    def _claim(self, cursor: Cursor, buyer: BuyerRow, claim: Claim) -> None:
+    def _claim(self, cursor: Cursor, buyer: BuyerRow, claim: Claim) -> str | None:
         """Keep one claim per (customid, source): the latest explicit link, the earliest
         metadata claim. The buyer's link is recomputed only when a claim changed, so a buyer
-        whose every event repeats its customid costs one no-op upsert per event."""
+        whose every event repeats its customid costs one no-op upsert per event. Returns the
+        buyer's link when it was recomputed (None: unchanged, or linked to no one)."""
         cursor.execute(
             "INSERT INTO customid_claims VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (app_id, buyer_key, customid, source) DO UPDATE SET "
@@ -199,11 +219,19 @@ class BuyerFactsProjection:
             ),
         )
         if cursor.rowcount == 0:
-            return
+            return None
         linked = resolve_link(claims_of(cursor, buyer.app_id, buyer.buyer_key))
         cursor.execute(
             "UPDATE buyer_links SET customid = ? WHERE buyer_uuid = ?", (linked, buyer.uuid)
         )
+        return linked
+
+
+def touched(buyer: BuyerRow, *customids: str | None) -> Touched:
+    """The buyer, its link when read (before the event), and the customids given: those the
+    event claimed or linked it to."""
+    found = {c for c in (buyer.customid, *customids) if c is not None}
+    return Touched(buyer.app_id, buyer.buyer_key, tuple(found))
 
 
 def _claimed_customids(facts: Iterable[Fact]) -> set[str]:
@@ -325,6 +353,23 @@ def load_fact(body: str) -> Fact:
 def facts_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[StoredFact]:
     """The facts of every buyer linked to `customid`, plus those of guest payments they made
     (a dispute or refund on a charge names no customer, so it lands on the payment's history)."""
+    return _facts_of_customid(cursor, app_id, customid)[0]
+
+
+def facts_and_dependencies(
+    cursor: Cursor, app_id: str, customid: str
+) -> tuple[list[StoredFact], tuple[str, ...]]:
+    """`facts_of_customid`, and the buyer keys whose rows it read or looked for: the linked
+    buyers and every guest payment key considered, even one with no history yet (a later
+    refund or dispute lands there). An answer derived from these facts depends on nothing
+    else of the buyers' (`projections/answers.py`)."""
+    facts, buyers, candidates = _facts_of_customid(cursor, app_id, customid)
+    return facts, (*buyers, *candidates)
+
+
+def _facts_of_customid(
+    cursor: Cursor, app_id: str, customid: str
+) -> tuple[list[StoredFact], list[str], list[str]]:
     buyers = buyers_of_customid(cursor, app_id, customid)
     facts = facts_of_buyers(cursor, app_id, buyers)
     refs = {ref for stored in facts for ref in _payment_refs(stored.fact)}
@@ -333,7 +378,7 @@ def facts_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[Stored
     links = _links_of_buyers(cursor, app_id, candidates)
     # Only payments that have a history of their own, and belong to nobody else.
     guests = [key for key, linked in links.items() if linked in (None, customid)]
-    return facts + facts_of_buyers(cursor, app_id, guests)
+    return facts + facts_of_buyers(cursor, app_id, guests), buyers, candidates
 
 
 def _payment_refs(fact: Fact) -> list[str]:

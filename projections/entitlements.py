@@ -24,6 +24,7 @@ from projections.buyer_facts import (
     claims_of,
     conflicts,
     customids_of_app,
+    facts_and_dependencies,
     facts_of_customid,
 )
 from projections.follower import Follower
@@ -52,6 +53,7 @@ class CurrentPermissions:
     # used is the one current at that position
     at: int
     valid_until: int | None  # see domain/clock.py
+    depends_on: tuple[str, ...]  # buyer keys read: linked buyers and guest payment keys
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,13 @@ class Entitlements:
         at = Instant(int(self.clock()))
         with self.follower.reading() as cursor:
             stamp = self.follower.observe(cursor)  # read first: a later write only makes it older
-            facts = [s.fact for s in facts_of_customid(cursor, app_id, customid)]
+            stored, depends_on = facts_and_dependencies(cursor, app_id, customid)
         catalogue = self.catalogues.current_at(app_id, stamp[1])
+        facts = [s.fact for s in stored]
         derivation = derive(facts, catalogue, self.apps[app_id].policy, at)
-        return CurrentPermissions(derivation.permissions, stamp, int(at), at.next_change)
+        return CurrentPermissions(
+            derivation.permissions, stamp, int(at), at.next_change, depends_on
+        )
 
     def derivation(
         self, app_id: str, customid: str, at: int, known_at: float | None = None

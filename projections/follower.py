@@ -9,6 +9,14 @@ before a read) and `run_forever()` in a worker thread or process.
 
 A follower follows the projection's active generation (see `projections/generations.py`), or one
 fixed generation while that one is being rebuilt.
+
+What was applied is reported to `on_applied(touched, start, end)` after each batch commits:
+`touched` lists what the projection's `apply` returned for the events in (start, end] (what they
+may have changed; None from `apply`: nothing a reader of changes cares about). A range another
+process applied (the tracked position is beyond the end of what this follower reported) is
+judged by the projection's optional `touched_elsewhere(cursor, notifications)` from the rows it
+left, or else reported with `touched` None: unknown, so everything up to its end. The answer
+cache listens (`projections/answers.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from adapters.eventstore import EventLog
@@ -39,7 +47,16 @@ class Projection(Protocol):
     indexes: tuple[str, ...]
 
     def create_tables(self, cursor: Cursor) -> None: ...
-    def apply(self, cursor: Cursor, position: int, event: Any) -> None: ...
+
+    # Returns what the event may have changed, for `Follower.on_applied` (None: nothing).
+    def apply(self, cursor: Cursor, position: int, event: Any) -> Any: ...
+
+
+# on_applied(touched, start, end): events in (start, end] were committed; touched None: unknown.
+AppliedListener = Callable[[Sequence[Any] | None, int, int], None]
+# A longer range applied by another process is reported as unknown rather than read again
+# (after a restart, say: the whole log).
+FOREIGN_RANGE_JUDGED = 2_000
 
 
 class TrackingConflict(RuntimeError):
@@ -69,6 +86,11 @@ class Follower:
         self.observed: tuple[int, int] = (0, 0)
         self.observed_at = 0.0
         self._observed_lock = threading.Lock()
+        self.on_applied: AppliedListener | None = None
+        # The end of the last range reported to `on_applied`: a tracked position beyond it was
+        # applied by another process. Only the follower moves it (under `_lock`), never a query
+        # thread's `observe`, which may see a batch committed here but not reported yet.
+        self._reported = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -165,22 +187,58 @@ class Follower:
     def _apply_next_batch(self) -> tuple[int, int]:
         with self.reading() as cursor:
             generation, start = cursor.generation, _tracked(cursor, self._tracking_name(cursor))
+        if start > self._reported:  # another process applied up to `start`: not seen here
+            self._report(self._judge_foreign(self._reported, start), self._reported, start)
         notifications = self.log.recorder.select_notifications(
             start=start, limit=self.batch_size, stop=self.stop_at, inclusive_of_start=False
         )
         if not notifications:
             self._observe(generation, start)
             return 0, start
+        touched: list[Any] = []
         with self.reading() as cursor:
             name = self._tracking_name(cursor)
             if cursor.generation != generation or _tracked(cursor, name) != start:
                 raise TrackingConflict(name)
             for notification in notifications:
                 event = self.log.mapper.to_domain_event(notification)
-                self.projection.apply(cursor, notification.id, event)
+                change = self.projection.apply(cursor, notification.id, event)
+                if change is not None:
+                    touched.append(change)
             _track(cursor, name, start, notifications[-1].id)
-        self._observe(generation, notifications[-1].id)
-        return len(notifications), notifications[-1].id
+        end = notifications[-1].id
+        self._report(touched, start, end)  # before `_observe`: fewer answers refused meanwhile
+        self._observe(generation, end)
+        return len(notifications), end
+
+    def _judge_foreign(self, start: int, end: int) -> list[Any] | None:
+        """What another process's events in (start, end] touched, from the rows they left and
+        their topics (nothing is decoded); None when that cannot be said (unknown)."""
+        judge = getattr(self.projection, "touched_elsewhere", None)
+        if judge is None or self.on_applied is None or end - start > FOREIGN_RANGE_JUDGED:
+            return None
+        try:
+            notifications = self.log.recorder.select_notifications(
+                start=start, limit=end - start, stop=end, inclusive_of_start=False
+            )
+            with self.reading() as cursor:
+                if _tracked(cursor, self._tracking_name(cursor)) < end:
+                    return None  # these rows do not hold the range (the generation switched)
+                return list(judge(cursor, notifications))
+        except Exception:
+            log.exception("judging a range of %s applied elsewhere failed", self.projection.name)
+            return None
+
+    def _report(self, touched: Sequence[Any] | None, start: int, end: int) -> None:
+        """Tell the listener what (start, end] touched. Should it fail, the range stays
+        unreported, and the next batch reports it as one applied elsewhere."""
+        if self.on_applied is not None:
+            try:
+                self.on_applied(touched, start, end)
+            except Exception:
+                log.exception("reporting applied events of %s failed", self.projection.name)
+                return
+        self._reported = max(self._reported, end)
 
     def poke(self) -> None:
         """Something was written: wake the background loop."""

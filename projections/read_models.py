@@ -4,15 +4,21 @@
 auditor's index) always move together: one tracking position, one transaction per batch, one
 generation, rebuilt together. Reading and decoding the log is a large part of projecting, so
 reading it once for both halves that cost.
+
+What an event touched (for the answer cache) is what `buyer_facts` reports: answers read only
+its rows; the history index serves the auditor, never a permission.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from projections.answers import Touched
 from projections.buyer_facts import BuyerFactsProjection
 from projections.history import HistoryProjection
 from projections.store import Cursor
+from projections.touched import touched_elsewhere
 
 
 class BuyerReadModels:
@@ -21,12 +27,19 @@ class BuyerReadModels:
     indexes = BuyerFactsProjection.indexes + HistoryProjection.indexes
 
     def __init__(self) -> None:
-        self.parts = (BuyerFactsProjection(), HistoryProjection())
+        self.facts = BuyerFactsProjection()
+        self.history = HistoryProjection()
+        self.parts = (self.facts, self.history)
 
     def create_tables(self, cursor: Cursor) -> None:
         for part in self.parts:
             part.create_tables(cursor)
 
-    def apply(self, cursor: Cursor, position: int, event: Any) -> None:
-        for part in self.parts:
-            part.apply(cursor, position, event)
+    def apply(self, cursor: Cursor, position: int, event: Any) -> Touched | None:
+        touched = self.facts.apply(cursor, position, event)
+        self.history.apply(cursor, position, event)
+        return touched
+
+    def touched_elsewhere(self, cursor: Cursor, notifications: Sequence[Any]) -> list[Touched]:
+        """What events another process applied touched (`projections/touched.py`)."""
+        return touched_elsewhere(cursor, notifications)

@@ -1,7 +1,8 @@
 """GET /v1/permissions answered from the answer cache, ahead of the application's routing.
 
 The question apps ask most ("what may user X do now?") usually has an answer that cannot have
-changed since it was last given (projections/answers.py). This ASGI layer, outermost, serves such
+changed since it was last given: nothing it read was written since, and the clock has not
+reached its next change (projections/answers.py). This ASGI layer, outermost, serves such
 an answer without Starlette's routing, middleware and thread pool: the key is checked and the
 app's rate limit spent exactly as on the full path. Anything else (another route, `at` or
 `known_at`, a bad or missing key, no cached answer, a rate limit reached) goes on to the

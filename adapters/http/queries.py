@@ -36,7 +36,9 @@ async def _permissions_now(engine, app_id: str, customid: str, explain: bool) ->
     """Derived now, and kept in the answer cache for the fast path (adapters/http/fast_path.py)."""
     now = await run_in_threadpool(engine.entitlements.permissions_now, app_id, customid)
     response = JSONResponse(permissions_json(customid, now.permissions, explain))
-    answer = Answer(response.body, now.stamp, now.at, now.valid_until)
+    answer = Answer(
+        response.body, now.stamp, now.at, now.valid_until, app_id, customid, now.depends_on
+    )
     engine.answers.put(answer_key(app_id, customid, explain), answer)
     return response
 
