@@ -150,7 +150,7 @@ class BuyerFactsProjection:
                     fact.at,
                     event.received_at,
                     fact.kind,
-                    json.dumps(fact.to_dict()),
+                    orjson.dumps(fact.to_dict()).decode(),
                 )
                 for seq, fact in enumerate(facts)
             ],

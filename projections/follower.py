@@ -49,6 +49,7 @@ class Projection(Protocol):
     def create_tables(self, cursor: Cursor) -> None: ...
 
     # Returns what the event may have changed, for `Follower.on_applied` (None: nothing).
+    # A projection may also name `ignored_topics`: events it never reads are not decoded.
     def apply(self, cursor: Cursor, position: int, event: Any) -> Any: ...
 
 
@@ -200,7 +201,10 @@ class Follower:
             name = self._tracking_name(cursor)
             if cursor.generation != generation or _tracked(cursor, name) != start:
                 raise TrackingConflict(name)
+            ignored = getattr(self.projection, "ignored_topics", frozenset())
             for notification in notifications:
+                if notification.topic in ignored:  # not even decoded (a webhook's receipt)
+                    continue
                 event = self.log.mapper.to_domain_event(notification)
                 change = self.projection.apply(cursor, notification.id, event)
                 if change is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from domain.aggregates import WebhookReceipt
 from projections.answers import Touched
 from projections.buyer_facts import BuyerFactsProjection
 from projections.history import HistoryProjection
@@ -25,6 +26,8 @@ class BuyerReadModels:
     name = "buyer_read_models"
     tables = BuyerFactsProjection.tables + HistoryProjection.tables
     indexes = BuyerFactsProjection.indexes + HistoryProjection.indexes
+    # Receipts only guard against redelivery: neither read model reads them.
+    ignored_topics = frozenset({WebhookReceipt.Created.TOPIC})
 
     def __init__(self) -> None:
         self.facts = BuyerFactsProjection()
