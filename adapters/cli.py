@@ -133,6 +133,8 @@ def rebuild(app_id: str | None, projection: str) -> None:
 def project(once: bool) -> None:
     """Run the read models as a separate worker (several may run: each event applies once)."""
     engine = bootstrap(_settings())
+    for follower in engine.followers:  # no answer cache is read here: nothing to tell it
+        follower.on_applied = None
     try:
         if once:
             for follower in engine.followers:
