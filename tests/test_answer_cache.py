@@ -8,7 +8,9 @@ app's catalogue; a range another process applied ends them all. On SQLite and Po
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -52,6 +54,19 @@ def premium(client: TestClient, customid: str, **params) -> int:
     response = ask(client, customid, **params)
     assert response.status_code == 200, response.text
     return {p["permissionId"]: p for p in response.json()["all"]}["premium"]["entitlement"]
+
+
+@contextlib.contextmanager
+def two_engines(settings_doc) -> Iterator[tuple[Engine, Engine, TestClient]]:
+    """Two engines on one database, as two server processes, and a client of the first."""
+    a = bootstrap(settings_from_dict(settings_doc, env={}))
+    b = bootstrap(settings_from_dict(settings_doc, env={}))
+    try:
+        with TestClient(build_http_app(a)) as client:
+            yield a, b, client
+    finally:
+        b.close()
+        a.close()
 
 
 def bought_a_pass(client: TestClient, engine) -> int:
@@ -147,21 +162,15 @@ def test_a_cached_answer_spends_the_apps_rate_limit(settings_doc):
 def test_another_process_write_is_seen_once_this_follower_has_seen_it(settings_doc):
     """Two engines on one database: what B records, A answers once A's follower has polled
     (its background loop does so several times a second), as for any other read."""
-    a = bootstrap(settings_from_dict(settings_doc, env={}))
-    b = bootstrap(settings_from_dict(settings_doc, env={}))
-    try:
-        with TestClient(build_http_app(a)) as client:
-            setup_catalogue(client)
-            connect(client, "ali", ALI)
-            a.entitlements.clock = lambda: 1714549400
-            assert premium(client, "ali") == -9
-            ingest(b, [json.dumps(real(ALI_UPDATED)), json.dumps(real(ALI_PAID))])
-            b.follower.catch_up()  # B's follower applies them
-            a.follower.catch_up()  # A's background poll: sees the position move
-            assert premium(client, "ali") == 5
-    finally:
-        b.close()
-        a.close()
+    with two_engines(settings_doc) as (a, b, client):
+        setup_catalogue(client)
+        connect(client, "ali", ALI)
+        a.entitlements.clock = lambda: 1714549400
+        assert premium(client, "ali") == -9
+        ingest(b, [json.dumps(real(ALI_UPDATED)), json.dumps(real(ALI_PAID))])
+        b.follower.catch_up()  # B's follower applies them
+        a.follower.catch_up()  # A's background poll: sees the position move
+        assert premium(client, "ali") == 5
 
 
 def test_no_cached_answer_once_the_follower_has_not_looked_for_a_while(client, engine):
@@ -197,18 +206,12 @@ def test_the_key_of_another_app_never_reads_a_cached_answer(client, engine):
 def test_another_process_catalogue_change_is_seen_once_this_follower_has_seen_it(settings_doc):
     """A catalogue change is an event in the same log: answers derived after the position moved
     use the new catalogue (not the one each process trusts for a second for other reads)."""
-    a = bootstrap(settings_from_dict(settings_doc, env={}))
-    b = bootstrap(settings_from_dict(settings_doc, env={}))
-    try:
-        with TestClient(build_http_app(a)) as client:
-            bought_a_pass(client, a)
-            assert premium(client, "buyer") == 3  # A loads its catalogue
-            b.catalogues.replace("demo", Catalogue.from_json({"skus": [], "permissions": []}))
-            a.follower.catch_up()  # A's background poll: sees the position move
-            assert ask(client, "buyer").json()["all"] == []
-    finally:
-        b.close()
-        a.close()
+    with two_engines(settings_doc) as (a, b, client):
+        bought_a_pass(client, a)
+        assert premium(client, "buyer") == 3  # A loads its catalogue
+        b.catalogues.replace("demo", Catalogue.from_json({"skus": [], "permissions": []}))
+        a.follower.catch_up()  # A's background poll: sees the position move
+        assert ask(client, "buyer").json()["all"] == []
 
 
 # --- Precise invalidation: only what an answer read ends it ---------------------------------
@@ -391,44 +394,32 @@ def test_floors_at_or_below_the_global_floor_are_dropped_and_their_number_is_bou
 
 def test_another_process_write_applied_by_this_follower_is_reported_precisely(settings_doc):
     """B records, A's follower applies it: A knows what it touched, and keeps other answers."""
-    a = bootstrap(settings_from_dict(settings_doc, env={}))
-    b = bootstrap(settings_from_dict(settings_doc, env={}))
-    try:
-        with TestClient(build_http_app(a)) as client:
-            bought_a_pass(client, a)
-            assert premium(client, "buyer") == 3
-            ingest(b, [json.dumps(real(ALI_UPDATED))])  # another customer
-            projected(a)
-            assert answered_from_cache(client, a, "buyer")
-            ingest(b, [json.dumps(guest_refund("pi_pass", a.entitlements.clock() - 30))])
-            projected(a)
-            assert not answered_from_cache(client, a, "buyer")
-            assert premium(client, "buyer") == -8
-    finally:
-        b.close()
-        a.close()
+    with two_engines(settings_doc) as (a, b, client):
+        bought_a_pass(client, a)
+        assert premium(client, "buyer") == 3
+        ingest(b, [json.dumps(real(ALI_UPDATED))])  # another customer
+        projected(a)
+        assert answered_from_cache(client, a, "buyer")
+        ingest(b, [json.dumps(guest_refund("pi_pass", a.entitlements.clock() - 30))])
+        projected(a)
+        assert not answered_from_cache(client, a, "buyer")
+        assert premium(client, "buyer") == -8
 
 
 def test_a_range_another_process_applied_is_judged_from_the_rows_it_left(settings_doc):
     """B records and B's follower applies: A did not apply those events, but once its follower
     sees the position move, it reads which buyers they were about (and every customid those
     ever claimed) from the read model, and ends only the answers that read one of them."""
-    a = bootstrap(settings_from_dict(settings_doc, env={}))
-    b = bootstrap(settings_from_dict(settings_doc, env={}))
-    try:
-        with TestClient(build_http_app(a)) as client:
-            bought_a_pass(client, a)
-            assert premium(client, "buyer") == 3
-            ingest(b, [json.dumps(real(ALI_UPDATED))])  # about another customer
-            projected(b, a)
-            assert answered_from_cache(client, a, "buyer")
-            ingest(b, [json.dumps(guest_refund("pi_pass", a.entitlements.clock() - 30))])
-            projected(b, a)
-            assert not answered_from_cache(client, a, "buyer")
-            assert premium(client, "buyer") == -8
-    finally:
-        b.close()
-        a.close()
+    with two_engines(settings_doc) as (a, b, client):
+        bought_a_pass(client, a)
+        assert premium(client, "buyer") == 3
+        ingest(b, [json.dumps(real(ALI_UPDATED))])  # about another customer
+        projected(b, a)
+        assert answered_from_cache(client, a, "buyer")
+        ingest(b, [json.dumps(guest_refund("pi_pass", a.entitlements.clock() - 30))])
+        projected(b, a)
+        assert not answered_from_cache(client, a, "buyer")
+        assert premium(client, "buyer") == -8
 
 
 def test_a_customid_a_buyer_was_linked_to_within_a_range_applied_elsewhere_is_touched(
@@ -436,22 +427,16 @@ def test_a_customid_a_buyer_was_linked_to_within_a_range_applied_elsewhere_is_to
 ):
     """Within the range, ALI is linked to "first" and then to "second": the rows left show only
     the last link, but every customid ALI ever claimed counts as touched."""
-    a = bootstrap(settings_from_dict(settings_doc, env={}))
-    b = bootstrap(settings_from_dict(settings_doc, env={}))
-    try:
-        with TestClient(build_http_app(a)) as client:
-            setup_catalogue(client)
-            deliver(client, real(ALI_UPDATED))
-            a.entitlements.clock = lambda: 1714549400
-            assert (premium(client, "first"), premium(client, "second")) == (-9, -9)
-            b.linker.link("demo", "first", ALI)
-            b.linker.link("demo", "second", ALI)
-            projected(b, a)
-            assert not answered_from_cache(client, a, "first")
-            assert premium(client, "second") == 5
-    finally:
-        b.close()
-        a.close()
+    with two_engines(settings_doc) as (a, b, client):
+        setup_catalogue(client)
+        deliver(client, real(ALI_UPDATED))
+        a.entitlements.clock = lambda: 1714549400
+        assert (premium(client, "first"), premium(client, "second")) == (-9, -9)
+        b.linker.link("demo", "first", ALI)
+        b.linker.link("demo", "second", ALI)
+        projected(b, a)
+        assert not answered_from_cache(client, a, "first")
+        assert premium(client, "second") == 5
 
 
 def test_a_range_another_process_applied_that_cannot_be_judged_ends_every_answer(
@@ -460,19 +445,13 @@ def test_a_range_another_process_applied_that_cannot_be_judged_ends_every_answer
     """Too long a range (after a restart, say) is not read again: it is unknown, so every
     answer derived before its end is derived again."""
     monkeypatch.setattr(follower_module, "FOREIGN_RANGE_JUDGED", 0)
-    a = bootstrap(settings_from_dict(settings_doc, env={}))
-    b = bootstrap(settings_from_dict(settings_doc, env={}))
-    try:
-        with TestClient(build_http_app(a)) as client:
-            bought_a_pass(client, a)
-            assert premium(client, "buyer") == 3
-            ingest(b, [json.dumps(real(ALI_UPDATED))])  # about another customer
-            projected(b, a)
-            assert not answered_from_cache(client, a, "buyer")
-            assert answered_from_cache(client, a, "buyer")  # derived again at the new position
-    finally:
-        b.close()
-        a.close()
+    with two_engines(settings_doc) as (a, b, client):
+        bought_a_pass(client, a)
+        assert premium(client, "buyer") == 3
+        ingest(b, [json.dumps(real(ALI_UPDATED))])  # about another customer
+        projected(b, a)
+        assert not answered_from_cache(client, a, "buyer")
+        assert answered_from_cache(client, a, "buyer")  # derived again at the new position
 
 
 # --- The property: whatever happens, a cached answer is the one derived afresh ------------------
