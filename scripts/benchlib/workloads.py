@@ -4,6 +4,7 @@ floor measured in the same run, on one backend at a time."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,7 @@ class EngineRun:
     w3: LoadResult | None
     w3_status: str
     w3_first: LoadResult | None = None  # each customer asked once: answers derived, not cached
+    w3_mixed: tuple[LoadResult, LoadResult] | None = None  # (queries, webhooks) at once
 
 
 def w1_engine(bench: Bench, backend: str) -> EngineRun:
@@ -143,7 +145,8 @@ def w1_engine(bench: Bench, backend: str) -> EngineRun:
     config = engine_config(bench.work / f"engine-{backend}.toml", database, APP_ID, SECRET, API_KEY)
     with start_engine(config, bench.workers, bench.log(f"engine-{backend}")) as server:
         cursor = _send_once(bench, server, 0, 2000, WARMUP_SECONDS)[1]
-        available = len(bench.stream.bodies) - cursor - int(bench.rate * bench.seconds) - 1000
+        paced_count = int(bench.rate * bench.seconds)  # for the fixed-rate run, and again for W3
+        available = len(bench.stream.bodies) - cursor - 2 * paced_count - 1000
         if available < 1000:
             raise SystemExit("too few events for --duration and --rate: raise --customers")
         loop, cursor = _send_once(bench, server, cursor, available, bench.seconds)
@@ -156,7 +159,11 @@ def w1_engine(bench: Bench, backend: str) -> EngineRun:
         w3, first, status = w3_queries(
             bench, backend, server, bench.stream.customids_before(cursor)
         )
-    return EngineRun(loop, at_rate, exhausted, cursor, w3, status, first)
+        mixed = None
+        if w3 is not None:
+            say(f"W3 {backend}: GET /v1/permissions while {bench.rate:.0f} webhooks/s arrive")
+            mixed = w3_under_writes(bench, server, cursor, paced_count)
+    return EngineRun(loop, at_rate, exhausted, cursor, w3, status, first, mixed)
 
 
 def _send_once(
@@ -208,6 +215,22 @@ def _wait_until_projected(server: Server, timeout: float = 120.0) -> None:
             return
         time.sleep(0.2)
     say("W3: the read model did not catch up in time; measuring anyway")
+
+
+def w3_under_writes(
+    bench: Bench, server: Server, cursor: int, count: int
+) -> tuple[LoadResult, LoadResult]:
+    """The W3 queries while webhooks arrive at the fixed rate: each webhook ends the cached
+    answers of the customer it touches (and only those)."""
+    posts = bench.post_records("engine-mixed", cursor, count)
+    webhooks: list[LoadResult] = []
+    writer = threading.Thread(
+        target=lambda: webhooks.append(paced(server, posts, bench.seconds, bench.rate))
+    )
+    writer.start()
+    queries = closed(server, bench.work / "w3.records", bench.seconds, bench.connections)
+    writer.join()
+    return queries, webhooks[0]
 
 
 # --- W2 ------------------------------------------------------------------------------------------
