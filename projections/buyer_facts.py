@@ -14,10 +14,12 @@ does not know, everything), so that cached answers that read none of it stay val
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -87,6 +89,21 @@ class StoredFact:
     position: int
 
 
+INSERT_FACT = "INSERT INTO buyer_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+LOOKUP_CHUNK = 500  # buyers read per `IN (...)` when a batch begins
+
+
+@dataclass
+class _Batch:
+    """What one batch (one transaction) knows beyond its rows: the buyers of its events as they
+    stand in this transaction (read in one query when it begins, then kept current as its
+    events register buyers and move links), and the fact rows not written yet (nothing in a
+    batch reads them back, except a line-item resolution, which writes them first)."""
+
+    buyers: dict[str, BuyerRow] = field(default_factory=dict)
+    facts: list[tuple[Any, ...]] = field(default_factory=list)
+
+
 class BuyerFactsProjection:
     """Turns domain events into rows; called by the follower inside one transaction."""
 
@@ -99,9 +116,37 @@ class BuyerFactsProjection:
         "buyer_links_by_key",
     )
 
+    def __init__(self) -> None:
+        # The state of each batch in progress, by its cursor (one instance may serve a live
+        # follower and a rebuild's at once, each in its own transaction).
+        self._batches: dict[Cursor, _Batch] = {}
+
     def create_tables(self, cursor: Cursor) -> None:
         for statement in SCHEMA:
             cursor.execute(statement)
+
+    @contextlib.contextmanager
+    def batch(self, cursor: Cursor, events: Sequence[Any]) -> Iterator[None]:
+        """`apply` each of `events` (in order, on `cursor`) within this block: the buyers they
+        name are read at once, and fact rows are written in one statement when it ends. Should
+        the block fail, nothing more is written (the transaction is rolled back anyway)."""
+        state = _Batch()
+        uuids = sorted({str(e.originator_id) for e in events if isinstance(e, Buyer.Event)})
+        for start in range(0, len(uuids), LOOKUP_CHUNK):
+            chunk = uuids[start : start + LOOKUP_CHUNK]
+            cursor.execute(
+                "SELECT buyer_uuid, app_id, buyer_key, customid FROM buyer_links "
+                f"WHERE buyer_uuid IN ({placeholders(chunk)})",
+                chunk,
+            )
+            for uuid, app_id, buyer_key, customid in cursor.fetchall():
+                state.buyers[uuid] = BuyerRow(uuid, app_id, buyer_key, customid)
+        self._batches[cursor] = state
+        try:
+            yield
+            _write_facts(cursor, state)
+        finally:
+            self._batches.pop(cursor, None)
 
     def apply(self, cursor: Cursor, position: int, event: Any) -> Touched | None:
         """Store the event's rows; returns what it touched (None: nothing answers read)."""
@@ -128,6 +173,9 @@ class BuyerFactsProjection:
             (str(event.originator_id), event.app_id, event.buyer_key),
         )
         buyer = BuyerRow(str(event.originator_id), event.app_id, event.buyer_key)
+        state = self._batches.get(cursor)
+        if state is not None:  # a row already there (read when the batch began) is kept
+            state.buyers.setdefault(buyer.uuid, buyer)
         if not event.buyer_key.startswith(CUSTOMID_PREFIX):
             return touched(buyer)
         customid = event.buyer_key.removeprefix(CUSTOMID_PREFIX)
@@ -138,23 +186,25 @@ class BuyerFactsProjection:
     ) -> Touched:
         buyer = self._buyer(cursor, event.originator_id)
         facts = facts_from_event(orjson.loads(event.raw))
-        cursor.executemany(
-            "INSERT INTO buyer_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [
-                (
-                    buyer.app_id,
-                    buyer.buyer_key,
-                    position,
-                    seq,
-                    fact.event_id,
-                    fact.at,
-                    event.received_at,
-                    fact.kind,
-                    orjson.dumps(fact.to_dict()).decode(),
-                )
-                for seq, fact in enumerate(facts)
-            ],
-        )
+        rows = [
+            (
+                buyer.app_id,
+                buyer.buyer_key,
+                position,
+                seq,
+                fact.event_id,
+                fact.at,
+                event.received_at,
+                fact.kind,
+                orjson.dumps(fact.to_dict()).decode(),
+            )
+            for seq, fact in enumerate(facts)
+        ]
+        state = self._batches.get(cursor)
+        if state is not None:
+            state.facts.extend(rows)
+        elif rows:
+            cursor.executemany(INSERT_FACT, rows)
         claimed = _claimed_customids(facts)
         linked = []
         for customid in claimed:
@@ -167,6 +217,9 @@ class BuyerFactsProjection:
         updated: it is derived data; the log keeps both the checkout and the fetched items)."""
         buyer = self._buyer(cursor, event.originator_id)
         lines = line_items_from_stripe(json.loads(event.line_items))
+        state = self._batches.get(cursor)
+        if state is not None:
+            _write_facts(cursor, state)  # the rows read below may be this batch's
         cursor.execute(
             "SELECT position, seq, body FROM buyer_facts "
             "WHERE app_id = ? AND buyer_key = ? AND kind = ?",
@@ -184,14 +237,21 @@ class BuyerFactsProjection:
         return touched(buyer)
 
     def _buyer(self, cursor: Cursor, originator_id: Any) -> BuyerRow:
+        """The buyer's row as this transaction sees it (its link before the event)."""
+        uuid = str(originator_id)
+        state = self._batches.get(cursor)
+        if state is not None and uuid in state.buyers:
+            return state.buyers[uuid]
         cursor.execute(
-            "SELECT app_id, buyer_key, customid FROM buyer_links WHERE buyer_uuid = ?",
-            (str(originator_id),),
+            "SELECT app_id, buyer_key, customid FROM buyer_links WHERE buyer_uuid = ?", (uuid,)
         )
         row = cursor.fetchone()
         if row is None:
             raise LookupError(f"buyer {originator_id} has events but no registration")
-        return BuyerRow(str(originator_id), row[0], row[1], row[2])
+        buyer = BuyerRow(uuid, row[0], row[1], row[2])
+        if state is not None:
+            state.buyers[uuid] = buyer
+        return buyer
 
     def _claim(self, cursor: Cursor, buyer: BuyerRow, claim: Claim) -> str | None:
         """Keep one claim per (customid, source): the latest explicit link, the earliest
@@ -224,7 +284,19 @@ class BuyerFactsProjection:
         cursor.execute(
             "UPDATE buyer_links SET customid = ? WHERE buyer_uuid = ?", (linked, buyer.uuid)
         )
+        state = self._batches.get(cursor)
+        if state is not None and buyer.uuid in state.buyers:
+            state.buyers[buyer.uuid] = dataclasses.replace(
+                state.buyers[buyer.uuid], customid=linked
+            )
         return linked
+
+
+def _write_facts(cursor: Cursor, state: _Batch) -> None:
+    """Write the batch's pending fact rows, in the order their events came."""
+    if state.facts:
+        cursor.executemany(INSERT_FACT, state.facts)
+        state.facts.clear()
 
 
 def touched(buyer: BuyerRow, *customids: str | None) -> Touched:

@@ -53,6 +53,11 @@ class Projection(Protocol):
     def apply(self, cursor: Cursor, position: int, event: Any) -> Any: ...
 
 
+# A projection may also offer `batch(cursor, events)`: a context manager within which the
+# follower applies those events, in order, on that cursor (one batch, one transaction), so that
+# it can read what they need at once and write rows together when the block ends.
+
+
 # on_applied(touched, start, end): events in (start, end] were committed; touched None: unknown.
 AppliedListener = Callable[[Sequence[Any] | None, int, int], None]
 # A longer range applied by another process is reported as unknown rather than read again
@@ -202,13 +207,18 @@ class Follower:
             if cursor.generation != generation or _tracked(cursor, name) != start:
                 raise TrackingConflict(name)
             ignored = getattr(self.projection, "ignored_topics", frozenset())
-            for notification in notifications:
-                if notification.topic in ignored:  # not even decoded (a webhook's receipt)
-                    continue
-                event = self.log.mapper.to_domain_event(notification)
-                change = self.projection.apply(cursor, notification.id, event)
-                if change is not None:
-                    touched.append(change)
+            events = [  # receipts are not even decoded
+                (notification.id, self.log.mapper.to_domain_event(notification))
+                for notification in notifications
+                if notification.topic not in ignored
+            ]
+            batch = getattr(self.projection, "batch", None)
+            scope = batch(cursor, [e for _, e in events]) if batch else contextlib.nullcontext()
+            with scope:
+                for position, event in events:
+                    change = self.projection.apply(cursor, position, event)
+                    if change is not None:
+                        touched.append(change)
             _track(cursor, name, start, notifications[-1].id)
         end = notifications[-1].id
         self._report(touched, start, end)  # before `_observe`: fewer answers refused meanwhile

@@ -13,7 +13,8 @@ read of the log for both.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,10 @@ SCHEMA = [
         PRIMARY KEY (buyer_uuid, version))""",
     "CREATE INDEX IF NOT EXISTS buyer_history_position ON buyer_history (buyer_uuid, position)",
 ]
+
+INSERT_ROW = (
+    "INSERT INTO buyer_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
 
 # Buyers whose app and key are remembered between events (a bounded cache, not the truth).
 _BUYER_CACHE_SIZE = 10_000
@@ -68,10 +73,26 @@ class HistoryProjection:
 
     def __init__(self) -> None:
         self._buyers: dict[str, tuple[str, str]] = {}
+        # The rows of each batch in progress not written yet, by its cursor (one instance may
+        # serve a live follower and a rebuild's at once, each in its own transaction).
+        self._pending: dict[Cursor, list[tuple[Any, ...]]] = {}
 
     def create_tables(self, cursor: Cursor) -> None:
         for statement in SCHEMA:
             cursor.execute(statement)
+
+    @contextlib.contextmanager
+    def batch(self, cursor: Cursor, events: Sequence[Any]) -> Iterator[None]:
+        """`apply` events on `cursor` within this block: their rows are written in one
+        statement when it ends (or before this projection reads its table). Should the block
+        fail, nothing more is written (the transaction is rolled back anyway)."""
+        pending: list[tuple[Any, ...]] = []
+        self._pending[cursor] = pending
+        try:
+            yield
+            _write(cursor, pending)
+        finally:
+            self._pending.pop(cursor, None)
 
     def apply(self, cursor: Cursor, position: int, event: Any) -> None:
         if not isinstance(event, Buyer.Event):
@@ -80,22 +101,23 @@ class HistoryProjection:
         app_id, buyer_key = self._buyer(cursor, uuid, event)
         created, recorded = _times(event)
         stripe = isinstance(event, Buyer.StripeEventRecorded)
-        cursor.execute(
-            "INSERT INTO buyer_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (
-                uuid,
-                event.originator_version,
-                position,
-                app_id,
-                buyer_key,
-                type(event).TOPIC,
-                event.stripe_event_id if stripe else None,
-                event.stripe_type if stripe else None,
-                created,
-                recorded,
-            ),
+        row = (
+            uuid,
+            event.originator_version,
+            position,
+            app_id,
+            buyer_key,
+            type(event).TOPIC,
+            event.stripe_event_id if stripe else None,
+            event.stripe_type if stripe else None,
+            created,
+            recorded,
         )
+        pending = self._pending.get(cursor)
+        if pending is not None:
+            pending.append(row)
+        else:
+            cursor.execute(INSERT_ROW, row)
 
     def _buyer(self, cursor: Cursor, uuid: str, event: Any) -> tuple[str, str]:
         """The buyer's app and key: from its registration (always its first event)."""
@@ -104,6 +126,7 @@ class HistoryProjection:
         elif uuid in self._buyers:
             return self._buyers[uuid]
         else:
+            _write(cursor, self._pending.get(cursor))  # the registration may be pending
             cursor.execute(
                 "SELECT app_id, buyer_key FROM buyer_history WHERE buyer_uuid = ? AND version = 1",
                 (uuid,),
@@ -116,6 +139,13 @@ class HistoryProjection:
             self._buyers.clear()
         self._buyers[uuid] = found
         return found
+
+
+def _write(cursor: Cursor, pending: list[tuple[Any, ...]] | None) -> None:
+    """Write a batch's pending rows, in the order their events came."""
+    if pending:
+        cursor.executemany(INSERT_ROW, pending)
+        pending.clear()
 
 
 def _times(event: Any) -> tuple[float, float]:

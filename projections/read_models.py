@@ -11,7 +11,8 @@ its rows; the history index serves the auditor, never a permission.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from domain.aggregates import WebhookReceipt
@@ -37,6 +38,13 @@ class BuyerReadModels:
     def create_tables(self, cursor: Cursor) -> None:
         for part in self.parts:
             part.create_tables(cursor)
+
+    @contextlib.contextmanager
+    def batch(self, cursor: Cursor, events: Sequence[Any]) -> Iterator[None]:
+        """A follower's batch: `apply` each of `events` within this block (see each part's
+        `batch`: fewer statements, the same rows and the same reports as one by one)."""
+        with self.facts.batch(cursor, events), self.history.batch(cursor, events):
+            yield
 
     def apply(self, cursor: Cursor, position: int, event: Any) -> Touched | None:
         touched = self.facts.apply(cursor, position, event)
