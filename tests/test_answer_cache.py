@@ -573,3 +573,18 @@ def test_every_answer_served_from_the_cache_is_the_one_derived_afresh(backend, d
                     replay_step(servers, step)
         finally:
             other.close()
+
+
+def test_after_its_own_write_is_projected_a_server_answers_other_customers_from_the_cache(
+    client, engine
+):
+    """While a webhook this server recorded is not projected, no cached answer is served
+    directly (it might touch anyone: read-your-writes); the query projects it first, and then
+    the cached answer of a customer it did not touch still holds."""
+    bought_a_pass(client, engine)
+    first = ask(client, "buyer").content
+    ingest(engine, [json.dumps(real(ALI_UPDATED))])  # recorded here, not projected yet
+    assert engine.follower.settled(MAX_STALENESS) is None
+    assert answered_from_cache(client, engine, "buyer")
+    assert ask(client, "buyer").content == first
+    assert engine.follower.settled(MAX_STALENESS) is not None  # the query projected it
