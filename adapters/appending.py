@@ -30,13 +30,16 @@ def next_in_history(log: EventLog, app_id: str, buyer_key: str) -> tuple[list[An
 
 
 def save_retrying(
-    log: EventLog, build: Callable[[], list[Any]], already_done: Callable[[], bool]
+    log: EventLog,
+    build: Callable[[], list[Any]],
+    already_done: Callable[[], bool],
+    touches: Any = None,
 ) -> bool:
     """Save `build()`'s events in one transaction. False when `already_done()` explains a
     uniqueness failure (a duplicate); otherwise a failure was a lost race, so rebuild and retry."""
     for attempt in range(MAX_ATTEMPTS):
         try:
-            log.save(*build())
+            log.save(*build(), touches=touches)
         except IntegrityError:
             if already_done():
                 return False

@@ -76,5 +76,6 @@ def bootstrap(settings: Settings) -> Engine:
         answers=AnswerCache(),
     )
     engine.ingestor.on_recorded = engine.poke_followers
+    log.pending = engine.answers  # told of every write before it is saved (read-your-writes)
     follower.on_applied = engine.answers.applied  # what each batch touched ends cached answers
     return engine

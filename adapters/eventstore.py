@@ -46,17 +46,30 @@ class EventLog(Application):
         # catch their read models up to it, so that they see their own writes.
         self.high_water = self.recorder.max_notification_id() or 0
         self._high_water_lock = threading.Lock()
+        # Told of each write before and after it is saved (`projections/answers.AnswerCache`).
+        self.pending: Any = None
 
     def construct_transcoder(self) -> OrjsonTranscoder:
         transcoder = OrjsonTranscoder()
         self.register_transcodings(transcoder)
         return transcoder
 
-    def save(self, *objs: Any, **kwargs: Any) -> Any:
-        if objs and not kwargs and all(isinstance(obj, DomainEvent) for obj in objs):
-            recordings = self._save_events(objs)
-        else:
-            recordings = super().save(*objs, **kwargs)
+    def save(self, *objs: Any, touches: Any = None, **kwargs: Any) -> Any:
+        """Save, telling `pending` (the answer cache) before and after: `touches` says what the
+        events may change for cached answers (None: anything)."""
+        pending = self.pending
+        token = pending.writing(touches) if pending is not None else None
+        try:
+            if objs and not kwargs and all(isinstance(obj, DomainEvent) for obj in objs):
+                recordings = self._save_events(objs)
+            else:
+                recordings = super().save(*objs, **kwargs)
+        except BaseException:
+            if pending is not None:
+                pending.not_written(token)
+            raise
+        if pending is not None:
+            pending.written(token, recordings[-1].notification.id if recordings else 0)
         if recordings:
             with self._high_water_lock:
                 self.high_water = max(self.high_water, recordings[-1].notification.id)

@@ -20,8 +20,14 @@ reported as unknown: the global floor rises to its end. An answer stamped (g, p)
 - p >= the global floor and the floors of its app's catalogue, its customid and its buyer keys;
 - every event up to the position the caller observed has been reported (the `horizon`): a
   query thread may read a position this process's follower committed but has not reported yet;
-- the caller observed the read model recently and holds no unprojected write of this process
-  (`Follower.settled`, else the stamp passed in is None), and at <= now < valid_until.
+- the caller observed the read model recently (`Follower.settled`, else the stamp passed in
+  is None), and at <= now < valid_until;
+- no write of this process that is not reported yet may touch it. The event log tells the cache
+  of each write before saving it (`writing`), with what it may touch: for a webhook its buyer and
+  every customid its payload carries (`StripeEnvelope.claimed`: a superset of what its facts
+  claim), for any other write everything. Once saved (`written`), the write stays pending until
+  the follower reports a batch past its last position (read-your-writes, without holding back
+  the answers it cannot touch).
 
 Why it is safe: every event the answer did not see has a position above p. If it could change
 the answer, it changed the facts or the link of a buyer the answer read, linked a new buyer to
@@ -73,6 +79,16 @@ class Touched:
 EVERYTHING = Touched(everything=True)
 
 
+def _touches_any(
+    pending: dict[int, tuple[int | None, tuple[Touched, ...]]], keys: tuple[Hashable, ...]
+) -> bool:
+    for _, touches in pending.values():
+        for change in touches:
+            if change.everything or any(key in keys for key in change.floor_keys()):
+                return True
+    return False
+
+
 @functools.lru_cache(maxsize=1024)
 def _catalogue_key(app_id: str) -> Hashable:
     return ("catalogue", str(catalogue_id(app_id)))
@@ -114,6 +130,10 @@ class AnswerCache:
         self._global_floor = 0
         self._top = 0  # the highest floor in `_floors`
         self._horizon = 0  # every event up to here was reported
+        # This process's writes not reported yet: token -> (their last position, or None while
+        # being saved; what they touch). Replaced, never changed in place (readers take no lock).
+        self._pending: dict[int, tuple[int | None, tuple[Touched, ...]]] = {}
+        self._tokens = 0
         self.hits = 0
         self.misses = 0
 
@@ -128,10 +148,13 @@ class AnswerCache:
         return None
 
     def _holds(self, answer: Answer, stamp: Stamp, now: int) -> bool:
-        # Read in the reverse of the order writers publish in: the horizon (raised after the
-        # floors of its batch), then the floor map (replaced after the global floor rose), then
-        # the global floor. Whatever a reader sees is then at least as strict as the state at
-        # the instant it read the horizon.
+        # Read in the reverse of the order writers publish in: this process's pending writes
+        # (dropped after the horizon passed them), the horizon (raised after the floors of its
+        # batch), then the floor map (replaced after the global floor rose), then the global
+        # floor. Whatever a reader sees is then at least as strict as the state at the instant
+        # it read the pending writes.
+        if _touches_any(self._pending, answer.floor_keys):
+            return False  # a write of this process may change it, and is not projected yet
         if stamp[1] > self._horizon:
             return False  # events up to the observed position are not all reported yet
         floors = self._floors
@@ -173,7 +196,33 @@ class AnswerCache:
                 if len(floors) > self.max_floors:
                     self._raise_global_floor(max(end, self._horizon))
             if end > self._horizon:
-                self._horizon = end  # last: the floors of this range are in place
+                self._horizon = end  # the floors of this range are in place
+            done = [t for t, (last, _) in self._pending.items() if last is not None and last <= end]
+            if done:  # last: what they touched is in the floors now
+                self._pending = {t: p for t, p in self._pending.items() if t not in done}
+
+    # --- this process's writes, between their save and their report -----------------------
+
+    def writing(self, touches: tuple[Touched, ...] | None) -> int:
+        """A write is about to be saved (None: it may touch anything); until the follower
+        reports it, no answer it may touch is served. Returns a token for `written`."""
+        with self._lock:
+            self._tokens += 1
+            token = self._tokens
+            self._pending = {**self._pending, token: (None, touches or (EVERYTHING,))}
+            return token
+
+    def written(self, token: int, last_position: int) -> None:
+        """The write is saved; its events end at `last_position`."""
+        with self._lock:
+            if token in self._pending and last_position > self._horizon:
+                self._pending = {**self._pending, token: (last_position, self._pending[token][1])}
+            else:  # already reported (or nothing saved)
+                self._pending = {t: p for t, p in self._pending.items() if t != token}
+
+    def not_written(self, token: int) -> None:
+        with self._lock:
+            self._pending = {t: p for t, p in self._pending.items() if t != token}
 
     def _raise_global_floor(self, position: int) -> None:
         if position <= self._global_floor:

@@ -144,10 +144,9 @@ class Follower:
 
     def settled(self, max_age: float) -> tuple[int, int] | None:
         """The read model's (generation, position) as this process last saw it, if it saw it
-        within `max_age` seconds and holds every write this process made; else None (a cached
-        answer could then be stale). No query: the background loop keeps it current."""
-        if self.log.high_water > self._applied:
-            return None
+        within `max_age` seconds; else None (a cached answer could then be stale). No query:
+        the background loop keeps it current. (This process's own writes not projected yet are
+        the answer cache's to weigh: it is told of each before it is saved.)"""
         if time.monotonic() - self.observed_at > max_age:
             return None
         return self.observed
