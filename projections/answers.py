@@ -79,16 +79,6 @@ class Touched:
 EVERYTHING = Touched(everything=True)
 
 
-def _touches_any(
-    pending: dict[int, tuple[int | None, tuple[Touched, ...]]], keys: tuple[Hashable, ...]
-) -> bool:
-    for _, touches in pending.values():
-        for change in touches:
-            if change.everything or any(key in keys for key in change.floor_keys()):
-                return True
-    return False
-
-
 @functools.lru_cache(maxsize=1024)
 def _catalogue_key(app_id: str) -> Hashable:
     return ("catalogue", str(catalogue_id(app_id)))
@@ -131,8 +121,11 @@ class AnswerCache:
         self._top = 0  # the highest floor in `_floors`
         self._horizon = 0  # every event up to here was reported
         # This process's writes not reported yet: token -> (their last position, or None while
-        # being saved; what they touch). Replaced, never changed in place (readers take no lock).
-        self._pending: dict[int, tuple[int | None, tuple[Touched, ...]]] = {}
+        # being saved; the keys they may touch, None: everything), and how many of them touch
+        # each key (what readers look at: one lookup per key of an answer, no lock).
+        self._pending: dict[int, tuple[int | None, tuple[Hashable, ...] | None]] = {}
+        self._pending_keys: dict[Hashable, int] = {}
+        self._pending_everything = 0
         self._tokens = 0
         self.hits = 0
         self.misses = 0
@@ -153,7 +146,8 @@ class AnswerCache:
         # batch), then the floor map (replaced after the global floor rose), then the global
         # floor. Whatever a reader sees is then at least as strict as the state at the instant
         # it read the pending writes.
-        if _touches_any(self._pending, answer.floor_keys):
+        pending = self._pending_keys
+        if self._pending_everything or any(key in pending for key in answer.floor_keys):
             return False  # a write of this process may change it, and is not projected yet
         if stamp[1] > self._horizon:
             return False  # events up to the observed position are not all reported yet
@@ -198,31 +192,56 @@ class AnswerCache:
             if end > self._horizon:
                 self._horizon = end  # the floors of this range are in place
             done = [t for t, (last, _) in self._pending.items() if last is not None and last <= end]
-            if done:  # last: what they touched is in the floors now
-                self._pending = {t: p for t, p in self._pending.items() if t not in done}
+            for token in done:  # last: what they touched is in the floors now
+                self._forget(token)
 
     # --- this process's writes, between their save and their report -----------------------
 
     def writing(self, touches: tuple[Touched, ...] | None) -> int:
         """A write is about to be saved (None: it may touch anything); until the follower
         reports it, no answer it may touch is served. Returns a token for `written`."""
+        changes = touches or (EVERYTHING,)
+        keys = (
+            None
+            if any(c.everything for c in changes)
+            else tuple({key for change in changes for key in change.floor_keys()})
+        )
         with self._lock:
             self._tokens += 1
             token = self._tokens
-            self._pending = {**self._pending, token: (None, touches or (EVERYTHING,))}
+            self._pending[token] = (None, keys)
+            if keys is None:
+                self._pending_everything += 1
+            for key in keys or ():
+                self._pending_keys[key] = self._pending_keys.get(key, 0) + 1
             return token
 
     def written(self, token: int, last_position: int) -> None:
         """The write is saved; its events end at `last_position`."""
         with self._lock:
-            if token in self._pending and last_position > self._horizon:
-                self._pending = {**self._pending, token: (last_position, self._pending[token][1])}
+            if token not in self._pending:
+                return
+            if last_position > self._horizon:
+                self._pending[token] = (last_position, self._pending[token][1])
             else:  # already reported (or nothing saved)
-                self._pending = {t: p for t, p in self._pending.items() if t != token}
+                self._forget(token)
 
     def not_written(self, token: int) -> None:
         with self._lock:
-            self._pending = {t: p for t, p in self._pending.items() if t != token}
+            if token in self._pending:
+                self._forget(token)
+
+    def _forget(self, token: int) -> None:
+        """Under the lock: the write is reported (or was never saved)."""
+        _, keys = self._pending.pop(token)
+        if keys is None:
+            self._pending_everything -= 1
+        for key in keys or ():
+            count = self._pending_keys[key] - 1
+            if count:
+                self._pending_keys[key] = count
+            else:
+                del self._pending_keys[key]
 
     def _raise_global_floor(self, position: int) -> None:
         if position <= self._global_floor:
