@@ -22,11 +22,17 @@ class WriteConflict(RuntimeError):
 
 def next_in_history(log: EventLog, app_id: str, buyer_key: str) -> tuple[list[Any], UUID, int]:
     """The buyer's registration (if it is new), its id, and the version of its next event."""
-    bid = buyer_id(app_id, buyer_key)
-    version = log.last_version(bid)
-    if version is not None:
-        return [], bid, version + 1
-    return Buyer(app_id, buyer_key).collect_events(), bid, Buyer.INITIAL_VERSION + 1
+    last = log.last_version(buyer_id(app_id, buyer_key))
+    return at_version(app_id, buyer_key, Buyer.INITIAL_VERSION if last is None else last + 1)
+
+
+def at_version(app_id: str, buyer_key: str, version: int) -> tuple[list[Any], UUID, int]:
+    """The same, given the version the buyer's history is at (its first for a new buyer, whose
+    registration then comes before the event)."""
+    if version == Buyer.INITIAL_VERSION:
+        registration = Buyer(app_id, buyer_key).collect_events()
+        return registration, registration[0].originator_id, version + 1
+    return [], buyer_id(app_id, buyer_key), version
 
 
 def save_retrying(

@@ -21,7 +21,7 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 
-from adapters.appending import next_in_history, save_retrying
+from adapters.appending import at_version, next_in_history, save_retrying
 from adapters.eventstore import EventLog
 from adapters.stripe.envelope import StripeEnvelope
 from domain.aggregates import Buyer, WebhookReceipt, buyer_id, receipt_id
@@ -119,7 +119,10 @@ class Ingestor:
         }
         ids = {buyer_id(*buyer): buyer for buyer in unknown}
         found = self.log.last_versions(list(ids))
-        return {buyer: found.get(bid, 0) + 1 for bid, buyer in ids.items()}
+        return {
+            buyer: found[bid] + 1 if bid in found else Buyer.INITIAL_VERSION
+            for bid, buyer in ids.items()
+        }
 
     def _remember(self, next_versions: dict[tuple[str, str], int]) -> None:
         """Cache each buyer's next version, so that appending needs no read. Another process
@@ -160,14 +163,10 @@ class Ingestor:
         that is its registration's)."""
         env = webhook.envelope
         receipt = WebhookReceipt.received(webhook.app_id, env.event_id, env.buyer_key)
-        registration: list[Any] = []
         if version is None:
             registration, bid, version = next_in_history(self.log, webhook.app_id, env.buyer_key)
-        elif version == Buyer.INITIAL_VERSION:
-            registration = Buyer(webhook.app_id, env.buyer_key).collect_events()
-            bid, version = registration[0].originator_id, version + 1
         else:
-            bid = buyer_id(webhook.app_id, env.buyer_key)
+            registration, bid, version = at_version(webhook.app_id, env.buyer_key, version)
         recorded = env.event_class(
             originator_id=bid,
             originator_version=version,

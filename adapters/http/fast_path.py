@@ -17,13 +17,16 @@ from urllib.parse import parse_qsl
 from adapters.http.auth import app_for_authorization
 from adapters.http.limits import ASGIApp, RateLimited, Receive, Scope, Send
 from adapters.http.params import flag
-from adapters.http.queries import MAX_STALENESS, answer_key
+from adapters.http.queries import answer_key
 
 log = logging.getLogger("entitlements.http")
 
 PATH = "/v1/permissions"
 CACHEABLE_PARAMS = {"customid", "explain"}
 JSON_HEADERS = [(b"content-type", b"application/json")]
+# A cached answer is served only while the follower saw the read model this recently; its
+# background loop polls more often than this (`Follower.run_forever`).
+MAX_STALENESS = 1.0
 
 
 class PermissionsFastPath:

@@ -38,25 +38,13 @@ async def _permissions_now(engine, app_id: str, customid: str, explain: bool) ->
 
 
 def _answer_now(engine, app_id: str, customid: str, explain: bool) -> bytes:
-    """The cached answer once this process's own writes are projected (the fast path refuses
-    every answer while one is not: a webhook it recorded might touch any), else derived now and
-    kept for the fast path (adapters/http/fast_path.py)."""
-    engine.follower.catch_up_if_behind()
-    key = answer_key(app_id, customid, explain)
-    now_seconds = int(engine.entitlements.clock())
-    cached = engine.answers.get(key, engine.follower.settled(MAX_STALENESS), now_seconds)
-    if cached is not None:
-        return cached
+    """Derived now, and kept for the fast path (adapters/http/fast_path.py), which serves it
+    while nothing written since can have changed it."""
     now = engine.entitlements.permissions_now(app_id, customid)
     body = JSONResponse(permissions_json(customid, now.permissions, explain)).body
     answer = Answer(body, now.stamp, now.at, now.valid_until, app_id, customid, now.depends_on)
-    engine.answers.put(key, answer)
+    engine.answers.put(answer_key(app_id, customid, explain), answer)
     return body
-
-
-# A cached answer is served only while the follower saw the read model this recently; its
-# background loop polls more often than this (`Follower.run_forever`).
-MAX_STALENESS = 1.0
 
 
 def answer_key(app_id: str, customid: str, explain: bool) -> tuple[str, str, bool]:
