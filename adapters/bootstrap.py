@@ -61,6 +61,7 @@ def bootstrap(settings: Settings) -> Engine:
         if app.catalogue_file is not None:
             catalogues.seed(app.app_id, app.catalogue_file)
     ingestor = Ingestor(log)
+    answers = AnswerCache()
     engine = Engine(
         settings=settings,
         log=log,
@@ -69,11 +70,11 @@ def bootstrap(settings: Settings) -> Engine:
         ingestor=ingestor,
         linker=Linker(log, follower),
         catalogues=catalogues,
-        entitlements=Entitlements(follower, catalogues, settings.apps),
+        entitlements=Entitlements(follower, catalogues, settings.apps, answers=answers),
         history=CustomerHistory(log, follower, follower),
         resolver=CheckoutResolver(log, follower, settings.apps),
         writer=GroupCommitWriter(ingestor),
-        answers=AnswerCache(),
+        answers=answers,
     )
     engine.ingestor.on_recorded = engine.poke_followers
     log.pending = engine.answers  # told of every write before it is saved (read-your-writes)

@@ -76,43 +76,67 @@ def derive_subscriptions(
 
 
 class Invoices:
-    """What a subscription's invoices tell (paid periods, failures, the payments behind them)."""
+    """What a subscription's invoices tell (paid periods, failures, the payments behind them).
+
+    Facts are added in `fact_order` (`derive` passes the known facts sorted), so "the last of
+    equals" below is the greatest in `fact_order` without computing it for every invoice: a
+    customer renewed hourly for a year has thousands."""
 
     def __init__(self) -> None:
         self.facts: list[InvoiceObserved] = []
+        self._paid: list[InvoiceObserved] = []
+        self._paid_ends: list[int | None] = []  # `_period_end` of each paid invoice
         # invoice id -> the ids a refund or dispute may name: its own, its charges, its intents
         self.payment_keys: dict[str, set[str]] = defaultdict(set)
+        self._renewal: tuple[InvoiceObserved | None] | None = None  # computed once
+
+    def add(self, fact: InvoiceObserved) -> None:
+        self.facts.append(fact)
+        if fact.paid:
+            self._paid.append(fact)
+            self._paid_ends.append(_period_end(fact))
 
     def add_payment(self, invoice_id: str, *keys: str | None) -> None:
-        self.payment_keys[invoice_id] |= {key for key in keys if key is not None}
+        known = self.payment_keys[invoice_id]
+        for key in keys:
+            if key is not None:
+                known.add(key)
 
     def paid(self) -> list[InvoiceObserved]:
-        return [f for f in self.facts if f.paid]
+        return self._paid
 
     def renewal(self) -> InvoiceObserved | None:
         """The paid invoice reaching furthest in time (a renewal heard before the update)."""
-        paid = [f for f in self.paid() if _period_end(f) is not None]
-        return max(paid, key=lambda f: (_period_end(f), fact_order(f)), default=None)
+        if self._renewal is None:
+            best, best_end = None, None
+            for fact, end in zip(self._paid, self._paid_ends, strict=True):
+                if end is not None and (best_end is None or end >= best_end):
+                    best, best_end = fact, end  # `>=`: the later of equals in fact_order
+            self._renewal = (best,)
+        return self._renewal[0]
 
     def latest_paid_id(self) -> str | None:
         """The invoice paid last: refunding it is what ends the subscription's access."""
         first_paid: dict[str, tuple] = {}
-        for fact in sorted(self.paid(), key=fact_order):
-            first_paid.setdefault(fact.invoice_id, (fact.at, _period_end(fact) or 0))
+        # In fact_order: the first sighting of each invoice is kept.
+        for fact, end in zip(self._paid, self._paid_ends, strict=True):
+            if fact.invoice_id not in first_paid:
+                first_paid[fact.invoice_id] = (fact.at, end or 0)
         return max(first_paid, key=lambda i: (*first_paid[i], i), default=None)
 
     def paid_after(self, snapshot: SubscriptionObserved) -> InvoiceObserved | None:
         """A payment covering the snapshot's period, made at or after the snapshot."""
-        candidates = [
-            f
-            for f in self.paid()
-            if f.at >= snapshot.at
-            and (
-                snapshot.current_period_end is None
-                or (_period_end(f) or 0) >= snapshot.current_period_end
-            )
-        ]
-        return min(candidates, key=fact_order, default=None)
+        return next(  # the first in fact_order
+            (
+                f
+                for f, end in zip(self._paid, self._paid_ends, strict=True)
+                if f.at >= snapshot.at
+                and (
+                    snapshot.current_period_end is None or (end or 0) >= snapshot.current_period_end
+                )
+            ),
+            None,
+        )
 
     def last_outcome_failed(self, until: int) -> InvoiceObserved | None:
         """The failed invoice, if the last payment outcome heard by `until` was a failure.
@@ -142,9 +166,12 @@ def _snapshot_from_invoice(subscription_id: str, invoice: InvoiceObserved) -> Su
 
 
 def _period_end(invoice: InvoiceObserved) -> int | None:
-    ends = [invoice.period_end, *(line.period_end for line in invoice.lines)]
-    known = [end for end in ends if end is not None]
-    return max(known, default=None)
+    """The latest end among the invoice's and its lines' periods (None: none given)."""
+    end = invoice.period_end
+    for line in invoice.lines:
+        if line.period_end is not None and (end is None or line.period_end > end):
+            end = line.period_end
+    return end
 
 
 def _invoices_by_subscription(known: tuple[Fact, ...]) -> dict[str, Invoices]:
@@ -153,7 +180,7 @@ def _invoices_by_subscription(known: tuple[Fact, ...]) -> dict[str, Invoices]:
     for fact in known:
         if isinstance(fact, InvoiceObserved) and fact.subscription_id is not None:
             invoices = by_sub[fact.subscription_id]
-            invoices.facts.append(fact)
+            invoices.add(fact)
             invoices.add_payment(
                 fact.invoice_id, fact.invoice_id, fact.charge_id, fact.payment_intent_id
             )
@@ -170,12 +197,22 @@ def _invoices_by_subscription(known: tuple[Fact, ...]) -> dict[str, Invoices]:
 
 
 def _latest(snapshots: Iterable[SubscriptionObserved]) -> SubscriptionObserved:
-    def order(s: SubscriptionObserved) -> tuple:
-        status = "canceled" if s.deleted else s.status
-        cancel_flag = s.cancel_at_period_end or s.cancel_at is not None
-        return (s.at, _STATUS_RANK.get(status, -1), s.deleted, cancel_flag, fact_order(s))
+    """By Stripe's clock, then the status furthest along, then the content: snapshots come in
+    `fact_order`, so the last of equals wins."""
+    best, best_key = None, None
+    for snapshot in snapshots:
+        key = _snapshot_rank(snapshot)
+        if best_key is None or key >= best_key:
+            best, best_key = snapshot, key
+    if best is None:
+        raise ValueError("no snapshot")
+    return best
 
-    return max(snapshots, key=order)
+
+def _snapshot_rank(s: SubscriptionObserved) -> tuple:
+    status = "canceled" if s.deleted else s.status
+    cancel_flag = s.cancel_at_period_end or s.cancel_at is not None
+    return (s.at, _STATUS_RANK.get(status, -1), s.deleted, cancel_flag)
 
 
 def _subscription(
@@ -243,20 +280,45 @@ def _former_skus(
     Only invoices older than the latest snapshot count: a paid invoice newer than it may show an
     upgrade whose subscription update has not arrived yet.
     """
-    current = set(_skus(latest.items, catalogue))
-    sightings: dict[str, int] = {}  # SKU -> the last time it was seen on the subscription
+    skus = _SkusOf(catalogue)
+    current = set(skus(latest.items))
     earlier: list[tuple[int, Iterable]] = [(s.at, s.items) for s in snapshots if s is not latest]
     earlier += [(f.at, f.lines) for f in invoices.paid() if f.at < latest.at]
+    newest: dict[tuple, tuple[int, Iterable]] = {}  # each distinct list of lines, last seen
     for seen_at, items in earlier:
-        for sku_id in set(_skus(items, catalogue)) - current:
+        key = _lines_key(items)
+        if key not in newest or newest[key][0] < seen_at:
+            newest[key] = (seen_at, items)
+    sightings: dict[str, int] = {}  # SKU -> the last time it was seen on the subscription
+    for seen_at, items in newest.values():
+        for sku_id in set(skus(items)) - current:
             sightings[sku_id] = max(sightings.get(sku_id, seen_at), seen_at)
     former = {}
     for sku_id, last_seen in sightings.items():
-        without = [
-            s for s in snapshots if s.at >= last_seen and sku_id not in _skus(s.items, catalogue)
-        ]
+        without = [s for s in snapshots if s.at >= last_seen and sku_id not in skus(s.items)]
         former[sku_id] = min(without, key=fact_order, default=latest)
     return former
+
+
+def _lines_key(items: Iterable) -> tuple:
+    """What `_skus` reads of a list of lines."""
+    return tuple([(item.product_id, item.price_id) for item in items])
+
+
+class _SkusOf:
+    """`_skus` of many item lists, once per distinct list of (product, price): thousands of
+    renewals of one subscription carry the same few."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+        self.known: dict[tuple, tuple[str, ...]] = {}
+
+    def __call__(self, items: Iterable) -> tuple[str, ...]:
+        key = _lines_key(items)
+        found = self.known.get(key)
+        if found is None:
+            found = self.known[key] = _skus(items, self.catalogue)
+        return found
 
 
 # --- the code of a snapshot -----------------------------------------------------------------------

@@ -37,6 +37,10 @@ reported, and nothing is served past an unreported position. Floors only rise, a
 when an answer is read, never when it is stored, so an answer stored late (derived before a
 batch was reported) is still judged against that batch.
 
+Two shelves share the floors: `ANSWERS` (rendered answers, many and small) and `HISTORIES` (a
+long history's facts, sorted once, for audit queries at any instant: few and large, so bounded
+apart).
+
 Memory: floors at or below the global floor are dropped; past `max_floors` keys the global floor
 rises to the newest reported position and the map is emptied (every older answer then misses).
 Readers take no lock: writers publish in an order that lets a reader trust what it reads (see
@@ -55,6 +59,7 @@ from uuid import UUID
 from domain.aggregates import catalogue_id
 
 Stamp = tuple[int, int]  # (generation, position) of the read model
+ANSWERS, HISTORIES = "answers", "histories"  # the shelves
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +116,14 @@ class AnswerCache:
     """A bounded map of answers; the oldest entry goes first when it is full. Entries are
     replaced, never updated in place, so readers need no lock."""
 
-    def __init__(self, max_entries: int = 100_000, max_floors: int = 100_000) -> None:
+    def __init__(
+        self, max_entries: int = 100_000, max_floors: int = 100_000, max_histories: int = 64
+    ) -> None:
         self.max_entries = max_entries
         self.max_floors = max_floors
-        self._entries: dict[Hashable, Answer] = {}
+        self._bounds = {ANSWERS: max_entries, HISTORIES: max_histories}
+        self._shelves: dict[str, dict[Hashable, Answer]] = {ANSWERS: {}, HISTORIES: {}}
+        self._entries = self._shelves[ANSWERS]
         self._lock = threading.Lock()  # writers only: short sections, never any I/O
         self._floors: dict[Hashable, int] = {}  # key -> end of the last batch that touched it
         self._global_floor = 0
@@ -130,10 +139,10 @@ class AnswerCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable, stamp: Stamp | None, now: int) -> Any | None:
+    def get(self, key: Hashable, stamp: Stamp | None, now: int, shelf: str = ANSWERS) -> Any | None:
         """The answer kept for `key` if it still holds; `stamp` is the read model's (generation,
         position) as the caller last observed it (None: it may be stale)."""
-        answer = self._entries.get(key)
+        answer = self._shelves[shelf].get(key)
         if answer is not None and stamp is not None and self._holds(answer, stamp, now):
             self.hits += 1
             return answer.value
@@ -160,14 +169,15 @@ class AnswerCache:
         floor = floors.get
         return all(floor(key, 0) <= position for key in answer.floor_keys)
 
-    def put(self, key: Hashable, answer: Answer) -> None:
-        if self.max_entries <= 0:
+    def put(self, key: Hashable, answer: Answer, shelf: str = ANSWERS) -> None:
+        entries, bound = self._shelves[shelf], self._bounds[shelf]
+        if bound <= 0:
             return
         with self._lock:
-            self._entries.pop(key, None)
-            while len(self._entries) >= self.max_entries:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = answer
+            entries.pop(key, None)
+            while len(entries) >= bound:
+                entries.pop(next(iter(entries)))
+            entries[key] = answer
 
     def applied(self, touched: Iterable[Touched] | None, start: int, end: int) -> None:
         """The follower committed the events in (start, end]; `touched` is what they touched,

@@ -3,6 +3,10 @@
 Validity depends on the instant (a period ends, a grace period runs out), so these are never
 frozen at write time: they are derived from the buyer-facts read model by the pure rules in
 `domain/rules.py`, at `at` (default now), from the facts recorded by `known_at` (default all).
+
+An auditor asks about many instants of one customer; a long history (`HISTORY_KEPT_FROM` facts
+or more) is read and sorted once, then kept on the answer cache's `HISTORIES` shelf until an
+event touches it (the same floors as cached answers: `projections/answers.py`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from adapters.catalogues import Catalogues
 from adapters.config import AppConfig
 from domain.catalogue import Catalogue
 from domain.clock import Instant
-from domain.rules import Derivation, PermissionStatus, derive
-from projections.answers import Stamp
+from domain.rules import Derivation, FactHistory, PermissionStatus, derive
+from projections.answers import HISTORIES, Answer, AnswerCache, Stamp
 from projections.buyer_facts import (
     Claim,
     buyers_of_customid,
@@ -28,6 +32,8 @@ from projections.buyer_facts import (
     facts_of_customid,
 )
 from projections.follower import Follower
+
+HISTORY_KEPT_FROM = 500  # facts; a shorter history is read and sorted in about a millisecond
 
 
 @dataclass(frozen=True)
@@ -74,11 +80,14 @@ class Entitlements:
         catalogues: Catalogues,
         apps: dict[str, AppConfig],
         clock: Callable[[], float] = time.time,
+        answers: AnswerCache | None = None,
     ) -> None:
         self.follower = follower
         self.catalogues = catalogues
         self.apps = apps
         self.clock = clock  # what "now" is (tests move it)
+        self.answers = answers  # keeps long histories (None: read every time)
+        self.history_kept_from = HISTORY_KEPT_FROM
 
     def permissions(
         self, app_id: str, customid: str, at: int, known_at: float | None = None
@@ -102,11 +111,26 @@ class Entitlements:
         self, app_id: str, customid: str, at: int, known_at: float | None = None
     ) -> Derivation:
         self._fresh()
-        with self.follower.reading() as cursor:
-            stored = facts_of_customid(cursor, app_id, customid)
-        facts = [s.fact for s in stored if known_at is None or s.recorded_at <= known_at]
+        facts = self.history(app_id, customid).known_by(known_at)
         catalogue = self.catalogues.as_of(app_id, known_at)
         return derive(facts, catalogue, self.apps[app_id].policy, at)
+
+    def history(self, app_id: str, customid: str) -> FactHistory:
+        """The facts of `customid`'s buyers (and guest payments), sorted, from the read model
+        as it stands; a long history is kept until an event touches it."""
+        key = (app_id, customid)
+        with self.follower.reading() as cursor:
+            stamp = self.follower.observe(cursor)  # read first: a later write only makes it older
+            if self.answers is not None:
+                kept = self.answers.get(key, stamp, 0, HISTORIES)
+                if kept is not None:
+                    return kept
+            stored, depends_on = facts_and_dependencies(cursor, app_id, customid)
+        history = FactHistory((s.fact, s.recorded_at) for s in stored)
+        if self.answers is not None and len(stored) >= self.history_kept_from:
+            kept = Answer(history, stamp, 0, None, app_id, customid, depends_on)
+            self.answers.put(key, kept, HISTORIES)
+        return history
 
     def subscriber(self, app_id: str, customid: str, at: int) -> Subscriber | None:
         """None when no Stripe customer or payment was ever linked to `customid`."""

@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import random
 import statistics
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from tqdm import tqdm  # noqa: E402
 
 from adapters.bootstrap import Engine, bootstrap  # noqa: E402
 from adapters.config import settings_from_dict  # noqa: E402
+from adapters.gc_tuning import tune_for_server  # noqa: E402
 from adapters.ingest import Webhook  # noqa: E402
 from adapters.stripe.envelope import parse_event  # noqa: E402
 
@@ -62,6 +64,7 @@ def bodies(count: int) -> list[str]:
 def build_engine(database_url: str) -> Engine:
     doc = {
         "database": {"url": database_url},
+        "server": {"rate_limit_per_second": 0},  # latency is measured, not the per-key limit
         "apps": {"bench": {"webhook_secrets": ["whsec_bench"], "rest_api_keys": [API_KEY]}},
     }
     return bootstrap(settings_from_dict(doc, env={}))
@@ -89,28 +92,50 @@ def _buyer_id() -> Any:
     return buyer_id("bench", CUSTOMER)
 
 
-def queries(client: TestClient, count: int) -> dict[str, Callable[[], Any]]:
-    """The W5 queries; `at` is a past instant in the middle of the customer's life."""
+def queries(engine: Engine, client: TestClient, count: int) -> dict[str, Callable[[], Any]]:
+    """The W5 queries: history pages, and permissions at any instant of the customer's life:
+    from its kept history, and (last row) read from the rows as after a write for it."""
     history = f"/v1/customers/{CUSTOMID}/history"
     middle = client.get(history, params={"limit": "100"}, headers=AUTH).json()["nextCursor"]
     for _ in range(count // 200 - 1):  # walk to the middle of the history
         page = client.get(history, params={"limit": "100", "cursor": middle}, headers=AUTH)
         middle = page.json()["nextCursor"]
     past = str(T0 + (count // 4) * HOUR)
+    instants = random.Random(5)
 
     def get(path: str, **params: str) -> Callable[[], Any]:
         return lambda: client.get(path, params=params, headers=AUTH).raise_for_status()
+
+    def at_any_instant(**params: str) -> Callable[[], Any]:
+        """Each run asks about another instant of the customer's life (or just after it)."""
+
+        def run() -> Any:
+            at = str(T0 + instants.randrange(count // 2 + 24) * HOUR)
+            return get("/v1/permissions", customid=CUSTOMID, at=at, **params)()
+
+        return run
+
+    def history_read_each_time(run: Callable[[], Any]) -> Callable[[], Any]:
+        """As the first question after a write for this customer: nothing kept."""
+
+        def uncached() -> Any:
+            kept, engine.entitlements.answers = engine.entitlements.answers, None
+            try:
+                return run()
+            finally:
+                engine.entitlements.answers = kept
+
+        return uncached
 
     return {
         "history_first_page": get(history, limit="100"),
         "history_middle_page": get(history, limit="100", cursor=middle),
         "history_middle_page_raw": get(history, limit="100", cursor=middle, include="raw"),
         "history_filtered": get(history, limit="100", type="invoice.paid", since=past),
-        "permissions_at": get("/v1/permissions", customid=CUSTOMID, at=past),
-        "permissions_at_explain": get("/v1/permissions", customid=CUSTOMID, at=past, explain="1"),
-        "permissions_known_at": get(
-            "/v1/permissions", customid=CUSTOMID, at=past, known_at=str(time.time())
-        ),
+        "permissions_at": at_any_instant(),
+        "permissions_at_explain": at_any_instant(explain="1"),
+        "permissions_known_at": at_any_instant(known_at=str(time.time())),
+        "permissions_at_history_read": history_read_each_time(at_any_instant()),
     }
 
 
@@ -145,7 +170,8 @@ def main() -> int:
 
             with TestClient(build_http_app(engine)) as client:
                 load(engine, client, args.events)
-                runs = queries(client, args.events)
+                tune_for_server()  # as `entitlements serve` does at start-up
+                runs = queries(engine, client, args.events)
                 if args.profile:
                     return profile(runs[args.profile])
                 results = {name: measure(run, args.repeat) for name, run in runs.items()}

@@ -24,8 +24,10 @@ from adapters.http.app import build_http_app
 from adapters.http.fast_path import MAX_STALENESS
 from adapters.http.render import permissions_json
 from domain.catalogue import Catalogue
+from domain.rules import derive
 from projections import follower as follower_module
 from projections.answers import EVERYTHING, Answer, AnswerCache, Touched
+from projections.buyer_facts import facts_of_customid
 from tests.conftest import API_KEYS, fresh_engine, ingest, post_webhook
 from tests.lifecycles import CATALOGUE as LIFECYCLE_CATALOGUE
 from tests.lifecycles import T0, lifecycles
@@ -270,6 +272,43 @@ def test_a_webhook_for_the_customers_own_stripe_customer_ends_its_answer(client,
     assert not answered_from_cache(client, engine, "ali")
     assert premium(client, "ali") == 5
     assert answered_from_cache(client, engine, "ali")
+
+
+def history_kept(engine, customid: str, at: int) -> bool:
+    """Whether an auditor's question at `at` read the customer's kept history (its answer is
+    checked against a derivation from the rows)."""
+    hits = engine.answers.hits
+    answer = engine.entitlements.permissions("demo", customid, at)
+    kept = engine.answers.hits > hits
+    assert answer == derived_afresh(engine, "demo", customid, at)
+    return kept
+
+
+def test_a_long_history_is_read_once_for_questions_about_any_instant(client, engine):
+    """Audit queries (`at`, `known_at`, explain) keep a long history sorted, on the same floors
+    as the answers: one read for many instants, until an event touches the customer."""
+    engine.entitlements.history_kept_from = 2  # facts: "long" for this test
+    setup_catalogue(client)
+    connect(client, "ali", ALI)
+    deliver(client, real(ALI_UPDATED), real(ALI_PAID))
+    assert not history_kept(engine, "ali", 1714549400)  # read, then kept
+    assert history_kept(engine, "ali", 1714549400 - DAY)
+    raw = json.dumps(real(ALI_UPDATED))
+    assert post_webhook(client, raw, app_id="other").status_code == 200  # another app: kept
+    projected(engine)
+    assert history_kept(engine, "ali", 1714549400)
+    refund = guest_refund("pi_3PBXo5RxqlZt79sD1gfyEF1L", 1714549400)  # ali's invoice payment
+    deliver(client, refund)  # lands on the payment's own key, which ali's facts name: read again
+    assert not history_kept(engine, "ali", 1714549400)
+    assert history_kept(engine, "ali", 1714549400)
+
+
+def test_a_short_history_is_read_every_time(client, engine):
+    setup_catalogue(client)
+    connect(client, "ali", ALI)
+    deliver(client, real(ALI_UPDATED), real(ALI_PAID))
+    assert not history_kept(engine, "ali", 1714549400)
+    assert not history_kept(engine, "ali", 1714549400)
 
 
 def test_a_refund_on_a_guest_payment_the_customer_made_ends_its_answer(client, engine):
@@ -539,9 +578,23 @@ def asked_and_checked(client, engine, app_id: str, customid: str, explain: bool)
     hits = engine.answers.hits
     response = ask(client, customid, headers=headers, **({"explain": "true"} if explain else {}))
     now = int(engine.entitlements.clock())
-    fresh = engine.entitlements.permissions(app_id, customid, now)
+    fresh = derived_afresh(engine, app_id, customid, now)
     source = "from the cache" if engine.answers.hits > hits else "derived"
     assert response.json() == permissions_json(customid, fresh, explain), source
+    # Questions about any instant read the customer's history from its shelf (every history is
+    # kept in this test) while no event touched it.
+    for at in (now, T0 + 3 * DAY):
+        kept = engine.entitlements.permissions(app_id, customid, at)
+        assert kept == derived_afresh(engine, app_id, customid, at)
+
+
+def derived_afresh(engine, app_id: str, customid: str, at: int):
+    """The permissions at `at` derived from the read model's rows, no cache involved."""
+    engine.follower.catch_up_if_behind()
+    with engine.follower.reading() as cursor:
+        facts = [stored.fact for stored in facts_of_customid(cursor, app_id, customid)]
+    catalogue = engine.catalogues.as_of(app_id, None)
+    return derive(facts, catalogue, engine.settings.apps[app_id].policy, at).permissions
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -563,6 +616,7 @@ def test_every_answer_served_from_the_cache_is_the_one_derived_afresh(backend, d
     with fresh_engine(backend, MORE) as engine:
         other = bootstrap(engine.settings)
         engine.entitlements.clock = other.entitlements.clock = lambda: T0 + 12 * DAY
+        engine.entitlements.history_kept_from = 0
         try:
             with (
                 TestClient(build_http_app(engine)) as client,

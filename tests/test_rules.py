@@ -24,7 +24,14 @@ from domain.facts import (
     SubscriptionObserved,
 )
 from domain.policy import AppPolicy
-from domain.rules import PermissionStatus, derive, fact_order, known_facts, permissions
+from domain.rules import (
+    FactHistory,
+    PermissionStatus,
+    derive,
+    fact_order,
+    known_facts,
+    permissions,
+)
 
 DAY = 86400
 T0 = 1_700_000_000
@@ -754,6 +761,24 @@ def test_any_delivery_order_and_any_duplication_give_the_same_answer(data, facts
     duplicates = data.draw(st.lists(st.sampled_from(facts), max_size=5)) if facts else []
     expected = derive(facts, CATALOGUE, policy, at)
     assert derive([*shuffled, *duplicates], CATALOGUE, policy, at) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), history(), policies, instants)
+def test_a_history_sorted_once_answers_every_instant_as_the_facts_themselves(
+    data, facts, policy, at
+):
+    """`FactHistory` (what audit queries keep per customer): the same derivation at any
+    instant, and, as of any recording time, the same as the facts recorded by then."""
+    copies = [*facts, *data.draw(st.lists(st.sampled_from(facts), max_size=5))] if facts else []
+    recorded = [(fact, float(data.draw(st.integers(0, 5)))) for fact in copies]
+    kept = FactHistory(recorded)
+    at = data.draw(st.sampled_from([at, *(fact.at for fact in facts)]))  # ties with a fact too
+    assert derive(kept, CATALOGUE, policy, at) == derive(facts, CATALOGUE, policy, at)
+    known_at = data.draw(st.one_of(st.none(), st.integers(0, 5)))
+    by_then = [fact for fact, when in recorded if known_at is None or when <= known_at]
+    as_known = derive(kept.known_by(known_at), CATALOGUE, policy, at)
+    assert as_known == derive(by_then, CATALOGUE, policy, at)
 
 
 @settings(max_examples=300, deadline=None)

@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 
 from adapters.bootstrap import bootstrap
 from adapters.config import load_settings
+from adapters.gc_tuning import tune_for_server
 from adapters.http.app import build_http_app
 from adapters.logging_setup import configure_logging
 
@@ -21,6 +22,7 @@ def create_app() -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        tune_for_server()
         for follower in engine.followers:  # read models follow the log in this process
             follower.start_background()
         engine.resolver.start_background()  # line items of checkouts, fetched from Stripe
