@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from adapters.gc_tuning import tune_for_server
 from adapters.stripe.signature import BadSignature, verify_signature
 from benchlib.storage import FloorStore, open_store
 
@@ -128,4 +129,6 @@ def create_app() -> Starlette:
         routes.append(
             Route("/v1/stripe/webhooks/{app_id}", webhook_handler(secret, insert), methods=["POST"])
         )
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    tune_for_server()  # the engine's process settings too: only the work differs
+    return app

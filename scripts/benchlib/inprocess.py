@@ -17,6 +17,7 @@ from pathlib import Path
 
 from adapters.bootstrap import bootstrap
 from adapters.config import settings_from_dict
+from adapters.gc_tuning import tune_for_server
 from adapters.ingest import Webhook
 from adapters.stripe.envelope import parse_event
 from adapters.stripe.signature import verify_signature
@@ -87,6 +88,7 @@ def run_engine(
 ) -> tuple[LoopResult, str | None]:
     """The engine's ingest path; with `profile_to`, under cProfile (stats saved, top returned)."""
     engine = bootstrap(engine_settings(database_url, app_id, secret))
+    tune_for_server()  # as `entitlements serve` does
     secrets = [secret]
 
     def step(header: str, raw: str) -> None:
@@ -109,6 +111,7 @@ def run_floor(
     database_url: str, secret: str, signed: Sequence[tuple[str, str]], seconds: float
 ) -> LoopResult:
     store = open_store(database_url)
+    tune_for_server()
     secrets = [secret]
 
     def step(header: str, raw: str) -> None:
