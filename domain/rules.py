@@ -16,6 +16,7 @@ Layout:
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -263,7 +264,7 @@ def known_facts(facts: Iterable[Fact], at: int) -> tuple[Fact, ...]:
     if isinstance(facts, FactHistory):
         return facts.until(at)
     distinct = {fact for fact in facts if fact.at <= at}
-    return tuple(sorted(distinct, key=fact_order))
+    return tuple(in_fact_order(distinct))
 
 
 class FactHistory:
@@ -280,10 +281,11 @@ class FactHistory:
         from its first recording)."""
         first: dict[Fact, float] = {}
         for fact, recorded_at in recorded:
-            if recorded_at < first.get(fact, _LIFETIME):
+            if first.setdefault(fact, recorded_at) > recorded_at:  # one hash per fact
                 first[fact] = recorded_at
-        facts = sorted(first, key=fact_order)
-        self._set(tuple(facts), [first[fact] for fact in facts])
+        facts = in_fact_order(first)
+        by_identity = {id(fact): when for fact, when in first.items()}  # hashing a fact is not free
+        self._set(tuple(facts), [by_identity[id(fact)] for fact in facts])
 
     def _set(self, facts: tuple[Fact, ...], recorded: list[float]) -> None:
         self.facts = facts
@@ -316,6 +318,25 @@ class FactHistory:
 def fact_order(fact: Fact) -> tuple[int, str, str, Content]:
     """A total order on facts: Stripe's clock, then content (never the delivery order)."""
     return (fact.at, fact.event_id, fact.kind, Content(fact))
+
+
+_CLOCK_EVENT_KIND = operator.attrgetter("at", "event_id", "kind")
+
+
+def in_fact_order(facts: Iterable[Fact]) -> list[Fact]:
+    """`sorted(facts, key=fact_order)`, faster: sorted by (clock, event, kind) first, then only
+    the runs that tie on all three by their content."""
+    ordered = sorted(facts, key=_CLOCK_EVENT_KIND)
+    start = 0
+    while start < len(ordered):
+        key = _CLOCK_EVENT_KIND(ordered[start])
+        end = start + 1
+        while end < len(ordered) and _CLOCK_EVENT_KIND(ordered[end]) == key:
+            end += 1
+        if end - start > 1:
+            ordered[start:end] = sorted(ordered[start:end], key=repr)
+        start = end
+    return ordered
 
 
 class Content:

@@ -29,6 +29,7 @@ from domain.rules import (
     PermissionStatus,
     derive,
     fact_order,
+    in_fact_order,
     known_facts,
     permissions,
 )
@@ -824,6 +825,7 @@ def test_facts_tied_on_clock_event_and_kind_are_ordered_by_their_content():
     for order in itertools.permutations(facts[:4]):
         shuffled = [*order, *facts[4:]]
         assert sorted(shuffled, key=fact_order) == by_repr
+        assert in_fact_order(shuffled) == by_repr
         assert list(known_facts(shuffled, T0)) == by_repr
     assert max(facts, key=fact_order) == by_repr[-1]
     assert min(facts, key=fact_order) == by_repr[0]
