@@ -90,6 +90,11 @@ class StoredFact:
 
 
 INSERT_FACT = "INSERT INTO buyer_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+INSERT_LINK = (
+    "INSERT INTO buyer_links (buyer_uuid, app_id, buyer_key, customid) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
+)
+UPDATE_LINK = "UPDATE buyer_links SET customid = ? WHERE buyer_uuid = ?"
 LOOKUP_CHUNK = 500  # buyers read per `IN (...)` when a batch begins
 
 
@@ -97,11 +102,18 @@ LOOKUP_CHUNK = 500  # buyers read per `IN (...)` when a batch begins
 class _Batch:
     """What one batch (one transaction) knows beyond its rows: the buyers of its events as they
     stand in this transaction (read in one query when it begins, then kept current as its
-    events register buyers and move links), and the fact rows not written yet (nothing in a
-    batch reads them back, except a line-item resolution, which writes them first)."""
+    events register buyers and move links), and the rows not written yet: nothing in a batch
+    reads them back (except a line-item resolution, which writes the fact rows first), so
+    they are written in a few statements when it ends."""
 
     buyers: dict[str, BuyerRow] = field(default_factory=dict)
     facts: list[tuple[Any, ...]] = field(default_factory=list)
+    # Buyers this batch registered (no row before it), with the (customid, source) of every
+    # claim row they have: all written by this batch, since a buyer's claims come only from
+    # its own events, which follow its registration. Their link rows are written at the end.
+    fresh: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    # Links recomputed for the other buyers, by buyer uuid (the last one counts).
+    links: dict[str, str | None] = field(default_factory=dict)
 
 
 class BuyerFactsProjection:
@@ -128,8 +140,9 @@ class BuyerFactsProjection:
     @contextlib.contextmanager
     def batch(self, cursor: Cursor, events: Sequence[Any]) -> Iterator[None]:
         """`apply` each of `events` (in order, on `cursor`) within this block: the buyers they
-        name are read at once, and fact rows are written in one statement when it ends. Should
-        the block fail, nothing more is written (the transaction is rolled back anyway)."""
+        name are read at once, and fact and link rows are written in one statement each when
+        it ends. Should the block fail, nothing more is written (the transaction is rolled back
+        anyway)."""
         state = _Batch()
         uuids = sorted({str(e.originator_id) for e in events if isinstance(e, Buyer.Event)})
         for start in range(0, len(uuids), LOOKUP_CHUNK):
@@ -144,6 +157,7 @@ class BuyerFactsProjection:
         self._batches[cursor] = state
         try:
             yield
+            _write_links(cursor, state)
             _write_facts(cursor, state)
         finally:
             self._batches.pop(cursor, None)
@@ -167,15 +181,14 @@ class BuyerFactsProjection:
         return EVERYTHING  # unknown to this projection: assume it changed anything
 
     def _register(self, cursor: Cursor, event: Buyer.Created) -> Touched:
-        cursor.execute(
-            "INSERT INTO buyer_links (buyer_uuid, app_id, buyer_key, customid) "
-            "VALUES (?, ?, ?, NULL) ON CONFLICT DO NOTHING",
-            (str(event.originator_id), event.app_id, event.buyer_key),
-        )
         buyer = BuyerRow(str(event.originator_id), event.app_id, event.buyer_key)
         state = self._batches.get(cursor)
-        if state is not None:  # a row already there (read when the batch began) is kept
-            state.buyers.setdefault(buyer.uuid, buyer)
+        if state is None:
+            cursor.execute(INSERT_LINK, (buyer.uuid, buyer.app_id, buyer.buyer_key, None))
+        elif buyer.uuid not in state.buyers:  # its row is written when the batch ends
+            state.buyers[buyer.uuid] = buyer
+            state.fresh[buyer.uuid] = set()
+        # else a row already there (read when the batch began) is kept
         if not event.buyer_key.startswith(CUSTOMID_PREFIX):
             return touched(buyer)
         customid = event.buyer_key.removeprefix(CUSTOMID_PREFIX)
@@ -196,7 +209,7 @@ class BuyerFactsProjection:
                 fact.at,
                 event.received_at,
                 fact.kind,
-                orjson.dumps(fact.to_dict()).decode(),
+                fact_text(fact),
             )
             for seq, fact in enumerate(facts)
         ]
@@ -280,16 +293,44 @@ class BuyerFactsProjection:
         )
         if cursor.rowcount == 0:
             return None
-        linked = resolve_link(claims_of(cursor, buyer.app_id, buyer.buyer_key))
-        cursor.execute(
-            "UPDATE buyer_links SET customid = ? WHERE buyer_uuid = ?", (linked, buyer.uuid)
-        )
         state = self._batches.get(cursor)
+        claimed = state.fresh.get(buyer.uuid) if state is not None else None
+        if claimed is not None:
+            claimed.add((claim.customid, claim.source))
+        if claimed is not None and len(claimed) == 1:
+            linked: str | None = claim.customid  # its one claim: nothing to resolve, or read
+        else:
+            linked = resolve_link(claims_of(cursor, buyer.app_id, buyer.buyer_key))
+        if state is None:
+            cursor.execute(UPDATE_LINK, (linked, buyer.uuid))
+        elif claimed is None:
+            state.links[buyer.uuid] = linked
         if state is not None and buyer.uuid in state.buyers:
             state.buyers[buyer.uuid] = dataclasses.replace(
                 state.buyers[buyer.uuid], customid=linked
             )
         return linked
+
+
+def fact_text(fact: Fact) -> str:
+    """A fact as stored: the JSON text of `fact.to_dict()`, byte for byte, without building
+    that dict. orjson writes a dataclass's fields in the order of its `__dict__`, which
+    `__init__` filled in declaration order, i.e. `to_dict`'s order; line items likewise."""
+    return orjson.dumps({"kind": fact.kind, **vars(fact)}).decode()
+
+
+def _write_links(cursor: Cursor, state: _Batch) -> None:
+    """Write the batch's link rows: those of the buyers it registered, with the link each has
+    now (as a registration then its link updates would leave them), then the other buyers'
+    moved links."""
+    if state.fresh:
+        buyers = [state.buyers[uuid] for uuid in state.fresh]
+        rows = [(b.uuid, b.app_id, b.buyer_key, b.customid) for b in buyers]
+        cursor.executemany(INSERT_LINK, rows)
+    if state.links:
+        cursor.executemany(UPDATE_LINK, [(linked, uuid) for uuid, linked in state.links.items()])
+    state.fresh.clear()
+    state.links.clear()
 
 
 def _write_facts(cursor: Cursor, state: _Batch) -> None:

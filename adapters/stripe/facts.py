@@ -22,6 +22,7 @@ from adapters.stripe.fields import (
     integer,
     invoice_customid,
     invoice_is_paid,
+    invoice_line_items,
     invoice_lines,
     invoice_payment,
     invoice_period,
@@ -72,9 +73,9 @@ def facts_from_event(event: Event) -> list[Fact]:
 # --- Envelope -----------------------------------------------------------------------------------
 
 
-def _stamp(event: Event) -> dict[str, Any]:
+def _stamp(event: Event) -> tuple[str, int]:
     """`event_id` and `at` (Stripe's clock; 0 when the payload has no `created`)."""
-    return {"event_id": text(event.get("id")) or "", "at": integer(event.get("created")) or 0}
+    return text(event.get("id")) or "", integer(event.get("created")) or 0
 
 
 def _object(event: Event) -> dict[str, Any]:
@@ -93,8 +94,10 @@ def customer_subscription_changed(event: Event, deleted: bool = False) -> list[F
     items = subscription_items(sub)
     period_start, period_end = subscription_period(sub, items)
     status = text(sub.get("status")) or ("canceled" if deleted else UNKNOWN_STATUS)
+    event_id, at = _stamp(event)
     fact = SubscriptionObserved(
-        **_stamp(event),
+        event_id=event_id,
+        at=at,
         subscription_id=sub_id,
         customer_id=id_of(sub.get("customer")),
         status=status,
@@ -127,17 +130,20 @@ def invoice_paid_or_updated(event: Event, payment_failed: bool = False) -> list[
     invoice_id = id_of(inv.get("id"))
     if invoice_id is None:
         return []
-    period_start, period_end = invoice_period(inv)
+    lines = invoice_lines(inv)  # read once: items, subscription and period all come from them
+    period_start, period_end = invoice_period(inv, lines)
     charge_id, payment_intent_id = invoice_payment(inv)
+    event_id, at = _stamp(event)
     fact = InvoiceObserved(
-        **_stamp(event),
+        event_id=event_id,
+        at=at,
         invoice_id=invoice_id,
         customer_id=id_of(inv.get("customer")),
-        subscription_id=invoice_subscription_id(inv),
+        subscription_id=invoice_subscription_id(inv, lines),
         status=text(inv.get("status")),
         paid=invoice_is_paid(inv),
         payment_failed=payment_failed,
-        lines=invoice_lines(inv),
+        lines=invoice_line_items(lines),
         period_start=period_start,
         period_end=period_end,
         billing_reason=text(inv.get("billing_reason")),
@@ -161,8 +167,10 @@ def payment_intent_succeeded(event: Event, partially_funded: bool = False) -> li
     intent_id = id_of(intent.get("id"))
     if intent_id is None:
         return []
+    event_id, at = _stamp(event)
     fact = PaymentSucceeded(
-        **_stamp(event),
+        event_id=event_id,
+        at=at,
         payment_intent_id=intent_id,
         charge_id=payment_intent_charge_id(intent),
         customer_id=id_of(intent.get("customer")),
@@ -186,8 +194,10 @@ def charge_succeeded(event: Event) -> list[Fact]:
     charge_id = id_of(charge.get("id"))
     if charge_id is None:
         return []
+    event_id, at = _stamp(event)
     fact = PaymentSucceeded(
-        **_stamp(event),
+        event_id=event_id,
+        at=at,
         payment_intent_id=id_of(charge.get("payment_intent")),
         charge_id=charge_id,
         customer_id=id_of(charge.get("customer")),
@@ -205,8 +215,10 @@ def charge_failed(event: Event) -> list[Fact]:
     charge_id = id_of(charge.get("id"))
     if charge_id is None:
         return []
+    event_id, at = _stamp(event)
     fact = PaymentFailed(
-        **_stamp(event),
+        event_id=event_id,
+        at=at,
         payment_intent_id=id_of(charge.get("payment_intent")),
         charge_id=charge_id,
         customer_id=id_of(charge.get("customer")),
@@ -227,8 +239,10 @@ def charge_refunded(event: Event) -> list[Fact]:
     amount = integer(charge.get("amount"))
     refunded = amount_refunded(charge)
     full = charge.get("refunded") is True or (amount is not None and 0 < amount <= refunded)
+    event_id, at = _stamp(event)
     fact = ChargeRefunded(
-        **_stamp(event),
+        event_id=event_id,
+        at=at,
         charge_id=charge_id,
         payment_intent_id=id_of(charge.get("payment_intent")),
         customer_id=id_of(charge.get("customer")),
@@ -255,8 +269,10 @@ def credit_note_created(event: Event) -> list[Fact]:
         return []
     invoice_total = integer(dig(note, "invoice", "total"))
     credited = integer(note.get("amount")) or 0
+    event_id, at = _stamp(event)
     fact = ChargeRefunded(
-        **_stamp(event),
+        event_id=event_id,
+        at=at,
         charge_id=first(id_of(dig(refund, "charge")) for refund in refunds),
         payment_intent_id=first(id_of(dig(refund, "payment_intent")) for refund in refunds),
         customer_id=id_of(note.get("customer")),
@@ -278,8 +294,10 @@ def charge_dispute_changed(event: Event) -> list[Fact]:
     if dispute_id is None:
         return []
     status = text(dispute.get("status")) or UNKNOWN_STATUS
+    event_id, at = _stamp(event)
     fact = DisputeObserved(
-        **_stamp(event),
+        event_id=event_id,
+        at=at,
         dispute_id=dispute_id,
         charge_id=charge_id,
         payment_intent_id=id_of(dispute.get("payment_intent"))
@@ -298,8 +316,10 @@ def checkout_session_completed(event: Event) -> list[Fact]:
     session_id = id_of(session.get("id"))
     if session_id is None:
         return []
+    event_id, at = _stamp(event)
     fact = CheckoutCompleted(
-        **_stamp(event),
+        event_id=event_id,
+        at=at,
         session_id=session_id,
         mode=text(session.get("mode"))
         or ("subscription" if id_of(session.get("subscription")) else "payment"),
@@ -336,8 +356,10 @@ def customer_changed(event: Event, deleted: bool = False) -> list[Fact]:
     customer_id = id_of(cust.get("id"))
     if customer_id is None:
         return []
+    event_id, at = _stamp(event)
     fact = CustomerObserved(
-        **_stamp(event),
+        event_id=event_id,
+        at=at,
         customer_id=customer_id,
         customid=metadata(cust, "customid"),
         deleted=deleted or cust.get("deleted") is True,

@@ -9,7 +9,7 @@ type (an id string where an expanded object was expected, or the reverse) reads 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from domain.facts import LineItem
 
@@ -61,7 +61,8 @@ def objects(value: Any) -> list[dict[str, Any]]:
 
 
 def metadata(value: Any, key: str) -> str | None:
-    return text(dig(value, "metadata", key))
+    found = value.get("metadata") if isinstance(value, dict) else None
+    return text(found.get(key)) if isinstance(found, dict) else None
 
 
 def first(values: Iterable[Any]) -> Any:
@@ -88,13 +89,20 @@ def price_and_product(thing: dict[str, Any]) -> tuple[str | None, str | None]:
     basil+ invoice lines: `pricing.price_details.{price, product}`; 2020-08-27+: `price`;
     older: `plan` (plans had no product before 2018, so product may stay None).
     """
+    # One pass over the three price locations, newest first: the price is the first that names
+    # one, the product the price details' own, else the first an expanded price names.
     details = dig(thing, "pricing", "price_details")
-    priced = [dig(details, "price"), thing.get("price"), thing.get("plan")]
-    price_id = first(id_of(price) for price in priced)
-    product_id = first(
-        id_of(product)
-        for product in (dig(details, "product"), *(dig(price, "product") for price in priced))
-    )
+    if isinstance(details, dict):
+        price_id, product_id = None, id_of(details.get("product"))
+        priced: tuple[Any, ...] = (details.get("price"), thing.get("price"), thing.get("plan"))
+    else:
+        price_id = product_id = None
+        priced = (thing.get("price"), thing.get("plan"))
+    for price in priced:
+        if price_id is None:
+            price_id = id_of(price)
+        if product_id is None and isinstance(price, dict):
+            product_id = id_of(price.get("product"))
     return price_id, product_id
 
 
@@ -107,14 +115,8 @@ def line_item(
     price_id, product_id = price_and_product(thing)
     if price_id is None and product_id is None:
         return None
-    return LineItem(
-        product_id=product_id,
-        price_id=price_id,
-        item_id=item_id,
-        quantity=quantity(thing.get("quantity")),
-        period_start=period[0],
-        period_end=period[1],
-    )
+    # Positional: the fields in declaration order (product, price, item, quantity, period).
+    return LineItem(product_id, price_id, item_id, quantity(thing.get("quantity")), *period)
 
 
 def line_items_from_stripe(line_items: list[dict[str, Any]]) -> tuple[LineItem, ...]:
@@ -151,18 +153,18 @@ def subscription_items(sub: dict[str, Any]) -> tuple[LineItem, ...]:
     """Subscription items, any version. Before basil every item shared the subscription's
     period, so items without their own period get the top-level one; then a subscription reads
     the same whichever of the two shapes Stripe rendered it in."""
-    top_period = (integer(sub.get("current_period_start")), integer(sub.get("current_period_end")))
+    top_start = integer(sub.get("current_period_start"))
+    top_end = integer(sub.get("current_period_end"))
     items = objects(sub.get("items"))
     if not items:
         # 2013 shape: one `plan` and `quantity` on the subscription itself, no items list.
-        legacy = line_item(sub, period=top_period)
+        legacy = line_item(sub, period=(top_start, top_end))
         return (legacy,) if legacy else ()
     lines = []
     for item in items:
-        period = (
-            first((integer(item.get("current_period_start")), top_period[0])),
-            first((integer(item.get("current_period_end")), top_period[1])),
-        )
+        start = integer(item.get("current_period_start"))
+        end = integer(item.get("current_period_end"))
+        period = (top_start if start is None else start, top_end if end is None else end)
         line = line_item(item, item_id=id_of(item.get("id")), period=period)
         if line is not None:
             lines.append(line)
@@ -200,59 +202,63 @@ def _line_parent(line: dict[str, Any]) -> dict[str, Any]:
     return obj(parent.get("subscription_item_details")) or obj(parent.get("invoice_item_details"))
 
 
-def invoice_line_subscription_id(line: dict[str, Any]) -> str | None:
-    """basil+: the line parent's `subscription`; 2018+: `subscription`; 2014-era lines of
-    `type: subscription`: the line's own id (the subscription's)."""
-    return first(
-        (
-            id_of(_line_parent(line).get("subscription")),
-            id_of(line.get("subscription")),
-            id_of(line.get("id")) if line.get("type") == "subscription" else None,
-        )
-    )
+class InvoiceLine(NamedTuple):
+    """One invoice line, read once (its parent is looked up a single time)."""
+
+    item: LineItem | None  # None when it names neither a price nor a product
+    subscription_id: str | None
+    period_start: int | None
+    period_end: int | None
 
 
-def invoice_line(line: dict[str, Any]) -> LineItem | None:
-    item_id = first(
-        (id_of(_line_parent(line).get("subscription_item")), id_of(line.get("subscription_item")))
-    )
+def invoice_line(line: dict[str, Any]) -> InvoiceLine:
+    """basil+: subscription and item under the line's parent; 2018+: `subscription` and
+    `subscription_item`; 2014-era lines of `type: subscription`: the line's own id is the
+    subscription's."""
+    parent = _line_parent(line)
+    subscription = id_of(parent.get("subscription")) or id_of(line.get("subscription"))
+    if subscription is None and line.get("type") == "subscription":
+        subscription = id_of(line.get("id"))
+    item_id = id_of(parent.get("subscription_item")) or id_of(line.get("subscription_item"))
     period = line.get("period")
-    return line_item(
-        line, item_id=item_id, period=(integer(dig(period, "start")), integer(dig(period, "end")))
-    )
+    if isinstance(period, dict):
+        start, end = integer(period.get("start")), integer(period.get("end"))
+    else:
+        start = end = None
+    item = line_item(line, item_id=item_id, period=(start, end))
+    return InvoiceLine(item, subscription, start, end)
 
 
-def invoice_lines(invoice: dict[str, Any]) -> tuple[LineItem, ...]:
-    lines = (invoice_line(line) for line in objects(invoice.get("lines")))
-    return tuple(line for line in lines if line is not None)
+def invoice_lines(invoice: dict[str, Any]) -> list[InvoiceLine]:
+    return [invoice_line(line) for line in objects(invoice.get("lines"))]
 
 
-def invoice_subscription_id(invoice: dict[str, Any]) -> str | None:
+def invoice_line_items(lines: list[InvoiceLine]) -> tuple[LineItem, ...]:
+    return tuple(line.item for line in lines if line.item is not None)
+
+
+def invoice_subscription_id(invoice: dict[str, Any], lines: list[InvoiceLine]) -> str | None:
     """basil+: `parent.subscription_details.subscription`; before: `subscription`; else the one
     subscription its lines name (2014-era invoices can name it only there)."""
-    direct = first(
-        (
-            id_of(dig(invoice, "parent", "subscription_details", "subscription")),
-            id_of(invoice.get("subscription")),
-        )
+    direct = id_of(dig(invoice, "parent", "subscription_details", "subscription")) or id_of(
+        invoice.get("subscription")
     )
     if direct:
         return direct
-    named = {invoice_line_subscription_id(line) for line in objects(invoice.get("lines"))}
+    named = {line.subscription_id for line in lines}
     named.discard(None)
     return named.pop() if len(named) == 1 else None
 
 
-def invoice_period(invoice: dict[str, Any]) -> tuple[int | None, int | None]:
+def invoice_period(
+    invoice: dict[str, Any], lines: list[InvoiceLine]
+) -> tuple[int | None, int | None]:
     """Earliest start / latest end over the lines that belong to a subscription (all lines when
     none says), else the invoice's own `period_start/_end` (which, for a subscription's first
     invoice, is the creation instant, not the service period)."""
-    lines = objects(invoice.get("lines"))
-    subscribed = [line for line in lines if invoice_line_subscription_id(line)] or lines
-    starts = [integer(dig(line, "period", "start")) for line in subscribed]
-    ends = [integer(dig(line, "period", "end")) for line in subscribed]
-    starts = [start for start in starts if start is not None]
-    ends = [end for end in ends if end is not None]
+    subscribed = [line for line in lines if line.subscription_id] or lines
+    starts = [line.period_start for line in subscribed if line.period_start is not None]
+    ends = [line.period_end for line in subscribed if line.period_end is not None]
     return (
         min(starts) if starts else integer(invoice.get("period_start")),
         max(ends) if ends else integer(invoice.get("period_end")),
@@ -265,12 +271,10 @@ def invoice_is_paid(invoice: dict[str, Any]) -> bool:
 
 
 def invoice_customid(invoice: dict[str, Any]) -> str | None:
-    return first(
-        (
-            metadata(invoice, "customid"),
-            metadata(invoice.get("subscription_details"), "customid"),  # 2023-08 .. acacia
-            metadata(dig(invoice, "parent", "subscription_details"), "customid"),  # basil+
-        )
+    return (
+        metadata(invoice, "customid")
+        or metadata(invoice.get("subscription_details"), "customid")  # 2023-08 .. acacia
+        or metadata(dig(invoice, "parent", "subscription_details"), "customid")  # basil+
     )
 
 
@@ -290,10 +294,11 @@ def invoice_payment(invoice: dict[str, Any]) -> tuple[str | None, str | None]:
 
 def payment_intent_charge_id(intent: dict[str, Any]) -> str | None:
     """`latest_charge`; 2022-11-15 removed the `charges` list older versions read from."""
+    latest = id_of(intent.get("latest_charge"))
+    if latest is not None:
+        return latest
     charges = objects(intent.get("charges"))
-    return first(
-        (id_of(intent.get("latest_charge")), id_of(charges[0].get("id")) if charges else None)
-    )
+    return id_of(charges[0].get("id")) if charges else None
 
 
 def amount_refunded(charge: dict[str, Any]) -> int:
