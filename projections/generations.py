@@ -10,6 +10,7 @@ generation has its own tracking position, so nothing is lost or applied twice ac
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -27,13 +28,23 @@ class GenerationCursor(RewritingCursor):
 
     def __init__(self, cursor: Cursor, names: Sequence[str], generation: int) -> None:
         self.generation = generation
-        pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
-        end = suffix(generation)
+        names = tuple(names)
 
         def rename(sql: str) -> str:
-            return pattern.sub(lambda m: m.group(1) + end, sql) if end else sql
+            return _renamed(names, generation, sql) if generation != FIRST_GENERATION else sql
 
         super().__init__(cursor, rename)
+
+
+@functools.lru_cache(maxsize=4096)  # a rebuild runs the same few statements millions of times
+def _renamed(names: tuple[str, ...], generation: int, sql: str) -> str:
+    end = suffix(generation)
+    return _pattern(names).sub(lambda m: m.group(1) + end, sql)
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(names: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
 
 
 def suffix(generation: int) -> str:
