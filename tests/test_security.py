@@ -4,6 +4,7 @@ that never hold a secret, refused bad input, and tenants isolated on every route
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from pathlib import Path
@@ -224,6 +225,36 @@ def test_secrets_never_appear_in_logs_error_bodies_or_metrics(make_client, caplo
     texts += [str(vars(record)) for record in caplog.records]  # before any redaction
     for secret in secrets:
         assert not [t for t in texts if secret in t], secret
+
+
+def test_log_lines_are_written_by_a_thread_of_their_own_in_order_and_all_by_exit() -> None:
+    """The server's handler (`log_config`) only queues records: a thread formats and writes
+    them, in order, and closing it (`logging.shutdown` at exit) writes what is left."""
+    stream = io.StringIO()
+    config = log_config()
+    handler = config["handlers"]["default"]["()"](stream)
+    handler.setFormatter(config["formatters"]["json"]["()"]())
+    logger = logging.getLogger("test.background")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        items = ["first"]
+        logger.warning("line %d of %s", 1, items, extra={"app_id": "demo"})
+        items.append("changed")  # after the call: the line says what it said then
+        for n in range(2, 201):
+            logger.warning("line %d", n)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed with whsec_abc123")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines[0]["message"] == "line 1 of ['first']" and lines[0]["app_id"] == "demo"
+    assert [line["message"] for line in lines[1:200]] == [f"line {n}" for n in range(2, 201)]
+    assert lines[200]["message"] == "failed with [redacted]"
+    assert "ValueError: boom" in lines[200]["traceback"]
 
 
 def test_anything_shaped_like_a_secret_is_masked_in_a_log_line() -> None:

@@ -14,6 +14,7 @@ BENCH_SECRET (the webhook signing secret). Every app also serves the load genera
 from __future__ import annotations
 
 import asyncio
+import logging.config
 import os
 import queue
 import threading
@@ -26,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from adapters.gc_tuning import tune_for_server
+from adapters.logging_setup import log_config
 from adapters.stripe.signature import BadSignature, verify_signature
 from benchlib.storage import FloorStore, open_store
 
@@ -130,5 +132,8 @@ def create_app() -> Starlette:
             Route("/v1/stripe/webhooks/{app_id}", webhook_handler(secret, insert), methods=["POST"])
         )
     app = Starlette(routes=routes)
-    tune_for_server()  # the engine's process settings too: only the work differs
+    # The engine's process settings too (its log handler and garbage collector): only the
+    # work differs. uvicorn's access log stays on, as it does for the engine.
+    logging.config.dictConfig(log_config("INFO"))
+    tune_for_server()
     return app
