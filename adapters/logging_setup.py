@@ -8,13 +8,13 @@ secret (`whsec_`, `sk_`, `rk_`) or a Bearer credential is masked before a line i
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import logging.config
-import logging.handlers
-import queue
 import re
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,32 +65,58 @@ def _dumps(out: dict[str, Any]) -> str:
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-class BackgroundHandler(logging.handlers.QueueHandler):
-    """Writes lines to stderr (or `stream`) from a thread of its own; the caller only queues
-    the record. A line written and flushed by the event loop itself cost it a lock hand-off per
-    line with the threads that write to the database: about a fifth of the loop's time per
-    webhook (py-spy, W1 in docs/benchmarks.md). Lines keep their order; `close` (called by
-    `logging.shutdown` at exit) writes whatever is still queued."""
+class BackgroundHandler(logging.Handler):
+    """Writes lines to stderr (or `stream`) from a thread of its own, every `interval` seconds,
+    all lines queued since in one write; the caller only queues the record. A line formatted,
+    written and flushed by the event loop itself cost it a lock hand-off per line with the
+    threads that write to the database (about a fifth of its time per webhook: py-spy, W1 in
+    docs/benchmarks.md), and a writer thread woken for every line costs the same hand-offs.
+    Lines keep their order; `close` (called by `logging.shutdown` at exit) writes the rest."""
 
-    def __init__(self, stream: Any = None) -> None:
-        super().__init__(queue.SimpleQueue())
-        self.target = logging.StreamHandler(stream if stream is not None else sys.stderr)
-        self.listener = logging.handlers.QueueListener(self.queue, self.target)
-        self.listener.start()
+    def __init__(self, stream: Any = None, interval: float = 0.1) -> None:
+        super().__init__()
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
+        self._records: collections.deque[logging.LogRecord] = collections.deque()
+        self._stop = threading.Event()
+        self._writing = threading.Lock()  # not `self.lock`, which every `emit` takes
+        self._writer = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._writer.start()
 
-    def setFormatter(self, fmt: logging.Formatter | None) -> None:
-        self.target.setFormatter(fmt)  # lines are formatted in the writing thread
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        """The record as the writer will format it: its message rendered now (the arguments
-        may change meanwhile), its extras and exception kept for the JSON formatter."""
+    def emit(self, record: logging.LogRecord) -> None:
+        # The message is rendered now (its arguments may change meanwhile); extras and the
+        # exception stay on the record for the formatter.
         record.msg, record.args = record.getMessage(), None
-        return record
+        self._records.append(record)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+    def _write_queued(self) -> None:
+        lines = []
+        while self._records:
+            record = self._records.popleft()
+            try:
+                lines.append(self.format(record) + "\n")
+            except Exception:
+                self.handleError(record)
+        if lines:
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except Exception:
+                self.handleError(record)
+
+    def flush(self) -> None:
+        with self._writing:  # one writer at a time, or lines could be written out of order
+            self._write_queued()
 
     def close(self) -> None:
-        if self.listener._thread is not None:  # stop() twice would fail
-            self.listener.stop()
-        self.target.close()
+        self._stop.set()
+        if self._writer.is_alive():
+            self._writer.join()
+        self.flush()
         super().close()
 
 
