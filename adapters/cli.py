@@ -12,6 +12,7 @@ from tqdm import tqdm
 from adapters.bootstrap import bootstrap
 from adapters.cli_audit import audit, history, permissions
 from adapters.config import ConfigError, Settings, load_settings
+from adapters.gc_tuning import tune_for_server
 from adapters.replay import ReplaySummary, event_files, replay_file
 
 
@@ -105,6 +106,7 @@ def rebuild(app_id: str | None, projection: str) -> None:
 
     settings = _settings()
     engine = bootstrap(settings)
+    tune_for_server()  # a long run that allocates per event, like the server
     try:
         total = engine.log.recorder.max_notification_id() or 0
         for follower in engine.followers:

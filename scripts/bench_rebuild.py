@@ -45,6 +45,7 @@ from lifecycles import FATES, PRODUCTS, lifecycle  # noqa: E402
 
 from adapters.bootstrap import Engine, bootstrap  # noqa: E402
 from adapters.config import settings_from_dict  # noqa: E402
+from adapters.gc_tuning import tune_for_server  # noqa: E402
 from adapters.ingest import Webhook  # noqa: E402
 from adapters.stripe.envelope import parse_event  # noqa: E402
 from projections.rebuild import rebuild  # noqa: E402
@@ -152,6 +153,7 @@ def peak_rss_mb() -> float:
 def read_and_decode(url: str) -> list[dict[str, Any]]:
     """The floor: every event of the log read in pages and decoded, nothing projected."""
     engine = open_engine(url)
+    tune_for_server()  # the same process settings as the rebuild
     recorder, mapper = engine.log.recorder, engine.log.mapper
     started, start, count = time.perf_counter(), 0, 0
     while notifications := recorder.select_notifications(
@@ -169,6 +171,7 @@ def read_and_decode(url: str) -> list[dict[str, Any]]:
 def rebuild_all(url: str) -> list[dict[str, Any]]:
     """Drop and rebuild every read model, one after the other, each timed."""
     engine = open_engine(url)
+    tune_for_server()  # as `entitlements rebuild` does
     figures = [_figures("(open engine)", 0, 0.0)]
     for follower in engine.followers:
         figures.append(_timed_rebuild(engine, follower.projection))
