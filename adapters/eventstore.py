@@ -162,8 +162,9 @@ def _postgres_env(parts: Any) -> dict[str, str]:
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "APPLICATION_RECORDER_TOPIC": "adapters.pg_recorder:PostgresEventRecorder",
         "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
-        "POSTGRES_HOST": parts.hostname or "127.0.0.1",
-        "POSTGRES_PORT": str(parts.port or 5432),
+        # `?host=/run/postgresql` (libpq's form) reaches a local server by its Unix socket.
+        "POSTGRES_HOST": query.get("host", [parts.hostname or "127.0.0.1"])[0],
+        "POSTGRES_PORT": query.get("port", [str(parts.port or 5432)])[0],
         "POSTGRES_USER": unquote(parts.username or "postgres"),
         "POSTGRES_PASSWORD": unquote(parts.password or ""),
         # Writers wait for the table lock rather than fail at once under contention.

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from adapters.eventstore import database_timeout, sqlite_path
 
@@ -99,7 +99,7 @@ class PostgresViewStore:
     def __init__(self, database_url: str, max_size: int = 5) -> None:
         from psycopg_pool import ConnectionPool
 
-        conninfo, schema = _split_schema(database_url)
+        conninfo, schema = split_schema(database_url)
         options = f"-c search_path={schema}" if schema else None
         self._pool = ConnectionPool(
             conninfo,
@@ -119,11 +119,13 @@ class PostgresViewStore:
         self._pool.close()
 
 
-def _split_schema(database_url: str) -> tuple[str, str | None]:
+def split_schema(database_url: str) -> tuple[str, str | None]:
+    """libpq's URL (other parameters such as `host=/run/postgresql` kept) and our `schema`."""
     parts = urlsplit(database_url)
-    schema = parse_qs(parts.query).get("schema", [None])[0]
-    scheme = "postgresql"
-    return urlunsplit((scheme, parts.netloc, parts.path, "", "")), schema
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((value for name, value in query if name == "schema"), None)
+    rest = urlencode([(name, value) for name, value in query if name != "schema"])
+    return urlunsplit(("postgresql", parts.netloc, parts.path, rest, "")), schema
 
 
 def open_view_store(database_url: str) -> ViewStore:

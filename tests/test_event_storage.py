@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 
 from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
 
+from adapters.eventstore import store_env
 from adapters.ingest import Webhook
 from adapters.stripe.envelope import parse_event
 from adapters.transcoding import OrjsonTranscoder
 from domain.aggregates import Buyer, WebhookReceipt, buyer_id
+from projections.store import split_schema
 from tests.conftest import fixture_files, make_event
 
 
@@ -80,3 +82,31 @@ def test_a_receipt_event_built_directly_is_the_aggregates_own():
     emitted = WebhookReceipt("demo", "evt_1", "cus_1").collect_events()[0]
     assert type(built) is type(emitted)
     assert {**vars(built), "timestamp": None} == {**vars(emitted), "timestamp": None}
+
+
+# --- PostgreSQL URLs ---------------------------------------------------------------------------
+
+
+def test_a_postgresql_url_may_name_a_unix_socket_as_libpq_does():
+    """`?host=/run/postgresql` reaches a local server by its socket (over TCP loopback, about
+    one read in a hundred of a large page stalled for 70-90 ms: docs/audit.md, W5)."""
+    url = "postgresql://me@/entitlements?host=/run/postgresql&port=5433&schema=tenant_a"
+    env = store_env(url)
+    assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"]) == ("/run/postgresql", "5433")
+    assert (env["POSTGRES_DBNAME"], env["POSTGRES_USER"], env["POSTGRES_SCHEMA"]) == (
+        "entitlements",
+        "me",
+        "tenant_a",
+    )
+    conninfo, schema = split_schema(url)
+    assert schema == "tenant_a"
+    assert conninfo == "postgresql://me@/entitlements?host=%2Frun%2Fpostgresql&port=5433"
+
+
+def test_a_postgresql_url_over_tcp_keeps_its_host_and_port():
+    env = store_env("postgresql://me:pw@db.internal:6432/entitlements")
+    assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"]) == ("db.internal", "6432")
+    assert split_schema("postgresql://me:pw@db.internal:6432/entitlements") == (
+        "postgresql://me:pw@db.internal:6432/entitlements",
+        None,
+    )
