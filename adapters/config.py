@@ -26,6 +26,11 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
+def api_key_digest(key: str) -> bytes:
+    """What is kept of a REST API key: its SHA-256."""
+    return hashlib.sha256(key.encode()).digest()
+
+
 @dataclass(frozen=True)
 class AppConfig:
     app_id: str
@@ -37,8 +42,10 @@ class AppConfig:
     catalogue_file: Path | None = None
 
     def accepts_api_key(self, key: str) -> bool:
-        """Constant-time comparison of the key's digest with every configured digest."""
-        digest = hashlib.sha256(key.encode()).digest()
+        return self.accepts_key_digest(api_key_digest(key))
+
+    def accepts_key_digest(self, digest: bytes) -> bool:
+        """Constant-time comparison of a key's digest with every configured digest."""
         matches = [hmac.compare_digest(digest, known) for known in self.rest_api_key_digests]
         return any(matches)
 
@@ -170,7 +177,7 @@ def _key_digest(key: str, where: str) -> bytes:
         if len(digest) != 32:
             raise ConfigError(f"{where}.rest_api_keys: a sha256: key needs 64 hex digits")
         return digest
-    return hashlib.sha256(key.encode()).digest()
+    return api_key_digest(key)
 
 
 def _resolve_env(value: Any, env: Any) -> Any:

@@ -12,6 +12,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +22,7 @@ from starlette.testclient import TestClient
 from adapters.bootstrap import Engine, bootstrap
 from adapters.config import settings_from_dict
 from adapters.http.app import build_http_app
-from adapters.http.fast_path import MAX_STALENESS
+from adapters.http.fast_path import CACHEABLE_PARAMS, MAX_STALENESS, cacheable_params
 from adapters.http.render import permissions_json
 from domain.catalogue import Catalogue
 from domain.rules import derive
@@ -666,3 +667,14 @@ def test_a_webhook_recorded_here_claiming_the_customid_holds_its_answer_back(cli
     event["data"]["object"]["metadata"] = {"customid": "buyer"}
     ingest(engine, [json.dumps(event)])  # not projected yet
     assert not answered_from_cache(client, engine, "buyer")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="customidexplaint=&%+;2F0aé ", max_size=30))
+def test_the_fast_path_reads_a_query_string_as_the_full_path_does(text: str) -> None:
+    """Its shortcut for queries with nothing to decode gives what `parse_qsl` gives."""
+    query = text.encode("utf-8").decode("latin-1").encode("latin-1")
+    params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    names = [name for name, _ in params]
+    cacheable = len(set(names)) == len(names) and set(names) <= CACHEABLE_PARAMS
+    assert cacheable_params(query) == (dict(params) if cacheable else None)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from starlette.requests import Request
 
-from adapters.config import AppConfig
+from adapters.config import AppConfig, api_key_digest
 from adapters.http.errors import INVALID_API_KEY, ApiError
 from adapters.http.limits import limit_rest_call
 
@@ -18,7 +18,8 @@ def app_for_authorization(header: str, apps: Iterable[AppConfig]) -> AppConfig |
     if scheme.lower() != "bearer" or not key:
         return None
     # Check every app (no early exit) so that timing says nothing about which app matched.
-    matches = [app for app in apps if app.accepts_api_key(key)]
+    digest = api_key_digest(key)
+    matches = [app for app in apps if app.accepts_key_digest(digest)]
     return matches[0] if len(matches) == 1 else None
 
 

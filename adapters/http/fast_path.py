@@ -50,11 +50,9 @@ class PermissionsFastPath:
         await self.app(scope, receive, send)
 
     def _cached(self, scope: Scope) -> bytes | None:
-        params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
-        names = [name for name, _ in params]
-        if len(set(names)) != len(names) or not set(names) <= CACHEABLE_PARAMS:
+        values = cacheable_params(scope["query_string"])
+        if values is None:
             return None
-        values = dict(params)
         customid = values.get("customid")
         if not customid:
             return None
@@ -75,6 +73,24 @@ class PermissionsFastPath:
 
     def _apps(self):
         return self.engine.settings.apps.values()
+
+
+def cacheable_params(query: bytes) -> dict[str, str] | None:
+    """The query's parameters when each is cacheable and given once; else None. Decoded as
+    `parse_qsl` does (the full path's parser), which runs only when a value is encoded."""
+    text = query.decode("latin-1")
+    if "%" in text or "+" in text or ";" in text:
+        params = parse_qsl(text, keep_blank_values=True)
+    else:  # the usual `customid=...`: nothing to decode
+        params = [
+            tuple(part.split("=", 1)) if "=" in part else (part, "")
+            for part in text.split("&")
+            if part
+        ]
+    values = dict(params)
+    if len(values) != len(params) or not values.keys() <= CACHEABLE_PARAMS:
+        return None
+    return values
 
 
 def _header(scope: Scope, name: bytes) -> str:
