@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import bisect
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from itertools import compress
 
 from domain.catalogue import Catalogue
 from domain.facts import Fact, LineItem
@@ -279,18 +280,36 @@ class FactHistory:
     def __init__(self, recorded: Iterable[tuple[Fact, float]]) -> None:
         """`recorded`: each fact with when it was recorded (a fact recorded twice counts once,
         from its first recording)."""
-        first: dict[Fact, float] = {}
-        for fact, recorded_at in recorded:
-            if first.setdefault(fact, recorded_at) > recorded_at:  # one hash per fact
-                first[fact] = recorded_at
-        facts = in_fact_order(first)
-        by_identity = {id(fact): when for fact, when in first.items()}  # hashing a fact is not free
-        self._set(tuple(facts), [by_identity[id(fact)] for fact in facts])
+        pairs = list(recorded)
+        self._build([fact for fact, _ in pairs], [when for _, when in pairs])
+
+    @classmethod
+    def of(cls, facts: Sequence[Fact], recorded: Sequence[float]) -> FactHistory:
+        """`FactHistory(zip(facts, recorded))`, from the two columns as read."""
+        history = cls.__new__(cls)
+        history._build(facts, recorded)
+        return history
+
+    def _build(self, facts: Sequence[Fact], recorded: Sequence[float]) -> None:
+        # Sorted by (clock, event, kind) first, keeping the order given among ties. Equal facts
+        # tie (they have equal fields), so only the facts of a tied run need deduplicating and
+        # ordering by content: hashing every fact of a long history cost more than sorting it.
+        keys = list(map(_CLOCK_EVENT_KIND, facts))
+        ordered, times = list(facts), list(recorded)
+        if not all(map(operator.le, keys, keys[1:])):  # rows usually come in this order already
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+            ordered = [ordered[i] for i in order]
+            times = [times[i] for i in order]
+            keys = [keys[i] for i in order]
+        runs = _tied_runs(keys)
+        if runs:
+            ordered, times = _distinct_in_runs(ordered, times, runs)
+        self._set(tuple(ordered), times)
 
     def _set(self, facts: tuple[Fact, ...], recorded: list[float]) -> None:
         self.facts = facts
         self._recorded = recorded
-        self._ats = [fact.at for fact in facts]
+        self._ats = list(map(_AT, facts))
 
     def __len__(self) -> int:
         return len(self.facts)
@@ -321,22 +340,52 @@ def fact_order(fact: Fact) -> tuple[int, str, str, Content]:
 
 
 _CLOCK_EVENT_KIND = operator.attrgetter("at", "event_id", "kind")
+_AT = operator.attrgetter("at")
 
 
 def in_fact_order(facts: Iterable[Fact]) -> list[Fact]:
     """`sorted(facts, key=fact_order)`, faster: sorted by (clock, event, kind) first, then only
     the runs that tie on all three by their content."""
     ordered = sorted(facts, key=_CLOCK_EVENT_KIND)
-    start = 0
-    while start < len(ordered):
-        key = _CLOCK_EVENT_KIND(ordered[start])
-        end = start + 1
-        while end < len(ordered) and _CLOCK_EVENT_KIND(ordered[end]) == key:
-            end += 1
-        if end - start > 1:
-            ordered[start:end] = sorted(ordered[start:end], key=repr)
-        start = end
+    for start, end in _tied_runs(list(map(_CLOCK_EVENT_KIND, ordered))):
+        ordered[start:end] = sorted(ordered[start:end], key=repr)
     return ordered
+
+
+def _tied_runs(keys: list[tuple[int, str, str]]) -> list[tuple[int, int]]:
+    """The (start, end) of each run of two or more equal keys in sorted `keys`. Adjacent keys
+    are compared in C (`map(eq, ...)`): a loop over a long history showed in profiles."""
+    runs: list[tuple[int, int]] = []
+    for i in compress(range(1, len(keys)), map(operator.eq, keys, keys[1:])):
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i - 1, i + 1))
+    return runs
+
+
+def _distinct_in_runs(
+    facts: list[Fact], recorded: list[float], runs: list[tuple[int, int]]
+) -> tuple[list[Fact], list[float]]:
+    """Sorted facts with each tied run deduplicated (the first of equal facts stays, with the
+    earliest recording) and ordered by content, as `in_fact_order` orders it."""
+    out_facts: list[Fact] = []
+    out_times: list[float] = []
+    done = 0
+    for start, end in runs:
+        out_facts += facts[done:start]
+        out_times += recorded[done:start]
+        first: dict[Fact, float] = {}
+        for fact, when in zip(facts[start:end], recorded[start:end], strict=True):
+            if first.setdefault(fact, when) > when:
+                first[fact] = when
+        distinct = sorted(first, key=repr)
+        out_facts += distinct
+        out_times += [first[fact] for fact in distinct]
+        done = end
+    out_facts += facts[done:]
+    out_times += recorded[done:]
+    return out_facts, out_times
 
 
 class Content:

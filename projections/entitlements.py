@@ -30,6 +30,7 @@ from projections.buyer_facts import (
     customids_of_app,
     facts_and_dependencies,
     facts_of_customid,
+    recorded_facts_and_dependencies,
 )
 from projections.follower import Follower
 
@@ -125,9 +126,9 @@ class Entitlements:
                 kept = self.answers.get(key, stamp, 0, HISTORIES)
                 if kept is not None:
                     return kept
-            stored, depends_on = facts_and_dependencies(cursor, app_id, customid)
-        history = FactHistory((s.fact, s.recorded_at) for s in stored)
-        if self.answers is not None and len(stored) >= self.history_kept_from:
+            facts, recorded, depends_on = recorded_facts_and_dependencies(cursor, app_id, customid)
+        history = FactHistory.of(facts, recorded)
+        if self.answers is not None and len(facts) >= self.history_kept_from:
             kept = Answer(history, stamp, 0, None, app_id, customid, depends_on)
             self.answers.put(key, kept, HISTORIES)
         return history

@@ -25,10 +25,15 @@ from adapters.http.app import build_http_app
 from adapters.http.fast_path import CACHEABLE_PARAMS, MAX_STALENESS, cacheable_params
 from adapters.http.render import permissions_json
 from domain.catalogue import Catalogue
+from domain.facts import Fact, fact_from_dict
 from domain.rules import derive
 from projections import follower as follower_module
 from projections.answers import EVERYTHING, Answer, AnswerCache, Touched
-from projections.buyer_facts import facts_of_customid
+from projections.buyer_facts import (
+    facts_and_dependencies,
+    facts_of_customid,
+    recorded_facts_and_dependencies,
+)
 from tests.conftest import API_KEYS, fresh_engine, ingest, post_webhook
 from tests.lifecycles import CATALOGUE as LIFECYCLE_CATALOGUE
 from tests.lifecycles import T0, lifecycles
@@ -590,12 +595,58 @@ def asked_and_checked(client, engine, app_id: str, customid: str, explain: bool)
 
 
 def derived_afresh(engine, app_id: str, customid: str, at: int):
-    """The permissions at `at` derived from the read model's rows, no cache involved."""
+    """The permissions at `at` derived from the read model's rows, no cache involved, read as
+    plainly as can be (`read_plainly`); the engine's own reads must find the same."""
     engine.follower.catch_up_if_behind()
     with engine.follower.reading() as cursor:
-        facts = [stored.fact for stored in facts_of_customid(cursor, app_id, customid)]
+        recorded, depends_on = read_plainly(cursor, app_id, customid)
+        facts = [fact for fact, _ in recorded]
+        assert [stored.fact for stored in facts_of_customid(cursor, app_id, customid)] == facts
+        stored, dependencies = facts_and_dependencies(cursor, app_id, customid)
+        assert ([s.fact for s in stored], dependencies) == (facts, depends_on)
+        columns = recorded_facts_and_dependencies(cursor, app_id, customid)
+        assert columns == (facts, [when for _, when in recorded], depends_on)
     catalogue = engine.catalogues.as_of(app_id, None)
     return derive(facts, catalogue, engine.settings.apps[app_id].policy, at).permissions
+
+
+def read_plainly(cursor, app_id: str, customid: str) -> tuple[list[tuple[Fact, float]], tuple]:
+    """A customid's facts with when each was recorded, and the buyer keys read or looked for,
+    as `projections/buyer_facts.py` defines them, one plain query at a time: the facts of its
+    linked buyers, then those of every payment they name (`payment:<payment intent or charge
+    id>`) that has a buyer of its own, linked to nobody else."""
+
+    def rows_of(key: str) -> list[tuple]:
+        cursor.execute(
+            "SELECT position, seq, body, recorded_at FROM buyer_facts "
+            "WHERE app_id = ? AND buyer_key = ?",
+            (app_id, key),
+        )
+        return cursor.fetchall()
+
+    def recorded(keys: list[str]) -> list[tuple[Fact, float]]:
+        rows = sorted(row for key in keys for row in rows_of(key))
+        return [(fact_from_dict(json.loads(body)), when) for _, _, body, when in rows]
+
+    cursor.execute(
+        "SELECT buyer_key FROM buyer_links WHERE app_id = ? AND customid = ?", (app_id, customid)
+    )
+    buyers = sorted(key for (key,) in cursor.fetchall())
+    mine = recorded(buyers)
+    named = {getattr(fact, name, None) for fact, _ in mine for name in PAYMENT_FIELDS}
+    payments = sorted(f"payment:{ref}" for ref in named if isinstance(ref, str))
+    candidates = [key for key in payments if key not in buyers]
+    guests = []
+    for key in candidates:
+        cursor.execute(
+            "SELECT customid FROM buyer_links WHERE app_id = ? AND buyer_key = ?", (app_id, key)
+        )
+        if any(linked in (None, customid) for (linked,) in cursor.fetchall()):
+            guests.append(key)
+    return mine + recorded(guests), (*buyers, *candidates)
+
+
+PAYMENT_FIELDS = ("payment_intent_id", "charge_id")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -7,6 +7,7 @@ unless told otherwise. Times are in days after T0 (Stripe's clock, epoch seconds
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -780,6 +781,33 @@ def test_a_history_sorted_once_answers_every_instant_as_the_facts_themselves(
     by_then = [fact for fact, when in recorded if known_at is None or when <= known_at]
     as_known = derive(kept.known_by(known_at), CATALOGUE, policy, at)
     assert as_known == derive(by_then, CATALOGUE, policy, at)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), history())
+def test_a_history_keeps_each_distinct_fact_once_in_fact_order_from_its_first_recording(
+    data, facts
+):
+    """`FactHistory` deduplicates only within runs tied on (clock, event, kind): the same facts,
+    the very same objects (the first given of equal ones), in the same order, with the same
+    recording times as deduplicating all of them by hash, then sorting by `fact_order`."""
+    if facts:  # some facts tied on clock and event with others, some equal copies
+        tied = data.draw(st.lists(st.sampled_from(facts), max_size=6))
+        facts = [*facts, *(replace(fact, at=T0, event_id="evt_tie") for fact in tied)]
+        facts += [replace(fact) for fact in data.draw(st.lists(st.sampled_from(facts)))]
+    given_facts = data.draw(st.permutations(facts))
+    recorded = [(fact, float(data.draw(st.integers(0, 5)))) for fact in given_facts]
+    first: dict[Fact, float] = {}
+    for fact, when in recorded:
+        if first.setdefault(fact, when) > when:
+            first[fact] = when
+    expected = sorted(first, key=fact_order)
+    for kept in (FactHistory(recorded), FactHistory.of(given_facts, [w for _, w in recorded])):
+        assert kept.facts == tuple(expected)
+        assert all(a is b for a, b in zip(kept.facts, expected, strict=True))
+        for known_at in range(6):
+            by_then = tuple(fact for fact in expected if first[fact] <= known_at)
+            assert kept.known_by(known_at).facts == by_then
 
 
 @settings(max_examples=300, deadline=None)
