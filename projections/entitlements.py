@@ -28,7 +28,6 @@ from projections.buyer_facts import (
     claims_of,
     conflicts,
     customids_of_app,
-    facts_and_dependencies,
     facts_of_customid,
     recorded_facts_and_dependencies,
 )
@@ -100,9 +99,8 @@ class Entitlements:
         at = Instant(int(self.clock()))
         with self.follower.reading() as cursor:
             stamp = self.follower.observe(cursor)  # read first: a later write only makes it older
-            stored, depends_on = facts_and_dependencies(cursor, app_id, customid)
+            facts, _, depends_on = recorded_facts_and_dependencies(cursor, app_id, customid)
         catalogue = self.catalogues.current_at(app_id, stamp[1])
-        facts = [s.fact for s in stored]
         derivation = derive(facts, catalogue, self.apps[app_id].policy, at)
         return CurrentPermissions(
             derivation.permissions, stamp, int(at), at.next_change, depends_on
