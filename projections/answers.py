@@ -89,6 +89,15 @@ def _catalogue_key(app_id: str) -> Hashable:
     return ("catalogue", str(catalogue_id(app_id)))
 
 
+def floor_keys_of(app_id: str, customid: str, buyer_keys: Iterable[str]) -> tuple[Hashable, ...]:
+    """The keys whose floors an answer about `customid` depends on."""
+    return (
+        _catalogue_key(app_id),
+        ("customid", app_id, customid),
+        *(("buyer", app_id, key) for key in buyer_keys),
+    )
+
+
 @dataclass(frozen=True)
 class Answer:
     value: Any  # what the caller keeps, e.g. the rendered response body
@@ -101,11 +110,7 @@ class Answer:
     floor_keys: tuple[Hashable, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        keys = (
-            _catalogue_key(self.app_id),
-            ("customid", self.app_id, self.customid),
-            *(("buyer", self.app_id, key) for key in self.buyer_keys),
-        )
+        keys = floor_keys_of(self.app_id, self.customid, self.buyer_keys)
         object.__setattr__(self, "floor_keys", keys)
 
     def in_time(self, now: int) -> bool:
@@ -235,6 +240,12 @@ class AnswerCache:
                 self._pending[token] = (last_position, self._pending[token][1])
             else:  # already reported (or nothing saved)
                 self._forget(token)
+
+    def saved_unreported(self) -> list[tuple[int, tuple[Hashable, ...] | None]]:
+        """This process's saved writes the follower has not reported yet: each one's last
+        position and the keys it may touch (None: anything)."""
+        with self._lock:
+            return [(last, keys) for last, keys in self._pending.values() if last is not None]
 
     def not_written(self, token: int) -> None:
         with self._lock:

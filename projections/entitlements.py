@@ -21,7 +21,7 @@ from adapters.config import AppConfig
 from domain.catalogue import Catalogue
 from domain.clock import Instant
 from domain.rules import Derivation, FactHistory, PermissionStatus, derive
-from projections.answers import HISTORIES, Answer, AnswerCache, Stamp
+from projections.answers import HISTORIES, Answer, AnswerCache, Stamp, floor_keys_of
 from projections.buyer_facts import (
     Claim,
     buyers_of_customid,
@@ -95,16 +95,33 @@ class Entitlements:
         return self.derivation(app_id, customid, at, known_at).permissions
 
     def permissions_now(self, app_id: str, customid: str) -> CurrentPermissions:
-        self._fresh()
+        """Read your writes: every write this process saved before the call is seen. When the
+        answer cache knows what those writes may touch, the read model is caught up only if
+        one of them may touch this answer and is not in the rows read (under a steady stream
+        of webhooks, catching up for everyone's writes made every query wait for a batch)."""
         at = Instant(int(self.clock()))
-        with self.follower.reading() as cursor:
-            stamp = self.follower.observe(cursor)  # read first: a later write only makes it older
-            facts, _, depends_on = recorded_facts_and_dependencies(cursor, app_id, customid)
+        if self.answers is None:
+            self._fresh()
+        saved = [] if self.answers is None else self.answers.saved_unreported()  # before reading
+        stamp, facts, depends_on = self._read_now(app_id, customid)
+        keys = set(floor_keys_of(app_id, customid, depends_on))
+        if any(
+            last > stamp[1] and (touched is None or not keys.isdisjoint(touched))
+            for last, touched in saved
+        ):
+            self._fresh()
+            stamp, facts, depends_on = self._read_now(app_id, customid)
         catalogue = self.catalogues.current_at(app_id, stamp[1])
         derivation = derive(facts, catalogue, self.apps[app_id].policy, at)
         return CurrentPermissions(
             derivation.permissions, stamp, int(at), at.next_change, depends_on
         )
+
+    def _read_now(self, app_id: str, customid: str) -> tuple[Stamp, list, tuple[str, ...]]:
+        with self.follower.reading() as cursor:
+            stamp = self.follower.observe(cursor)  # read first: a later write only makes it older
+            facts, _, depends_on = recorded_facts_and_dependencies(cursor, app_id, customid)
+        return stamp, facts, depends_on
 
     def derivation(
         self, app_id: str, customid: str, at: int, known_at: float | None = None

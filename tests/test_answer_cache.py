@@ -692,6 +692,23 @@ def test_a_webhook_recorded_here_and_not_yet_projected_leaves_other_answers_serv
     assert ask(client, "buyer").content == first
 
 
+def test_a_derived_answer_waits_only_for_this_process_writes_that_may_touch_it(client, engine):
+    """Read your writes on the full path: the read model is caught up for a write of this
+    process only when the write may touch the answer asked (under a stream of webhooks,
+    catching up for everyone's made every derived answer wait for a batch)."""
+    setup_catalogue(client)
+    connect(client, "ali", ALI)
+    bought_a_pass(client, engine)
+    projected(engine)
+    deliver(client, real(ALI_UPDATED), real(ALI_PAID))  # saved, not projected yet
+    position = engine.follower.position()
+    assert premium(client, "buyer", explain="true") == 3  # derived: nothing of buyer's pending
+    assert engine.follower.position() == position
+    engine.entitlements.clock = lambda: 1714549400  # within ali's paid period
+    assert premium(client, "ali", explain="true") == 5  # ali's webhooks: projected first
+    assert engine.follower.position() > position
+
+
 def test_a_webhook_recorded_here_is_seen_by_the_next_query_for_its_customer(client, engine):
     """Read your writes: an answer the webhook may touch is not served until it is projected."""
     paid_at = bought_a_pass(client, engine)
