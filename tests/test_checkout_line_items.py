@@ -385,7 +385,7 @@ def wait_until(condition: Any, timeout: float = 15.0) -> None:
 
 
 def test_the_cli_resolves_in_one_pass_and_fails_while_stripe_is_down(
-    client, settings_doc, fake_stripe, tmp_path, monkeypatch
+    client, engine, settings_doc, fake_stripe, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("ENTITLEMENTS_CONFIG", str(write_config(tmp_path / "c.toml", settings_doc)))
     setup_catalogue(client)
@@ -402,4 +402,7 @@ def test_the_cli_resolves_in_one_pass_and_fails_while_stripe_is_down(
     up = CliRunner().invoke(cli, ["resolve-checkouts"])
     assert up.exit_code == 0, up.output
     assert "1 resolved" in up.output
+    # The CLI is another process: the server sees its write once its follower has polled
+    # (every 0.25 s in the background, which this test client does not run).
+    engine.follower.catch_up()
     assert premium(client, "buyer-8") == 3
