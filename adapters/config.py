@@ -41,9 +41,6 @@ class AppConfig:
     stripe_api_base: str | None = None
     catalogue_file: Path | None = None
 
-    def accepts_api_key(self, key: str) -> bool:
-        return self.accepts_key_digest(api_key_digest(key))
-
     def accepts_key_digest(self, digest: bytes) -> bool:
         """Constant-time comparison of a key's digest with every configured digest."""
         matches = [hmac.compare_digest(digest, known) for known in self.rest_api_key_digests]

@@ -7,7 +7,7 @@ differently. An answer is kept with what it was derived from:
   every event up to that position (and maybe some later ones);
 - its app, its customid and the buyer keys whose facts or links it read: the buyers linked to
   the customid and every guest payment key considered, with or without a history yet, since a
-  later refund or dispute lands on that key (`facts_and_dependencies` in buyer_facts.py);
+  later refund or dispute lands on that key (`recorded_facts_and_dependencies` in buyer_facts.py);
 - `valid_until`: the rules' own bound on how long the answer holds (`domain/clock.py`).
 
 Invalidation by floors. After each committed batch, the follower reports what its events touched
@@ -95,6 +95,19 @@ def floor_keys_of(app_id: str, customid: str, buyer_keys: Iterable[str]) -> tupl
         _catalogue_key(app_id),
         ("customid", app_id, customid),
         *(("buyer", app_id, key) for key in buyer_keys),
+    )
+
+
+SavedWrite = tuple[int, tuple[Hashable, ...] | None]  # last position, keys it may touch
+
+
+def unseen_write_touches(writes: Iterable[SavedWrite], position: int, keys: Iterable) -> bool:
+    """Whether one of `writes` lies past `position` (rows read there do not hold it) and may
+    touch one of `keys`."""
+    wanted = set(keys)
+    return any(
+        last > position and (touched is None or not wanted.isdisjoint(touched))
+        for last, touched in writes
     )
 
 
@@ -241,7 +254,7 @@ class AnswerCache:
             else:  # already reported (or nothing saved)
                 self._forget(token)
 
-    def saved_unreported(self) -> list[tuple[int, tuple[Hashable, ...] | None]]:
+    def saved_unreported(self) -> list[SavedWrite]:
         """This process's saved writes the follower has not reported yet: each one's last
         position and the keys it may touch (None: anything)."""
         with self._lock:

@@ -434,13 +434,6 @@ def checkouts_of_apps(
     ]
 
 
-def facts_of_buyers(cursor: Cursor, app_id: str, buyer_keys: list[str]) -> list[StoredFact]:
-    return [
-        StoredFact(load_fact(body), key, recorded_at, position)
-        for body, recorded_at, key, position in _fact_rows(cursor, app_id, buyer_keys, _STORED)
-    ]
-
-
 # What `_fact_rows` reads of each row: the body and when it was recorded first, always; a
 # `StoredFact` also needs its buyer key and position. Reading no more than used pays: for a
 # history of 10,000 facts, the two other columns cost 2 ms on SQLite, 1 ms on PostgreSQL.
@@ -516,22 +509,15 @@ def facts_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[Stored
     return _rows_of_customid(cursor, app_id, customid, _STORED).stored()
 
 
-def facts_and_dependencies(
-    cursor: Cursor, app_id: str, customid: str
-) -> tuple[list[StoredFact], tuple[str, ...]]:
-    """`facts_of_customid`, and the buyer keys whose rows it read or looked for: the linked
-    buyers and every guest payment key considered, even one with no history yet (a later
-    refund or dispute lands there). An answer derived from these facts depends on nothing
-    else of the buyers' (`projections/answers.py`)."""
-    found = _rows_of_customid(cursor, app_id, customid, _STORED)
-    return found.stored(), found.depends_on()
-
-
 def recorded_facts_and_dependencies(
     cursor: Cursor, app_id: str, customid: str
 ) -> tuple[list[Fact], list[float], tuple[str, ...]]:
-    """`facts_and_dependencies` as two columns, each fact and when it was recorded, without
-    a `StoredFact` per row (for a history of 10,000 facts, building those cost 6 ms)."""
+    """The facts of `customid` (as `facts_of_customid`, without a `StoredFact` per row: for a
+    history of 10,000 facts, building those cost 6 ms) and when each was recorded, as two
+    columns; and the buyer keys whose rows were read or looked for: the linked buyers and every
+    guest payment key considered, even one with no history yet (a later refund or dispute lands
+    there). An answer derived from these facts depends on nothing else of the buyers'
+    (`projections/answers.py`)."""
     found = _rows_of_customid(cursor, app_id, customid, _RECORDED)
     return found.facts, list(map(_RECORDED_AT, found.rows)), found.depends_on()
 

@@ -21,7 +21,14 @@ from adapters.config import AppConfig
 from domain.catalogue import Catalogue
 from domain.clock import Instant
 from domain.rules import Derivation, FactHistory, PermissionStatus, derive
-from projections.answers import HISTORIES, Answer, AnswerCache, Stamp, floor_keys_of
+from projections.answers import (
+    HISTORIES,
+    Answer,
+    AnswerCache,
+    Stamp,
+    floor_keys_of,
+    unseen_write_touches,
+)
 from projections.buyer_facts import (
     Claim,
     buyers_of_customid,
@@ -104,11 +111,7 @@ class Entitlements:
             self._fresh()
         saved = [] if self.answers is None else self.answers.saved_unreported()  # before reading
         stamp, facts, depends_on = self._read_now(app_id, customid)
-        keys = set(floor_keys_of(app_id, customid, depends_on))
-        if any(
-            last > stamp[1] and (touched is None or not keys.isdisjoint(touched))
-            for last, touched in saved
-        ):
+        if unseen_write_touches(saved, stamp[1], floor_keys_of(app_id, customid, depends_on)):
             self._fresh()
             stamp, facts, depends_on = self._read_now(app_id, customid)
         catalogue = self.catalogues.current_at(app_id, stamp[1])

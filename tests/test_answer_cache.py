@@ -30,7 +30,6 @@ from domain.rules import derive
 from projections import follower as follower_module
 from projections.answers import EVERYTHING, Answer, AnswerCache, Touched
 from projections.buyer_facts import (
-    facts_and_dependencies,
     facts_of_customid,
     recorded_facts_and_dependencies,
 )
@@ -602,8 +601,6 @@ def derived_afresh(engine, app_id: str, customid: str, at: int):
         recorded, depends_on = read_plainly(cursor, app_id, customid)
         facts = [fact for fact, _ in recorded]
         assert [stored.fact for stored in facts_of_customid(cursor, app_id, customid)] == facts
-        stored, dependencies = facts_and_dependencies(cursor, app_id, customid)
-        assert ([s.fact for s in stored], dependencies) == (facts, depends_on)
         columns = recorded_facts_and_dependencies(cursor, app_id, customid)
         assert columns == (facts, [when for _, when in recorded], depends_on)
     catalogue = engine.catalogues.as_of(app_id, None)
