@@ -319,10 +319,12 @@ class FactHistory:
 
     def until(self, at: int) -> tuple[Fact, ...]:
         """The facts with `fact.at <= at`, in `fact_order`."""
-        if type(at) is not int:
-            # An `Instant` (domain/clock.py) must see every comparison to know its next change.
-            return tuple(fact for fact in self.facts if fact.at <= at)
-        return self.facts[: bisect.bisect_right(self._ats, at)]
+        end = bisect.bisect_right(self._ats, int(at))
+        if type(at) is not int and end < len(self._ats):
+            # An `Instant` (domain/clock.py) notes when the answer would change: when the first
+            # later fact comes in (comparing it with any other later fact notes nothing nearer).
+            at.__ge__(self._ats[end])
+        return self.facts[:end]
 
     def known_by(self, known_at: float | None) -> FactHistory:
         """The facts recorded by `known_at` (our clock), still sorted; None: all of them."""

@@ -11,6 +11,7 @@ event touches it (the same floors as cached answers: `projections/answers.py`).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,16 +32,18 @@ from projections.answers import (
 )
 from projections.buyer_facts import (
     Claim,
+    CustomerFacts,
     buyers_of_customid,
     claims_of,
     conflicts,
+    customer_facts,
     customids_of_app,
     facts_of_customid,
-    recorded_facts_and_dependencies,
 )
 from projections.follower import Follower
 
 HISTORY_KEPT_FROM = 500  # facts; a shorter history is read and sorted in about a millisecond
+KEPT_READS = 64  # long histories' last reads kept to be brought up to date (`customer_facts`)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ class Entitlements:
         self.clock = clock  # what "now" is (tests move it)
         self.answers = answers  # keeps long histories (None: read every time)
         self.history_kept_from = HISTORY_KEPT_FROM
+        # The last read of each long history, by (app id, customid), with the generation of the
+        # read model it was read from: the next read after a write reads only what changed.
+        self._reads: dict[tuple[str, str], tuple[int, CustomerFacts]] = {}
+        self._reads_lock = threading.Lock()
 
     def permissions(
         self, app_id: str, customid: str, at: int, known_at: float | None = None
@@ -120,11 +127,12 @@ class Entitlements:
             derivation.permissions, stamp, int(at), at.next_change, depends_on
         )
 
-    def _read_now(self, app_id: str, customid: str) -> tuple[Stamp, list, tuple[str, ...]]:
+    def _read_now(self, app_id: str, customid: str) -> tuple[Stamp, FactHistory, tuple[str, ...]]:
         with self.follower.reading() as cursor:
             stamp = self.follower.observe(cursor)  # read first: a later write only makes it older
-            facts, _, depends_on = recorded_facts_and_dependencies(cursor, app_id, customid)
-        return stamp, facts, depends_on
+            found = self._customer_facts(cursor, stamp, app_id, customid)
+        # Sorted without hashing every fact, as the rules would (for 10,000 facts: 2 ms, not 20).
+        return stamp, FactHistory.of(found.facts, found.recorded), found.depends_on()
 
     def derivation(
         self, app_id: str, customid: str, at: int, known_at: float | None = None
@@ -144,12 +152,26 @@ class Entitlements:
                 kept = self.answers.get(key, stamp, 0, HISTORIES)
                 if kept is not None:
                     return kept
-            facts, recorded, depends_on = recorded_facts_and_dependencies(cursor, app_id, customid)
-        history = FactHistory.of(facts, recorded)
-        if self.answers is not None and len(facts) >= self.history_kept_from:
-            kept = Answer(history, stamp, 0, None, app_id, customid, depends_on)
+            found = self._customer_facts(cursor, stamp, app_id, customid)
+        history = FactHistory.of(found.facts, found.recorded)
+        if self.answers is not None and len(history) >= self.history_kept_from:
+            kept = Answer(history, stamp, 0, None, app_id, customid, found.depends_on())
             self.answers.put(key, kept, HISTORIES)
         return history
+
+    def _customer_facts(self, cursor, stamp: Stamp, app_id: str, customid: str) -> CustomerFacts:
+        """The customid's facts; a long history is brought up to date from its last read."""
+        key = (app_id, customid)
+        last = self._reads.get(key)
+        since = last[1] if last is not None and last[0] == stamp[0] else None
+        found = customer_facts(cursor, app_id, customid, since)
+        if len(found.facts) >= self.history_kept_from:
+            with self._reads_lock:
+                self._reads.pop(key, None)  # the newest last, so the oldest goes first
+                self._reads[key] = (stamp[0], found)
+                while len(self._reads) > KEPT_READS:
+                    del self._reads[next(iter(self._reads))]
+        return found
 
     def subscriber(self, app_id: str, customid: str, at: int) -> Subscriber | None:
         """None when no Stripe customer or payment was ever linked to `customid`."""

@@ -176,8 +176,9 @@ def setup_catalogue(client: TestClient) -> None:
     assert response.status_code == 200, response.text
 
 
-def premium(client: TestClient, customid: str) -> int:
-    response = client.get("/v1/permissions", params={"customid": customid}, headers=AUTH)
+def premium(client: TestClient, customid: str, **params: str) -> int:
+    params = {"customid": customid, **params}
+    response = client.get("/v1/permissions", params=params, headers=AUTH)
     assert response.status_code == 200, response.text
     (permission,) = response.json()["all"]
     return permission["entitlement"]
@@ -231,6 +232,23 @@ def test_a_checkout_without_line_items_grants_once_they_are_fetched(client, engi
     assert fake_stripe.requests == [{"session": "cs_one", "auth": f"Bearer {STRIPE_KEY}"}]
     assert premium(client, "buyer-1") == 3
     assert purchase_resolved(client, "buyer-1") is True
+
+
+def test_line_items_filled_in_later_are_seen_by_a_history_kept_between_questions(
+    client, engine, fake_stripe
+):
+    """A long history's next read after a write reads only the rows added since, and its
+    checkouts: their line items are filled in in place, at the position they were received."""
+    engine.entitlements.history_kept_from = 0  # every history is long: kept between reads
+    setup_catalogue(client)
+    fake_stripe.line_items["cs_kept"] = [real_line_item("li_1", "prod_LIFETIME")]
+    deliver_checkout(client, "cs_kept", "buyer-1")
+    at = str(int(time.time()) + 3600)
+    assert premium(client, "buyer-1") == premium(client, "buyer-1", at=at) == -9
+
+    assert engine.resolver.run_once().resolved == 1
+
+    assert premium(client, "buyer-1") == premium(client, "buyer-1", at=at) == 3
 
 
 def test_every_page_of_line_items_is_fetched(client, engine, fake_stripe):

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain.catalogue import Catalogue, Permission, Sku
+from domain.clock import Instant
 from domain.facts import (
     ChargeRefunded,
     CheckoutCompleted,
@@ -777,6 +778,10 @@ def test_a_history_sorted_once_answers_every_instant_as_the_facts_themselves(
     kept = FactHistory(recorded)
     at = data.draw(st.sampled_from([at, *(fact.at for fact in facts)]))  # ties with a fact too
     assert derive(kept, CATALOGUE, policy, at) == derive(facts, CATALOGUE, policy, at)
+    instant, from_the_facts = Instant(at), Instant(at)  # and it holds as long
+    assert derive(kept, CATALOGUE, policy, instant) == derive(facts, CATALOGUE, policy, at)
+    derive(facts, CATALOGUE, policy, from_the_facts)
+    assert instant.next_change == from_the_facts.next_change
     known_at = data.draw(st.one_of(st.none(), st.integers(0, 5)))
     by_then = [fact for fact, when in recorded if known_at is None or when <= known_at]
     as_known = derive(kept.known_by(known_at), CATALOGUE, policy, at)
