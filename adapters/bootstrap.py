@@ -79,4 +79,5 @@ def bootstrap(settings: Settings) -> Engine:
     engine.ingestor.on_recorded = engine.poke_followers
     log.pending = engine.answers  # told of every write before it is saved (read-your-writes)
     follower.on_applied = engine.answers.applied  # what each batch touched ends cached answers
+    follower.wants_touched = engine.answers.holds_anything
     return engine

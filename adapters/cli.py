@@ -13,6 +13,7 @@ from adapters.bootstrap import bootstrap
 from adapters.cli_audit import audit, history, permissions
 from adapters.config import ConfigError, Settings, load_settings
 from adapters.gc_tuning import tune_for_server
+from adapters.logging_setup import configure_logging
 from adapters.replay import ReplaySummary, event_files, replay_file
 
 
@@ -132,7 +133,9 @@ def rebuild(app_id: str | None, projection: str) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="Catch up once and exit (default: keep following).")
-def project(once: bool) -> None:
+@click.option("--poll", type=float, default=0.25, show_default=True, help="Seconds between polls.")
+@click.option("--parent", type=int, help="Exit once the process with this id is gone.")
+def project(once: bool, poll: float, parent: int | None) -> None:
     """Run the read models as a separate worker (several may run: each event applies once)."""
     engine = bootstrap(_settings())
     for follower in engine.followers:  # no answer cache is read here: nothing to tell it
@@ -143,10 +146,15 @@ def project(once: bool) -> None:
                 applied = follower.catch_up()
                 click.echo(f"{follower.projection.name}: applied {applied} events")
             return
-        click.echo("following the event log; Ctrl-C to stop", err=True)
-        threads = [follower.start_background() for follower in engine.followers]
-        while any(thread.is_alive() for thread in threads):
-            threads[0].join(timeout=1.0)
+        if parent is None:
+            click.echo("following the event log; Ctrl-C to stop", err=True)
+        else:  # started by `serve`: a long-running process like it, logging as it does
+            configure_logging()
+            tune_for_server()
+        threads = [follower.start_background(poll) for follower in engine.followers]
+        # An orphan is adopted by another process: its parent id changes.
+        while any(t.is_alive() for t in threads) and parent in (None, os.getppid()):
+            threads[0].join(timeout=0.5)
     except KeyboardInterrupt:
         pass
     finally:

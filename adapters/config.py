@@ -70,6 +70,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    # Where `serve` applies events to the read models: "process" (`entitlements project`,
+    # started beside each worker: adapters/projector.py) or "thread" (in the worker itself).
+    projector: str = "process"
     signature_tolerance: int = 300  # seconds, as Stripe's libraries
     limits: ServerLimits = field(default_factory=ServerLimits)
 
@@ -108,8 +111,19 @@ def settings_from_dict(doc: dict[str, Any], env: Any, base_dir: Path = Path()) -
         host=server.get("host", "127.0.0.1"),
         port=_int(server, "port", 8000),
         workers=_int(server, "workers", 1),
+        projector=_projector(server),
         limits=_limits(server),
     )
+
+
+PROJECTORS = ("process", "thread")
+
+
+def _projector(server: dict[str, Any]) -> str:
+    value = server.get("projector", "process")
+    if value not in PROJECTORS:
+        raise ConfigError(f"server.projector must be one of {', '.join(PROJECTORS)}")
+    return value
 
 
 def _limits(server: dict[str, Any]) -> ServerLimits:

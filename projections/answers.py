@@ -293,3 +293,8 @@ class AnswerCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def holds_anything(self) -> bool:
+        """Whether any answer or history is kept: when none is, what a range of events
+        touched changes nothing here, and need not be worked out."""
+        return any(self._shelves.values())

@@ -93,6 +93,9 @@ class Follower:
         self.observed_at = 0.0
         self._observed_lock = threading.Lock()
         self.on_applied: AppliedListener | None = None
+        # Whether the listener needs to know what a range applied elsewhere touched (else it
+        # is reported as unknown, without reading the rows it left): e.g. nothing is cached.
+        self.wants_touched: Callable[[], bool] = lambda: True
         # The end of the last range reported to `on_applied`: a tracked position beyond it was
         # applied by another process. Only the follower moves it (under `_lock`), never a query
         # thread's `observe`, which may see a batch committed here but not reported yet.
@@ -230,10 +233,10 @@ class Follower:
         judge = getattr(self.projection, "touched_elsewhere", None)
         if judge is None or self.on_applied is None or end - start > FOREIGN_RANGE_JUDGED:
             return None
+        if not self.wants_touched():
+            return None
         try:
-            notifications = self.log.recorder.select_notifications(
-                start=start, limit=end - start, stop=end, inclusive_of_start=False
-            )
+            notifications = self.log.heads(start, end)
             with self.reading() as cursor:
                 if _tracked(cursor, self._tracking_name(cursor)) < end:
                     return None  # these rows do not hold the range (the generation switched)
@@ -271,8 +274,56 @@ class Follower:
                 self._stop.wait(linger)
             self._wake.clear()
 
-    def start_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run_forever, name=self.projection.name, daemon=True)
+    def start_background(self, poll_interval: float = 0.25) -> threading.Thread:
+        thread = threading.Thread(
+            target=self.run_forever, args=(poll_interval,), name=self.projection.name, daemon=True
+        )
+        thread.start()
+        return thread
+
+    def run_observing(self, poll_interval: float = 0.05, stall_after: float = 2.0) -> None:
+        """Follow while another process applies the events (`entitlements project`, which
+        `serve` starts beside itself): report each range it applied to `on_applied` and keep
+        `observed` current, so that cached answers stay served; apply nothing, except when
+        the read model has not moved for `stall_after` seconds while the log is ahead (that
+        process is gone or stuck: then this one catches up itself). Reads still catch up for
+        this process's own writes first (`catch_up_if_behind`)."""
+        position, moved_at = -1, time.monotonic()
+        while not self._stop.is_set():
+            try:
+                seen = self.look()
+                if seen != position:
+                    position, moved_at = seen, time.monotonic()
+                elif time.monotonic() - moved_at > stall_after and self.lag() > 0:
+                    log.warning(
+                        "%s has not moved for %.0f s: applying here",
+                        self.projection.name,
+                        stall_after,
+                    )
+                    self.catch_up()
+            except Exception:
+                log.exception("observing %s failed; retrying", self.projection.name)
+                self._stop.wait(1.0)
+            self._stop.wait(poll_interval)  # not woken by writes: the projector applies them
+
+    def look(self) -> int:
+        """Report what another process applied since this one last reported, and observe the
+        read model's position (returned)."""
+        with self._lock:
+            with self.reading() as cursor:
+                generation, position = (
+                    cursor.generation,
+                    _tracked(cursor, self._tracking_name(cursor)),
+                )
+            if position > self._reported:
+                self._report(
+                    self._judge_foreign(self._reported, position), self._reported, position
+                )
+            self._observe(generation, position)
+        return position
+
+    def start_observing(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run_observing, name=self.projection.name, daemon=True)
         thread.start()
         return thread
 

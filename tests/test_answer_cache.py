@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -407,6 +409,7 @@ def test_a_batch_committed_but_not_yet_reported_is_never_served_past(client, eng
 def test_a_range_whose_report_failed_is_reported_by_the_next_batch(engine):
     """Until then no answer is served past it; then it is judged as a range applied elsewhere."""
     cache = engine.answers
+    cache.put("kept", Answer("kept", (1, 0), 0, None, "demo", "someone", ()))  # worth judging
     report = engine.follower.on_applied
     engine.follower.on_applied = lambda touched, start, end: 1 / 0
     ingest(engine, [json.dumps(real(ALI_UPDATED))])
@@ -464,6 +467,58 @@ def test_a_range_another_process_applied_is_judged_from_the_rows_it_left(setting
         projected(b, a)
         assert not answered_from_cache(client, a, "buyer")
         assert premium(client, "buyer") == -8
+
+
+# --- A server whose projector runs in a process of its own (`server.projector = "process"`) ----
+#
+# A is the server (it records webhooks, answers, and observes the read model: `Follower.look`,
+# what `run_observing` does every few milliseconds); B's follower is its projector process.
+
+
+def test_the_server_reports_what_its_projector_applied_and_keeps_other_answers(settings_doc):
+    with two_engines(settings_doc) as (a, projector, client):
+        projector.follower.on_applied = None  # `entitlements project`: no cache there
+        bought_a_pass(client, a)
+        projector.follower.catch_up()
+        a.follower.look()
+        assert premium(client, "buyer") == 3
+        deliver(client, real(ALI_UPDATED))  # recorded by A, applied by the projector
+        projector.follower.catch_up()
+        a.follower.look()
+        assert answered_from_cache(client, a, "buyer")
+        deliver(client, guest_refund("pi_pass", a.entitlements.clock() - 30))
+        assert premium(client, "buyer") == -8  # read your writes: A catches up itself
+        projector.follower.catch_up()  # nothing left to apply, or it lost the race: either way
+        a.follower.look()
+        assert answered_from_cache(client, a, "buyer")
+
+
+def test_a_range_applied_elsewhere_while_nothing_is_cached_is_not_judged(settings_doc):
+    """Working out what it touched would change nothing here: it is reported as unknown."""
+    with two_engines(settings_doc) as (a, projector, _):
+        a.follower.look()
+        reports = []
+        a.follower.on_applied = lambda touched, start, end: reports.append((touched, end))
+        ingest(projector, [json.dumps(real(ALI_UPDATED))])
+        projector.follower.catch_up()
+        a.follower.look()
+        end = projector.follower.position()
+        assert reports == [(None, end)] and a.follower.observed[1] == end
+
+
+def test_the_server_applies_the_events_itself_when_its_projector_stalls(settings_doc):
+    with two_engines(settings_doc) as (a, _, client):
+        observer = threading.Thread(target=a.follower.run_observing, args=(0.02, 0.3))
+        observer.start()
+        try:
+            deliver(client, real(ALI_UPDATED))  # and no projector runs
+            deadline = time.monotonic() + 10
+            while a.follower.position() < a.log.high_water and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert a.follower.position() == a.log.high_water
+        finally:
+            a.follower.stop()
+            observer.join()
 
 
 def test_a_customid_a_buyer_was_linked_to_within_a_range_applied_elsewhere_is_touched(

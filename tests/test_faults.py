@@ -189,6 +189,53 @@ def test_sigkill_mid_stream_loses_no_acknowledged_event(tmp_path: Path, database
     assert_read_model_equals_a_rebuild(database_url)
 
 
+def projector_of(server: Server) -> int | None:
+    """The pid of the `entitlements project` process the server started, if one runs."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == server.process.pid and b"project" in argv:
+            return int(stat.parent.name)
+    return None
+
+
+def eventually(condition, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.1)
+    pytest.fail("the condition never held")
+
+
+def test_the_projector_process_is_restarted_and_ends_with_the_server(tmp_path: Path):
+    """`serve` applies events to the read models in a process of its own: restarted if it
+    dies, gone once the server is, even killed."""
+    database_url = f"sqlite:///{tmp_path}/engine.sqlite"
+    server = Server(tmp_path, database_url)
+    try:
+        first = eventually(lambda: projector_of(server))
+        os.kill(first, signal.SIGKILL)
+        second = eventually(lambda: (pid := projector_of(server)) != first and pid)
+        with httpx.Client(timeout=30) as http:
+            for raw in population(3):
+                assert deliver(http, server, raw).status_code == 200
+        server.wait_until_caught_up()
+    finally:
+        server.kill()
+    eventually(lambda: not Path(f"/proc/{second}").exists() or _zombie(second))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def assert_read_model_equals_a_rebuild(database_url: str) -> None:
     """The rows the killed and restarted servers projected, against a rebuild from the log."""
     with engine_on(database_url) as engine:

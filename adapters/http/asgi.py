@@ -12,6 +12,7 @@ from adapters.config import load_settings
 from adapters.gc_tuning import tune_for_server
 from adapters.http.app import build_http_app
 from adapters.logging_setup import configure_logging
+from adapters.projector import ProjectorProcess
 
 
 def create_app() -> Starlette:
@@ -23,10 +24,19 @@ def create_app() -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         tune_for_server()
-        for follower in engine.followers:  # read models follow the log in this process
-            follower.start_background()
+        projector = None
+        if engine.settings.projector == "process":  # the read models follow the log there
+            projector = ProjectorProcess()
+            projector.start()
+            for follower in engine.followers:
+                follower.start_observing()
+        else:  # in this process
+            for follower in engine.followers:
+                follower.start_background()
         engine.resolver.start_background()  # line items of checkouts, fetched from Stripe
         yield
+        if projector is not None:
+            projector.stop()
         engine.close()
 
     app.router.lifespan_context = lifespan

@@ -1,0 +1,70 @@
+"""The read models' own process: `serve` starts `entitlements project` beside itself.
+
+One Python process runs one thread at a time. Applying events to the read models in a thread
+of the server took the interpreter from the threads that answer webhooks and commit them, and
+every hand-off of it delayed the commit thread's next step: on two cores, webhooks/s rose by a
+sixth with the read models in a process of their own (docs/benchmarks.md, W1).
+
+The server still follows the read model (`Follower.run_observing`): it reports what the
+projector applied to the answer cache, catches up itself for its own writes before a read, and
+applies events itself should the read model stall. This supervisor restarts the projector if it
+exits, and the projector exits when the server is gone, even killed (`project --parent`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+
+log = logging.getLogger("entitlements.projector")
+
+POLL_INTERVAL = 0.05  # seconds between the projector's looks at the log (it is not woken)
+RESTART_DELAY = 1.0  # seconds before a projector that exited is started again
+
+
+class ProjectorProcess:
+    """Runs `entitlements project` as a child of this process, for as long as this runs."""
+
+    def __init__(self, poll_interval: float = POLL_INTERVAL) -> None:
+        self.poll_interval = poll_interval
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread = threading.Thread(target=self._watch, name="projector", daemon=True)
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        # The same configuration: ENTITLEMENTS_CONFIG and the rest of the environment.
+        argv = [sys.executable, "-m", "adapters.cli", "project"]
+        argv += ["--poll", str(self.poll_interval), "--parent", str(os.getpid())]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        log.info("projector started", extra={"pid": self.process.pid})
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            assert self.process is not None
+            code = self.process.poll()
+            if code is not None and not self._stop.is_set():
+                log.error("projector exited (%s); starting another", code)
+                if self._stop.wait(RESTART_DELAY):
+                    return
+                self._spawn()
+            self._stop.wait(0.5)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
