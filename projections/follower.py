@@ -102,6 +102,7 @@ class Follower:
         self._reported = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._look_now = threading.Event()  # a read saw a position not reported yet
         self._stop = threading.Event()
         self._create_tables()
 
@@ -146,13 +147,21 @@ class Follower:
         return max(0, (self.log.recorder.max_notification_id() or 0) - self.position())
 
     def settled(self, max_age: float) -> tuple[int, int] | None:
-        """The read model's (generation, position) as this process last saw it, if it saw it
-        within `max_age` seconds; else None (a cached answer could then be stale). No query:
-        the background loop keeps it current. (This process's own writes not projected yet are
-        the answer cache's to weigh: it is told of each before it is saved.)"""
+        """The read model's (generation, position) as this process last saw it and reported
+        it, if it saw it within `max_age` seconds; else None (a cached answer could then be
+        stale). No query: the background loop keeps it current.
+
+        The position is no further than what was reported (`on_applied`): a query thread may
+        have read further, into a batch not reported yet (another process's projector commits
+        one every few milliseconds under load), and a cached answer judged at that position
+        would be refused until the report came, though no floor can be known there yet. Such
+        a batch counts as not seen yet, like any other process's write until this follower
+        sees it. (This process's own writes not projected yet are the answer cache's to
+        weigh: it is told of each before it is saved, and serves nothing they may touch.)"""
         if time.monotonic() - self.observed_at > max_age:
             return None
-        return self.observed
+        generation, position = self.observed
+        return generation, min(position, self._reported)
 
     def observe(self, cursor: GenerationCursor) -> tuple[int, int]:
         """The (generation, position) of the read model as `cursor`'s transaction sees it."""
@@ -166,22 +175,29 @@ class Follower:
             if position >= self.observed[1]:
                 self.observed = (generation, position)
                 self.observed_at = time.monotonic()
+        if position > self._reported:  # until it is, cached answers are refused (answers.py)
+            self._look_now.set()
 
     def catch_up_if_behind(self) -> None:
         """Read your writes: apply whatever this process recorded before this call. Costs no
         query when the read model already holds this process's newest write; writes of other
         processes arrive through the background loop."""
-        if self.log.high_water <= self._applied:
+        target = self.log.high_water
+        if target <= self._applied:
             return
         if self.lag() > 0:
-            self.catch_up()
+            self.catch_up(until=target)
 
-    def catch_up(self, on_batch: Callable[[int, int], None] | None = None) -> int:
-        """Apply everything recorded so far; returns how many events were applied.
-        `on_batch(count, position)` is called after each committed batch (progress bars)."""
+    def catch_up(
+        self, on_batch: Callable[[int, int], None] | None = None, until: int | None = None
+    ) -> int:
+        """Apply everything recorded so far (or up to position `until` at least); returns how
+        many events were applied. `on_batch(count, position)` is called after each committed
+        batch (progress bars). Reads waiting for their writes share one catch-up: whoever
+        holds the lock applies, and the others find their position applied."""
         applied = 0
         with self._lock:
-            while True:
+            while until is None or self._applied < until:
                 try:
                     count, position = self._apply_next_batch()
                 except TrackingConflict:
@@ -190,7 +206,8 @@ class Follower:
                 if count and on_batch:
                     on_batch(count, position)
                 if count < self.batch_size:
-                    return applied
+                    break
+        return applied
 
     def _apply_next_batch(self) -> tuple[int, int]:
         with self.reading() as cursor:
@@ -304,7 +321,10 @@ class Follower:
             except Exception:
                 log.exception("observing %s failed; retrying", self.projection.name)
                 self._stop.wait(1.0)
-            self._stop.wait(poll_interval)  # not woken by writes: the projector applies them
+            # Not woken by writes (the projector applies them), but by a read that saw what
+            # the projector applied before this loop reported it.
+            self._look_now.wait(poll_interval)
+            self._look_now.clear()
 
     def look(self) -> int:
         """Report what another process applied since this one last reported, and observe the
@@ -330,6 +350,7 @@ class Follower:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._look_now.set()
 
 
 def _tracked(cursor: Cursor, name: str) -> int:
