@@ -33,8 +33,15 @@ SECRET_SHAPES = re.compile(
 REDACTED = "[redacted]"
 
 
+# Each shape contains one of these (the last in any case): a line without them, as nearly every
+# line is, needs no regular expression (0.5 us instead of 3-4 us per line, on the log thread).
+_SECRET_MARKS = ("whsec_", "k_live_", "k_test_")
+
+
 def redact(text: str) -> str:
     """Mask anything shaped like a Stripe secret or a Bearer credential."""
+    if not any(mark in text for mark in _SECRET_MARKS) and "bearer" not in text.lower():
+        return text
     return SECRET_SHAPES.sub(REDACTED, text)
 
 

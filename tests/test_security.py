@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -22,7 +24,7 @@ from adapters.config import ConfigError, settings_from_dict
 from adapters.http.app import _api_error, build_http_app
 from adapters.http.errors import ApiError
 from adapters.http.limits import BodyLimitMiddleware, RateLimited, RateLimiter, TimeoutMiddleware
-from adapters.logging_setup import JsonFormatter, log_config, redact
+from adapters.logging_setup import SECRET_SHAPES, JsonFormatter, log_config, redact
 from tests.conftest import API_KEYS, SECRETS, config_doc, make_event, post_webhook, signed_headers
 from tests.test_entitlements_api import (
     ALI,
@@ -332,3 +334,14 @@ def test_linking_another_apps_customer_id_reveals_none_of_its_events(client) -> 
     ours = client.get("/v1/subscriber", params={"customid": "ali"}, headers=AUTH).json()
     assert [s["status"] for s in ours["subscriptions"]] == ["active"]
     assert [c["source"] for c in ours["customers"][0]["claims"]] == ["connect_stripe"]
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(
+        st.sampled_from(["whsec_", "sk_live_", "rk_test_", "k_test", "bEaReR ", "Bearer", "\t"])
+        | st.text(alphabet="abcXYZ019_ \"',", max_size=6)
+    ).map("".join)
+)
+def test_redaction_skips_the_expression_only_when_it_could_not_match(text: str) -> None:
+    assert redact(text) == SECRET_SHAPES.sub("[redacted]", text)
