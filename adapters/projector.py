@@ -25,6 +25,11 @@ POLL_INTERVAL = 0.05  # seconds between the projector's looks at the log (it is 
 RESTART_DELAY = 1.0  # seconds before a projector that exited is started again
 
 
+def can_run_apart(database_url: str) -> bool:
+    """Whether another process can reach this database: not an in-memory SQLite one."""
+    return not database_url.startswith("sqlite:") or not database_url.endswith(":memory:")
+
+
 class ProjectorProcess:
     """Runs `entitlements project` as a child of this process, for as long as this runs."""
 

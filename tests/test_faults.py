@@ -30,8 +30,9 @@ import psycopg
 import pytest
 
 from adapters.bootstrap import Engine, bootstrap
-from adapters.config import settings_from_dict
+from adapters.config import ConfigError, settings_from_dict
 from adapters.eventstore import sqlite_path
+from adapters.projector import can_run_apart
 from domain.aggregates import Buyer
 from projections.rebuild import rebuild
 from tests.conftest import POSTGRES_URL, PROJECT, config_doc, make_event, signed_headers
@@ -227,6 +228,17 @@ def test_the_projector_process_is_restarted_and_ends_with_the_server(tmp_path: P
     finally:
         server.kill()
     eventually(lambda: not Path(f"/proc/{second}").exists() or _zombie(second))
+
+
+def test_the_projector_runs_apart_unless_told_not_to_or_the_database_is_in_memory() -> None:
+    settings = settings_from_dict(config_doc("sqlite:///x.sqlite"), env={})
+    assert settings.projector == "process" and can_run_apart(settings.database_url)
+    threaded = config_doc("sqlite:///x.sqlite", server={"projector": "thread"})
+    assert settings_from_dict(threaded, env={}).projector == "thread"
+    with pytest.raises(ConfigError, match=r"server\.projector"):
+        settings_from_dict(config_doc("sqlite:///x", server={"projector": "fork"}), env={})
+    assert not can_run_apart("sqlite:///:memory:")  # another process would see another database
+    assert can_run_apart("postgresql://u@h/db")
 
 
 def _zombie(pid: int) -> bool:

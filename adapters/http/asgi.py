@@ -12,7 +12,7 @@ from adapters.config import load_settings
 from adapters.gc_tuning import tune_for_server
 from adapters.http.app import build_http_app
 from adapters.logging_setup import configure_logging
-from adapters.projector import ProjectorProcess
+from adapters.projector import ProjectorProcess, can_run_apart
 
 
 def create_app() -> Starlette:
@@ -25,8 +25,9 @@ def create_app() -> Starlette:
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         tune_for_server()
         projector = None
-        if engine.settings.projector == "process":  # the read models follow the log there
-            projector = ProjectorProcess()
+        settings = engine.settings
+        if settings.projector == "process" and can_run_apart(settings.database_url):
+            projector = ProjectorProcess()  # the read models follow the log there
             projector.start()
             for follower in engine.followers:
                 follower.start_observing()
