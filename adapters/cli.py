@@ -135,8 +135,11 @@ def rebuild(app_id: str | None, projection: str) -> None:
 @click.option("--once", is_flag=True, help="Catch up once and exit (default: keep following).")
 @click.option("--poll", type=float, default=0.25, show_default=True, help="Seconds between polls.")
 @click.option("--parent", type=int, help="Exit once the process with this id is gone.")
-def project(once: bool, poll: float, parent: int | None) -> None:
+@click.option("--nice", type=int, default=0, help="Lower this process's CPU priority by N.")
+def project(once: bool, poll: float, parent: int | None, nice: int) -> None:
     """Run the read models as a separate worker (several may run: each event applies once)."""
+    if nice:
+        os.nice(nice)
     engine = bootstrap(_settings())
     for follower in engine.followers:  # no answer cache is read here: nothing to tell it
         follower.on_applied = None

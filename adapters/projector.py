@@ -22,6 +22,10 @@ import threading
 log = logging.getLogger("entitlements.projector")
 
 POLL_INTERVAL = 0.05  # seconds between the projector's looks at the log (it is not woken)
+# The projector yields the CPU to the server: a webhook is answered once durable, and its
+# projection can wait. On two cores, W1 PostgreSQL gained 1-10% (3 alternating pairs); reads
+# of a server's own writes never wait for the projector (the server catches up itself).
+NICENESS = 10
 RESTART_DELAY = 1.0  # seconds before a projector that exited is started again
 
 
@@ -48,6 +52,7 @@ class ProjectorProcess:
         # The same configuration: ENTITLEMENTS_CONFIG and the rest of the environment.
         argv = [sys.executable, "-m", "adapters.cli", "project"]
         argv += ["--poll", str(self.poll_interval), "--parent", str(os.getpid())]
+        argv += ["--nice", str(NICENESS)]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         log.info("projector started", extra={"pid": self.process.pid})
 

@@ -32,7 +32,7 @@ import pytest
 from adapters.bootstrap import Engine, bootstrap
 from adapters.config import ConfigError, settings_from_dict
 from adapters.eventstore import sqlite_path
-from adapters.projector import can_run_apart
+from adapters.projector import NICENESS, can_run_apart
 from domain.aggregates import Buyer
 from projections.rebuild import rebuild
 from tests.conftest import POSTGRES_URL, PROJECT, config_doc, make_event, signed_headers
@@ -219,6 +219,7 @@ def test_the_projector_process_is_restarted_and_ends_with_the_server(tmp_path: P
     server = Server(tmp_path, database_url)
     try:
         first = eventually(lambda: projector_of(server))
+        eventually(lambda: niceness(first) == NICENESS)  # it yields the CPU to the server
         os.kill(first, signal.SIGKILL)
         second = eventually(lambda: (pid := projector_of(server)) != first and pid)
         with httpx.Client(timeout=30) as http:
@@ -239,6 +240,10 @@ def test_the_projector_runs_apart_unless_told_not_to_or_the_database_is_in_memor
         settings_from_dict(config_doc("sqlite:///x", server={"projector": "fork"}), env={})
     assert not can_run_apart("sqlite:///:memory:")  # another process would see another database
     assert can_run_apart("postgresql://u@h/db")
+
+
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def _zombie(pid: int) -> bool:
