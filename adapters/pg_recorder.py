@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent
+import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import retry
+from psycopg.pq import TransactionStatus
 from psycopg.sql import SQL, Identifier
 
 
@@ -32,6 +35,30 @@ class PostgresEventRecorder(PostgresApplicationRecorder):
             table=Identifier(events_table_name),
             id_type=Identifier(datastore.originator_id_type),
         )
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The library's insert, in one round trip instead of two: BEGIN, the lock, the insert
+        and COMMIT are pipelined and synced once (the library syncs after the insert, to see a
+        uniqueness failure there, then again for the commit). Each round trip gives up the
+        interpreter lock, which the event loop then holds for milliseconds at a time. A failed
+        insert skips the COMMIT (the pipeline is aborted), and is rolled back here."""
+        if not stored_events:
+            return []
+        with self.datastore.get_connection() as conn:
+            try:
+                with conn.cursor() as curs, conn.cursor() as inserted:
+                    with conn.pipeline():
+                        curs.execute("BEGIN")
+                        self._insert_stored_events(inserted, stored_events, **kwargs)
+                        curs.execute("COMMIT")
+                    return [row["notification_id"] for row in inserted.fetchall()]
+            except psycopg.Error:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    conn.rollback()
+                raise
 
     def _insert_stored_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any

@@ -12,7 +12,15 @@ import json
 import uuid
 from datetime import UTC, datetime
 
-from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
+import pytest
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    IntegrityError,
+    JSONTranscoder,
+    StoredEvent,
+    UUIDAsHex,
+)
 
 from adapters.eventstore import store_env
 from adapters.ingest import Webhook
@@ -61,6 +69,26 @@ def test_a_batch_of_events_gets_consecutive_notification_ids_in_order(engine):
     assert [n.id for n in stored] == list(range(stored[0].id, stored[0].id + len(stored)))
     for notification in stored:  # every state reads back through the library's mapper
         engine.log.mapper.to_domain_event(notification)
+
+
+def test_a_batch_that_fails_stores_nothing_and_leaves_the_store_usable(engine):
+    """On PostgreSQL a batch is inserted and committed in one round trip: a uniqueness failure
+    skips the commit, and the transaction is rolled back before the connection is reused."""
+    recorder = engine.log.recorder
+    aggregate = uuid.uuid4()
+    first = [StoredEvent(aggregate, 1, "test.a", b"{}")]
+    (first_id,) = recorder.insert_events(first)
+    clash = [
+        StoredEvent(uuid.uuid4(), 1, "test.b", b"{}"),
+        StoredEvent(aggregate, 1, "test.c", b"{}"),
+    ]
+    for _ in range(3):  # more than once: every pooled connection must come back clean
+        with pytest.raises(IntegrityError):
+            recorder.insert_events(clash)
+    assert recorder.max_notification_id() == first_id
+    (second_id,) = recorder.insert_events([StoredEvent(aggregate, 2, "test.d", b"{}")])
+    assert second_id > first_id
+    assert [e.originator_version for e in recorder.select_events(aggregate)] == [1, 2]
 
 
 def test_last_versions_of_many_buyers_in_one_query(engine):
