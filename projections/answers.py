@@ -7,7 +7,7 @@ differently. An answer is kept with what it was derived from:
   every event up to that position (and maybe some later ones);
 - its app, its customid and the buyer keys whose facts or links it read: the buyers linked to
   the customid and every guest payment key considered, with or without a history yet, since a
-  later refund or dispute lands on that key (`recorded_facts_and_dependencies` in buyer_facts.py);
+  later refund or dispute lands on that key (`CustomerFacts.depends_on` in buyer_facts.py);
 - `valid_until`: the rules' own bound on how long the answer holds (`domain/clock.py`).
 
 Invalidation by floors. After each committed batch, the follower reports what its events touched

@@ -504,7 +504,10 @@ class CustomerFacts:
     checkouts: tuple[Fact, ...]  # the linked buyers' checkouts: the only rows updated in place
 
     def depends_on(self) -> tuple[str, ...]:
-        """The buyer keys whose rows were read or looked for (`projections/answers.py`)."""
+        """The buyer keys whose rows were read or looked for: the linked buyers and every guest
+        payment key considered, even one with no history yet (a later refund or dispute lands
+        there). An answer derived from these facts depends on nothing else of the buyers'
+        (`projections/answers.py`)."""
         return (*self.buyers, *self.candidates)
 
 
@@ -596,18 +599,6 @@ def facts_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[Stored
         StoredFact(load_fact(body), key, recorded_at, position)
         for body, recorded_at, key, position in rows
     ]
-
-
-def recorded_facts_and_dependencies(
-    cursor: Cursor, app_id: str, customid: str
-) -> tuple[list[Fact], list[float], tuple[str, ...]]:
-    """The facts of `customid` (as `customer_facts`) and when each was recorded, as two columns;
-    and the buyer keys whose rows were read or looked for: the linked buyers and every guest
-    payment key considered, even one with no history yet (a later refund or dispute lands
-    there). An answer derived from these facts depends on nothing else of the buyers'
-    (`projections/answers.py`)."""
-    found = customer_facts(cursor, app_id, customid)
-    return found.facts, found.recorded, found.depends_on()
 
 
 def _payment_refs(fact: Fact) -> list[str]:

@@ -212,8 +212,7 @@ class Follower:
     def _apply_next_batch(self) -> tuple[int, int]:
         with self.reading() as cursor:
             generation, start = cursor.generation, _tracked(cursor, self._tracking_name(cursor))
-        if start > self._reported:  # another process applied up to `start`: not seen here
-            self._report(self._judge_foreign(self._reported, start), self._reported, start)
+        self._report_foreign(start)
         notifications = self.log.recorder.select_notifications(
             start=start, limit=self.batch_size, stop=self.stop_at, inclusive_of_start=False
         )
@@ -335,12 +334,15 @@ class Follower:
                     cursor.generation,
                     _tracked(cursor, self._tracking_name(cursor)),
                 )
-            if position > self._reported:
-                self._report(
-                    self._judge_foreign(self._reported, position), self._reported, position
-                )
+            self._report_foreign(position)
             self._observe(generation, position)
         return position
+
+    def _report_foreign(self, position: int) -> None:
+        """Under `_lock`: the read model is at `position`; what lies between the last report and
+        it, another process applied (not seen here): report it, judged from the rows left."""
+        if position > self._reported:
+            self._report(self._judge_foreign(self._reported, position), self._reported, position)
 
     def start_observing(self) -> threading.Thread:
         thread = threading.Thread(target=self.run_observing, name=self.projection.name, daemon=True)

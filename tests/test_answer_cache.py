@@ -31,10 +31,7 @@ from domain.facts import Fact, fact_from_dict
 from domain.rules import derive
 from projections import follower as follower_module
 from projections.answers import EVERYTHING, Answer, AnswerCache, Touched
-from projections.buyer_facts import (
-    facts_of_customid,
-    recorded_facts_and_dependencies,
-)
+from projections.buyer_facts import customer_facts, facts_of_customid
 from tests.conftest import API_KEYS, fresh_engine, ingest, post_webhook
 from tests.lifecycles import CATALOGUE as LIFECYCLE_CATALOGUE
 from tests.lifecycles import T0, lifecycles
@@ -658,8 +655,9 @@ def derived_afresh(engine, app_id: str, customid: str, at: int):
         recorded, depends_on = read_plainly(cursor, app_id, customid)
         facts = [fact for fact, _ in recorded]
         assert [stored.fact for stored in facts_of_customid(cursor, app_id, customid)] == facts
-        columns = recorded_facts_and_dependencies(cursor, app_id, customid)
-        assert columns == (facts, [when for _, when in recorded], depends_on)
+        found = customer_facts(cursor, app_id, customid)
+        assert (found.facts, found.recorded) == (facts, [when for _, when in recorded])
+        assert found.depends_on() == depends_on
     catalogue = engine.catalogues.as_of(app_id, None)
     return derive(facts, catalogue, engine.settings.apps[app_id].policy, at).permissions
 
