@@ -99,49 +99,48 @@ class EventLog(Application):
         return found
 
     def _last_versions(self, ids: list[UUID]) -> dict[UUID, int]:
-        recorder: Any = self.recorder
-        table = recorder.events_table_name
-        if hasattr(recorder.datastore, "schema"):  # PostgreSQL
-            query = SQL(
-                "SELECT originator_id, MAX(originator_version) FROM {schema}.{table} "
-                "WHERE originator_id = ANY(%s) GROUP BY originator_id"
-            ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(table))
-            with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
-                cursor.execute(query, (ids,))
-                rows = cursor.fetchall()
-            return {_as_uuid(row["originator_id"]): row["max"] for row in rows}
-        marks = ",".join("?" * len(ids))
-        with recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(
-                f"SELECT originator_id, MAX(originator_version) FROM {table} "
-                f"WHERE originator_id IN ({marks}) GROUP BY originator_id",
+        if self._on_postgres():
+            rows = self._select(
+                "SELECT originator_id, MAX(originator_version) FROM {table} "
+                "WHERE originator_id = ANY(%s) GROUP BY originator_id",
+                (ids,),
+            )
+        else:
+            rows = self._select(
+                "SELECT originator_id, MAX(originator_version) FROM {table} "
+                f"WHERE originator_id IN ({','.join('?' * len(ids))}) GROUP BY originator_id",
                 [i.hex for i in ids],
             )
-            return {_as_uuid(row[0]): row[1] for row in cursor.fetchall()}
+        return {_as_uuid(originator_id): version for originator_id, version in rows}
 
     def heads(self, start: int, end: int) -> list[Head]:
         """The notifications in (start, end] without their state: what judging a range another
         process applied needs (`projections/touched.py`). Reading each event's state (a 4.5 KB
         Stripe body) to learn its topic cost the server as much as applying it."""
+        if self._on_postgres():
+            query = "SELECT notification_id, originator_id, topic FROM {table} "
+            query += "WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id"
+        else:
+            query = "SELECT rowid, originator_id, topic FROM {table} "
+            query += "WHERE rowid > ? AND rowid <= ? ORDER BY rowid"
+        rows = self._select(query, (start, end))
+        return [Head(id, _as_uuid(originator_id), topic) for id, originator_id, topic in rows]
+
+    def _on_postgres(self) -> bool:
+        return hasattr(self.recorder.datastore, "schema")  # type: ignore[attr-defined]
+
+    def _select(self, query: str, params: Any) -> list[tuple[Any, ...]]:
+        """The rows of a read of the events table (`{table}` in `query`), as tuples."""
         recorder: Any = self.recorder
         table = recorder.events_table_name
-        if hasattr(recorder.datastore, "schema"):  # PostgreSQL
-            query = SQL(
-                "SELECT notification_id, originator_id, topic FROM {schema}.{table} "
-                "WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id"
-            ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(table))
+        if self._on_postgres():
+            name = SQL("{}.{}").format(Identifier(recorder.datastore.schema), Identifier(table))
             with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
-                cursor.execute(query, (start, end))
-                rows = [tuple(row.values()) for row in cursor.fetchall()]
-        else:
-            with recorder.datastore.transaction(commit=False) as cursor:
-                cursor.execute(
-                    f"SELECT rowid, originator_id, topic FROM {table} "
-                    "WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
-                    (start, end),
-                )
-                rows = [tuple(row) for row in cursor.fetchall()]
-        return [Head(id, _as_uuid(originator_id), topic) for id, originator_id, topic in rows]
+                cursor.execute(SQL(query).format(table=name), params)
+                return [tuple(row.values()) for row in cursor.fetchall()]
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(query.format(table=table), params)
+            return [tuple(row) for row in cursor.fetchall()]
 
     def history(self, aggregate_id: Any) -> list[Buyer.Event]:
         return list(self.events.get(aggregate_id))
