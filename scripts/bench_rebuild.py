@@ -342,6 +342,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--postgres-url", help="default: a throwaway server in the work dir")
     parser.add_argument("--profile", action="store_true", help="cProfile each rebuild child")
+    parser.add_argument("--out", type=Path, help="JSON file (default: bench-results/rebuild-*)")
     parser.add_argument("--build-only", action="store_true", help="build the logs, measure nothing")
     parser.add_argument("--child", choices=["floor", "rebuild"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -375,10 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_only:
         return 0
     print_table(report["rows"])
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"rebuild-{stamp}.json"
+    out = args.out or RESULTS / f"rebuild-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out.relative_to(PROJECT)}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchlib import workloads
+from benchlib import rebuild_audit, workloads
 from benchlib.events import build_stream
 from benchlib.loadgen import LoadResult, have_wrk
 from benchlib.report import Row, machine_info, markdown_table, table, write_json
@@ -22,8 +22,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Benchmark the engine (W1 ingest over HTTP, W2 ingest in process, W3 "
-        "permission queries) beside floors measured in the same run; print one table and "
-        "write a JSON file. See docs/benchmarks.md.",
+        "permission queries, W4 rebuild, W5 audit) beside floors measured in the same run; "
+        "print one table and write a JSON file. See docs/benchmarks.md.",
     )
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument(
@@ -62,6 +62,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="also run W2 under cProfile and print the top costs"
     )
     parser.add_argument(
+        "--w4-sizes",
+        default="10000",
+        help="W4: events in the rebuilt log, comma-separated (default 10000; '' skips W4)",
+    )
+    parser.add_argument(
+        "--w5-events",
+        type=int,
+        default=10_000,
+        help="W5: events of the audited customer (default 10000; 0 skips W5)",
+    )
+    parser.add_argument(
+        "--w5-repeat", type=int, default=100, help="W5: runs per query (default 100)"
+    )
+    parser.add_argument(
         "--out", type=Path, help="JSON results file (default bench-results/bench-<date>.json)"
     )
     parser.add_argument(
@@ -93,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         args.workers,
         args.rate,
         args.profile,
+        w4_sizes=args.w4_sizes,
+        w5_events=args.w5_events,
+        w5_repeat=args.w5_repeat,
     )
     say(
         f"{len(bench.stream.bodies)} events, mean body "
@@ -158,6 +175,14 @@ def run_backend(bench: Bench, backend: str) -> None:
     bench.rows += w1_rows(bench, backend, naive, group, engine)
     bench.rows += w2_rows(backend, w2)
     bench.rows += w3_rows(bench, backend, engine)
+    if bench.w4_sizes:
+        report = rebuild_audit.w4(bench, backend)
+        bench.raw["backends"][backend]["w4"] = report
+        bench.rows += rebuild_audit.w4_rows(backend, report)
+    if bench.w5_events:
+        report = rebuild_audit.w5(bench, backend)
+        bench.raw["backends"][backend]["w5"] = report
+        bench.rows += rebuild_audit.w5_rows(backend, report)
 
 
 def w1_rows(

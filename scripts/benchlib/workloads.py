@@ -47,6 +47,9 @@ class Bench:
     rate: float
     profile: bool
     postgres_url: str | None = None
+    w4_sizes: str = "10000"  # events in the rebuilt log, comma-separated ("": no W4)
+    w5_events: int = 10_000  # events of the audited customer (0: no W5)
+    w5_repeat: int = 100  # runs per W5 query
     rows: list[Row] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
     ceiling: dict[str, LoadResult] = field(default_factory=dict)
