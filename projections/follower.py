@@ -5,7 +5,8 @@ of events, and moves its tracking row in the same transaction as the rows it wro
 between batches loses nothing and repeats nothing; two followers racing (two processes) cannot
 both apply a batch, because the tracking row only moves forward from the position they read.
 SQLite has no push subscriptions, so this is a pull loop: `catch_up()` on demand (after a write,
-before a read) and `run_forever()` in a worker thread or process.
+before a read) and `run_forever()` in a worker thread or process; or, in a server whose events
+another process applies (`entitlements project`, which `serve` starts), `run_observing()`.
 
 A follower follows the projection's active generation (see `projections/generations.py`), or one
 fixed generation while that one is being rebuilt.
