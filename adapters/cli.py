@@ -47,9 +47,10 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP API with uvicorn."""
     import uvicorn
 
-    from adapters.logging_setup import log_config
+    from adapters.logging_setup import log_config, write_queued_lines_on_exit_signals
 
     settings = _settings()
+    write_queued_lines_on_exit_signals()
     uvicorn.run(
         "adapters.http.asgi:create_app",
         factory=True,

@@ -13,6 +13,7 @@ import json
 import logging
 import logging.config
 import re
+import signal
 import sys
 import threading
 from datetime import UTC, datetime
@@ -125,6 +126,22 @@ class BackgroundHandler(logging.Handler):
             self._writer.join()
         self.flush()
         super().close()
+
+
+def write_queued_lines_on_exit_signals() -> None:
+    """Once it has shut down, uvicorn raises again the SIGTERM or SIGINT that stopped it, and
+    the default action ends the process without running `atexit`: the lines queued since the
+    log thread's last write (uvicorn's shutdown lines among them) would be lost. These
+    handlers, which uvicorn restores before raising the signal, write them first, then let the
+    signal take its default course."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _write_queued_lines_then_default)
+
+
+def _write_queued_lines_then_default(signum: int, _frame: Any) -> None:
+    logging.shutdown()  # each handler's `close`: BackgroundHandler writes what is queued
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def lean_records() -> None:

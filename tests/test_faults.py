@@ -231,6 +231,18 @@ def test_the_projector_process_is_restarted_and_ends_with_the_server(tmp_path: P
     eventually(lambda: not Path(f"/proc/{second}").exists() or _zombie(second))
 
 
+def test_a_stopped_server_writes_its_last_log_lines(tmp_path: Path):
+    """uvicorn ends with the default action of the signal that stopped it (no `atexit`): the
+    lines still queued for the log thread are written first."""
+    server = Server(tmp_path, f"sqlite:///{tmp_path}/engine.sqlite")
+    server.stop()  # SIGTERM
+    assert server.process.returncode == -signal.SIGTERM
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line[:1] == "{"]
+    messages = [line["message"] for line in lines]
+    assert "Application shutdown complete." in messages
+    assert messages[-1].startswith("Finished server process")
+
+
 def test_the_projector_runs_apart_unless_told_not_to_or_the_database_is_in_memory() -> None:
     settings = settings_from_dict(config_doc("sqlite:///x.sqlite"), env={})
     assert settings.projector == "process" and can_run_apart(settings.database_url)
