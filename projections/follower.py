@@ -292,9 +292,13 @@ class Follower:
             self._wake.clear()
 
     def start_background(self, poll_interval: float = 0.25) -> threading.Thread:
-        thread = threading.Thread(
-            target=self.run_forever, args=(poll_interval,), name=self.projection.name, daemon=True
-        )
+        return self._start(self.run_forever, poll_interval)
+
+    def start_observing(self) -> threading.Thread:
+        return self._start(self.run_observing)
+
+    def _start(self, loop: Callable[..., None], *args: Any) -> threading.Thread:
+        thread = threading.Thread(target=loop, args=args, name=self.projection.name, daemon=True)
         thread.start()
         return thread
 
@@ -331,10 +335,8 @@ class Follower:
         read model's position (returned)."""
         with self._lock:
             with self.reading() as cursor:
-                generation, position = (
-                    cursor.generation,
-                    _tracked(cursor, self._tracking_name(cursor)),
-                )
+                generation = cursor.generation
+                position = _tracked(cursor, self._tracking_name(cursor))
             self._report_foreign(position)
             self._observe(generation, position)
         return position
@@ -344,11 +346,6 @@ class Follower:
         it, another process applied (not seen here): report it, judged from the rows left."""
         if position > self._reported:
             self._report(self._judge_foreign(self._reported, position), self._reported, position)
-
-    def start_observing(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run_observing, name=self.projection.name, daemon=True)
-        thread.start()
-        return thread
 
     def stop(self) -> None:
         self._stop.set()
