@@ -106,6 +106,12 @@ def ingest(engine: Engine, bodies: list[str], app_id: str = "demo") -> None:
         engine.ingestor.record(Webhook(app_id, envelope, raw))
 
 
+def settle(engine: Engine) -> None:
+    """Let the read models apply everything recorded so far (what the projector does in the
+    background), so that a query made next sees it."""
+    engine.follower.catch_up()
+
+
 @pytest.fixture
 def settings_doc(database_url: str) -> dict[str, Any]:
     return config_doc(database_url)
