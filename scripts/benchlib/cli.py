@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchlib import rebuild_audit, workloads
+from benchlib import mixed, rebuild_audit, workloads
 from benchlib.events import build_stream
 from benchlib.loadgen import LoadResult, have_wrk
 from benchlib.report import Row, machine_info, markdown_table, table, write_json
@@ -76,6 +76,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--w5-repeat", type=int, default=100, help="W5: runs per query (default 100)"
     )
     parser.add_argument(
+        "--only",
+        default="w1,w2,w3,w4,w5,w7",
+        help="workloads to run, comma-separated (default all; W3 runs on W1's server)",
+    )
+    parser.add_argument("--w7-customers", type=int, default=1000, help="W7: customers (1000)")
+    parser.add_argument(
+        "--w7-rate",
+        type=float,
+        default=300.0,
+        help="W7: webhooks/s and queries/s offered, each (default 300)",
+    )
+    parser.add_argument(
+        "--w7-seconds", type=float, default=20.0, help="W7: seconds per run (default 20)"
+    )
+    parser.add_argument(
         "--out", type=Path, help="JSON results file (default bench-results/bench-<date>.json)"
     )
     parser.add_argument(
@@ -111,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         w5_events=args.w5_events,
         w5_repeat=args.w5_repeat,
     )
+    only = {name.strip().lower() for name in args.only.split(",") if name.strip()}
+    w7_settings = mixed.W7Settings(
+        customers=args.w7_customers,
+        webhook_rate=args.w7_rate,
+        query_rate=args.w7_rate,
+        seconds=args.w7_seconds,
+    )
     say(
         f"{len(bench.stream.bodies)} events, mean body "
         f"{sum(map(len, bench.stream.bodies)) / len(bench.stream.bodies):,.0f} bytes"
@@ -127,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 versions[backend] = server_version(bench.postgres_url)
             else:
                 versions[backend] = server_version("sqlite:")
-            run_backend(bench, backend)
+            run_backend(bench, backend, only, w7_settings)
     document = _document(args, bench, versions, time.monotonic() - started)
     out = args.out or results_dir / f"bench-{stamp}.json"
     write_json(out, document)
@@ -148,12 +170,30 @@ def _throwaway(cleanup: contextlib.ExitStack, work: Path) -> str:
     return server.start()
 
 
-def run_backend(bench: Bench, backend: str) -> None:
+def run_backend(bench: Bench, backend: str, only: set[str], w7: mixed.W7Settings) -> None:
+    bench.raw.setdefault("backends", {})[backend] = {}
+    if only & {"w1", "w2", "w3"}:
+        run_w1_w2_w3(bench, backend)
+    if bench.w4_sizes and "w4" in only:
+        report = rebuild_audit.w4(bench, backend)
+        bench.raw["backends"][backend]["w4"] = report
+        bench.rows += rebuild_audit.w4_rows(backend, report)
+    if bench.w5_events and "w5" in only:
+        report = rebuild_audit.w5(bench, backend)
+        bench.raw["backends"][backend]["w5"] = report
+        bench.rows += rebuild_audit.w5_rows(backend, report)
+    if "w7" in only:
+        report = mixed.w7(bench, backend, w7)
+        bench.raw["backends"][backend]["w7"] = report
+        bench.rows += mixed.w7_rows(backend, report)
+
+
+def run_w1_w2_w3(bench: Bench, backend: str) -> None:
     naive = workloads.w1_floor(bench, backend, "naive", fixed_rate=True)
     group = workloads.w1_floor(bench, backend, "group", fixed_rate=False)
     engine = workloads.w1_engine(bench, backend)
     w2 = workloads.w2(bench, backend)
-    bench.raw.setdefault("backends", {})[backend] = {
+    bench.raw["backends"][backend] |= {
         "w1": {
             "naive_floor": {k: v.as_dict() for k, v in naive.items()},
             "group_floor": {k: v.as_dict() for k, v in group.items()},
@@ -175,14 +215,6 @@ def run_backend(bench: Bench, backend: str) -> None:
     bench.rows += w1_rows(bench, backend, naive, group, engine)
     bench.rows += w2_rows(backend, w2)
     bench.rows += w3_rows(bench, backend, engine)
-    if bench.w4_sizes:
-        report = rebuild_audit.w4(bench, backend)
-        bench.raw["backends"][backend]["w4"] = report
-        bench.rows += rebuild_audit.w4_rows(backend, report)
-    if bench.w5_events:
-        report = rebuild_audit.w5(bench, backend)
-        bench.raw["backends"][backend]["w5"] = report
-        bench.rows += rebuild_audit.w5_rows(backend, report)
 
 
 def w1_rows(

@@ -103,6 +103,8 @@ class Stream:
     customids: list[str] = field(default_factory=list)
     owners: list[int] = field(default_factory=list)  # bodies[i] belongs to customids[owners[i]]
     lifecycles: dict[str, int] = field(default_factory=dict)
+    # Each customer with its lifecycle's templates: more events about the same customers (W7).
+    people: list[tuple[Customer, list[Template]]] = field(default_factory=list)
 
     def signed(self, start: int, count: int, secret: str) -> list[tuple[str, str]]:
         """(Stripe-Signature, body) pairs for bodies[start:start+count], signed now."""
@@ -194,11 +196,14 @@ class Customer:
         return arg  # a shifted timestamp
 
 
-def build_stream(project_root: Path, customers: int, tag: str | None = None) -> Stream:
-    """Every customer's lifecycle, interleaved across INTERLEAVE customers at a time."""
+def build_stream(
+    project_root: Path, customers: int, tag: str | None = None, only: list[str] | None = None
+) -> Stream:
+    """Every customer's lifecycle, interleaved across INTERLEAVE customers at a time; `only`:
+    these lifecycles (names of LIFECYCLES) instead of all of them in turn."""
     now = int(time.time())
     base = fixtures_dir(project_root)
-    names = list(LIFECYCLES)
+    names = only or list(LIFECYCLES)
     compiled = {n: [compile_template(base / f, now) for f in LIFECYCLES[n]] for n in names}
     tag = tag or os.urandom(3).hex()
     stream = Stream(lifecycles={n: 0 for n in names})
@@ -209,6 +214,7 @@ def build_stream(project_root: Path, customers: int, tag: str | None = None) -> 
             stream.lifecycles[name] += 1
             lives.append((number, Customer(number, tag), compiled[name]))
             stream.customids.append(lives[-1][1].customid)
+            stream.people.append((lives[-1][1], compiled[name]))
         for step in range(max(len(t) for _, _, t in lives)):
             for number, customer, templates in lives:
                 if step < len(templates):
