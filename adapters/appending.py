@@ -36,20 +36,18 @@ def at_version(app_id: str, buyer_key: str, version: int) -> tuple[list[Any], UU
 
 
 def save_retrying(
-    log: EventLog,
-    build: Callable[[], list[Any]],
-    already_done: Callable[[], bool],
-    touches: Any = None,
-) -> bool:
-    """Save `build()`'s events in one transaction. False when `already_done()` explains a
-    uniqueness failure (a duplicate); otherwise a failure was a lost race, so rebuild and retry."""
+    log: EventLog, build: Callable[[], list[Any]], already_done: Callable[[], bool]
+) -> int | None:
+    """Save `build()`'s events in one transaction; the log position of the last. None when
+    `already_done()` explains a uniqueness failure (a duplicate); otherwise a failure was a
+    lost race, so rebuild and retry."""
     for attempt in range(MAX_ATTEMPTS):
         try:
-            log.save(*build(), touches=touches)
+            recordings = log.save(*build())
         except IntegrityError:
             if already_done():
-                return False
+                return None
             time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
         else:
-            return True
+            return recordings[-1].notification.id
     raise WriteConflict("could not append after retries")

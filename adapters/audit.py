@@ -164,7 +164,7 @@ def app_records(
     """Every buyer and catalogue event of one app, in log order, up to the log's end when the
     export started. Webhook receipts are left out: each repeats its Stripe event's id."""
     stop = log.recorder.max_notification_id() or 0
-    links.catch_up_if_behind()  # every buyer registered up to `stop` is in buyer_links
+    links.catch_up(until=stop)  # every buyer registered up to `stop` is in buyer_links
     start = 0
     while start < stop:
         batch = log.recorder.select_notifications(

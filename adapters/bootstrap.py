@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from adapters.catalogues import Catalogues
@@ -12,11 +13,23 @@ from adapters.history import CustomerHistory
 from adapters.ingest import Ingestor
 from adapters.line_items import CheckoutResolver
 from adapters.linking import Linker
-from projections.answers import AnswerCache
 from projections.entitlements import Entitlements
 from projections.follower import Follower
+from projections.grants import dirty_rows
 from projections.read_models import BuyerReadModels
 from projections.store import ViewStore, open_view_store
+
+WAIT_SECONDS = 20.0  # how long a write waits for its effects to be projected
+
+
+class Clock:
+    """What "now" is for the read side: the system's clock, unless a test fixes it."""
+
+    def __init__(self) -> None:
+        self.fixed: float | None = None
+
+    def __call__(self) -> float:
+        return time.time() if self.fixed is None else self.fixed
 
 
 @dataclass
@@ -24,7 +37,7 @@ class Engine:
     settings: Settings
     log: EventLog
     views: ViewStore
-    follower: Follower
+    follower: Follower  # the read models' follower (run by the projector, or a thread here)
     ingestor: Ingestor
     linker: Linker
     catalogues: Catalogues
@@ -32,22 +45,32 @@ class Engine:
     history: CustomerHistory
     resolver: CheckoutResolver
     writer: GroupCommitWriter  # webhooks from HTTP: batched into shared commits
-    answers: AnswerCache  # permissions now, while they cannot have changed
+    clock: Clock
 
-    @property
-    def followers(self) -> tuple[Follower, ...]:
-        """Every read model that follows the event log."""
-        return (self.follower,)
+    def wait_until_derived(
+        self, position: int, app_id: str | None = None, timeout: float = WAIT_SECONDS
+    ) -> bool:
+        """Wait until the read models hold the log up to `position` and, with `app_id`, every
+        answer of the app is derived with its catalogue (a catalogue change fans out to all of
+        them): what a write waits for before it answers. False on timeout."""
 
-    def poke_followers(self) -> None:
-        for follower in self.followers:
-            follower.poke()
+        def derived() -> bool:
+            with self.follower.reading() as cursor:
+                return dirty_rows(cursor, app_id) == 0
+
+        return self.follower.wait_for(position, timeout, derived if app_id else None)
+
+    def project(self) -> int:
+        """Apply everything recorded so far, then what is due: what the projector does, here
+        and now (commands that run on their own, tests). How many events were applied."""
+        applied = self.follower.catch_up()
+        self.follower.derive_due()
+        return applied
 
     def close(self) -> None:
         self.writer.stop()
         self.resolver.stop()
-        for follower in self.followers:
-            follower.stop()
+        self.follower.stop()
         self.views.close()
         self.log.close()
 
@@ -55,14 +78,15 @@ class Engine:
 def bootstrap(settings: Settings) -> Engine:
     log = open_event_log(settings.database_url)
     views = open_view_store(settings.database_url)
-    follower = Follower(log, views, BuyerReadModels())
+    clock = Clock()
+    policies = {app_id: app.policy for app_id, app in settings.apps.items()}
+    follower = Follower(log, views, BuyerReadModels(policies, clock))
     catalogues = Catalogues(log)
     for app in settings.apps.values():
         if app.catalogue_file is not None:
             catalogues.seed(app.app_id, app.catalogue_file)
-    ingestor = Ingestor(log)
-    answers = AnswerCache()
-    engine = Engine(
+    ingestor = Ingestor(log, on_recorded=follower.poke)
+    return Engine(
         settings=settings,
         log=log,
         views=views,
@@ -70,14 +94,9 @@ def bootstrap(settings: Settings) -> Engine:
         ingestor=ingestor,
         linker=Linker(log, follower),
         catalogues=catalogues,
-        entitlements=Entitlements(follower, catalogues, settings.apps, answers=answers),
-        history=CustomerHistory(log, follower, follower),
+        entitlements=Entitlements(follower.reader, catalogues, settings.apps, clock),
+        history=CustomerHistory(log, follower.reader),
         resolver=CheckoutResolver(log, follower, settings.apps),
         writer=GroupCommitWriter(ingestor),
-        answers=answers,
+        clock=clock,
     )
-    engine.ingestor.on_recorded = engine.poke_followers
-    log.pending = engine.answers  # told of every write before it is saved (read-your-writes)
-    follower.on_applied = engine.answers.applied  # what each batch touched ends cached answers
-    follower.wants_touched = engine.answers.holds_anything
-    return engine

@@ -23,7 +23,6 @@ class Catalogues:
         self.log = log
         self._cache: dict[str, tuple[int, Catalogue]] = {}
         self._checked: dict[str, float] = {}  # app id -> monotonic time its cache is trusted to
-        self._seen_at: dict[str, int] = {}  # app id -> log position its cache is current at
         self._lock = threading.Lock()
 
     def current(self, app_id: str) -> Catalogue:
@@ -45,21 +44,6 @@ class Catalogues:
         self._cache[app_id] = (aggregate.version, catalogue)
         return catalogue
 
-    def current_at(self, app_id: str, position: int) -> Catalogue:
-        """The app's catalogue as it stands once the log's events up to `position` (a read
-        model's tracked position, read before this call) are committed: re-read only when the
-        log has moved since the last look. An answer derived with it holds until that position
-        moves, since a catalogue change is an event in the same log."""
-        with self._lock:
-            seen = self._seen_at.get(app_id, -1)
-        if position <= seen and app_id in self._cache:
-            return self._cache[app_id][1]
-        self._checked.pop(app_id, None)  # look now
-        catalogue = self.current(app_id)
-        with self._lock:
-            self._seen_at[app_id] = max(position, self._seen_at.get(app_id, -1))
-        return catalogue
-
     def as_of(self, app_id: str, known_at: float | None) -> Catalogue:
         """The catalogue as it stood at `known_at` (epoch seconds; None: now), so that a query
         "as known then" also uses the SKUs and permissions of then. Catalogues change rarely:
@@ -74,8 +58,9 @@ class Catalogues:
                 text = event.catalogue
         return Catalogue.from_json(json.loads(text)) if text else Catalogue()
 
-    def replace(self, app_id: str, catalogue: Catalogue) -> bool:
-        """Record the new catalogue; False (and nothing written) when it is unchanged."""
+    def replace(self, app_id: str, catalogue: Catalogue) -> int | None:
+        """Record the new catalogue; the log position of its event, or None (and nothing
+        written) when it is unchanged."""
         with self._lock:
             try:
                 aggregate = self.log.repository.get(catalogue_id(app_id))
@@ -83,11 +68,11 @@ class Catalogues:
                 aggregate = AppCatalogue(app_id)
             text = json.dumps(catalogue.to_json(), sort_keys=True)
             if aggregate.version > 1 and aggregate.catalogue == text:
-                return False
+                return None
             aggregate.replace(text)
-            self.log.save(aggregate)
+            recordings = self.log.save(aggregate)
             self._checked.pop(app_id, None)
-            return True
+            return recordings[-1].notification.id
 
     def seed(self, app_id: str, path: Path) -> None:
         """Load an app's initial catalogue from its configured file, once, if it has none."""

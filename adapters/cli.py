@@ -111,7 +111,7 @@ def rebuild(app_id: str | None, projection: str) -> None:
     tune_for_server()  # a long run that allocates per event, like the server
     try:
         total = engine.log.recorder.max_notification_id() or 0
-        for follower in engine.followers:
+        for follower in (engine.follower,):
             name = follower.projection.name
             if projection not in ("all", name):
                 continue
@@ -142,23 +142,22 @@ def project(once: bool, poll: float, parent: int | None, nice: int) -> None:
     if nice:
         os.nice(nice)
     engine = bootstrap(_settings())
-    for follower in engine.followers:  # no answer cache is read here: nothing to tell it
-        follower.on_applied = None
+    follower = engine.follower
     try:
         if once:
-            for follower in engine.followers:
-                applied = follower.catch_up()
-                click.echo(f"{follower.projection.name}: applied {applied} events")
+            follower.seed()
+            applied = engine.project()
+            click.echo(f"{follower.projection.name}: applied {applied} events")
             return
         if parent is None:
             click.echo("following the event log; Ctrl-C to stop", err=True)
         else:  # started by `serve`: a long-running process like it, logging as it does
             configure_logging()
             tune_for_server()
-        threads = [follower.start_background(poll) for follower in engine.followers]
+        thread = follower.start_background(poll)
         # An orphan is adopted by another process: its parent id changes.
-        while any(t.is_alive() for t in threads) and parent in (None, os.getppid()):
-            threads[0].join(timeout=0.5)
+        while thread.is_alive() and parent in (None, os.getppid()):
+            thread.join(timeout=0.5)
     except KeyboardInterrupt:
         pass
     finally:
@@ -170,6 +169,7 @@ def resolve_checkouts() -> None:
     """Fetch the line items of checkouts whose products are unknown (one pass)."""
     engine = bootstrap(_settings())
     try:
+        engine.project()  # the checkouts recorded so far, whether or not a server runs
         summary = engine.resolver.run_once()
     finally:
         engine.close()
@@ -204,6 +204,7 @@ def catalogue_apply(file: str, app_id: str | None, dry_run: bool) -> None:
         raise click.ClickException(str(error)) from error
     engine = bootstrap(settings)
     try:
+        engine.project()  # compared with what is recorded, whether or not a server runs
         diff = engine.entitlements.preview_catalogue(app_id, proposed, int(time.time()))
         for verb, changes in (("gain", diff.gains), ("lose", diff.losses)):
             for permission_id, customids in sorted(changes.items()):
@@ -211,7 +212,8 @@ def catalogue_apply(file: str, app_id: str | None, dry_run: bool) -> None:
         if dry_run:
             click.echo(f"dry run: nothing changed ({diff.customids} customids compared)")
             return
-        changed = engine.catalogues.replace(app_id, proposed)
+        changed = engine.catalogues.replace(app_id, proposed) is not None
+        engine.project()  # everyone's answers derived with it (or by a server's projector)
     finally:
         engine.close()
     click.echo("catalogue replaced" if changed else "catalogue unchanged")

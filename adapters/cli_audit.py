@@ -23,8 +23,8 @@ from adapters.config import ConfigError, Settings, load_settings
 from adapters.history import entry_json
 from adapters.http.errors import ApiError
 from adapters.http.params import instant
-from adapters.http.render import permissions_json
 from projections.history import HistoryFilter
+from projections.shapes import permissions_json
 
 
 def _settings() -> Settings:
@@ -43,8 +43,11 @@ def _app_id(settings: Settings, app_id: str | None) -> str:
 
 @contextmanager
 def _engine(settings: Settings) -> Iterator[Engine]:
+    """An engine whose read models hold everything recorded (a command runs on its own: no
+    projector may be running)."""
     engine = bootstrap(settings)
     try:
+        engine.project()
         yield engine
     finally:
         engine.close()

@@ -8,10 +8,9 @@ that choice cannot be changed later without migrating every stored event.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID
 
@@ -40,40 +39,15 @@ class EventLog(Application):
 
     name = "Entitlements"
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        super().__init__(env)
-        # The newest notification id this process has written (or found at start): reads
-        # catch their read models up to it, so that they see their own writes.
-        self.high_water = self.recorder.max_notification_id() or 0
-        self._high_water_lock = threading.Lock()
-        # Told of each write before and after it is saved (`projections/answers.AnswerCache`).
-        self.pending: Any = None
-
     def construct_transcoder(self) -> OrjsonTranscoder:
         transcoder = OrjsonTranscoder()
         self.register_transcodings(transcoder)
         return transcoder
 
-    def save(self, *objs: Any, touches: Any = None, **kwargs: Any) -> Any:
-        """Save, telling `pending` (the answer cache) before and after: `touches` says what the
-        events may change for cached answers (None: anything)."""
-        pending = self.pending
-        token = pending.writing(touches) if pending is not None else None
-        try:
-            if objs and not kwargs and all(isinstance(obj, DomainEvent) for obj in objs):
-                recordings = self._save_events(objs)
-            else:
-                recordings = super().save(*objs, **kwargs)
-        except BaseException:
-            if pending is not None:
-                pending.not_written(token)
-            raise
-        if pending is not None:
-            pending.written(token, recordings[-1].notification.id if recordings else 0)
-        if recordings:
-            with self._high_water_lock:
-                self.high_water = max(self.high_water, recordings[-1].notification.id)
-        return recordings
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        if objs and not kwargs and all(isinstance(obj, DomainEvent) for obj in objs):
+            return self._save_events(objs)
+        return super().save(*objs, **kwargs)
 
     def _save_events(self, events: tuple[DomainEvent, ...]) -> Any:
         """What `Application.save` does with domain events, without its per-object checks
@@ -113,19 +87,6 @@ class EventLog(Application):
             )
         return {_as_uuid(originator_id): version for originator_id, version in rows}
 
-    def heads(self, start: int, end: int) -> list[Head]:
-        """The notifications in (start, end] without their state: what judging a range another
-        process applied needs (`projections/touched.py`). Reading each event's state (a 4.5 KB
-        Stripe body) to learn its topic cost the server as much as applying it."""
-        if self._on_postgres():
-            query = "SELECT notification_id, originator_id, topic FROM {table} "
-            query += "WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id"
-        else:
-            query = "SELECT rowid, originator_id, topic FROM {table} "
-            query += "WHERE rowid > ? AND rowid <= ? ORDER BY rowid"
-        rows = self._select(query, (start, end))
-        return [Head(id, _as_uuid(originator_id), topic) for id, originator_id, topic in rows]
-
     def _on_postgres(self) -> bool:
         return hasattr(self.recorder.datastore, "schema")  # type: ignore[attr-defined]
 
@@ -144,14 +105,6 @@ class EventLog(Application):
 
     def history(self, aggregate_id: Any) -> list[Buyer.Event]:
         return list(self.events.get(aggregate_id))
-
-
-class Head(NamedTuple):
-    """A notification's id, aggregate and topic (`EventLog.heads`)."""
-
-    id: int
-    originator_id: UUID
-    topic: str
 
 
 def _as_uuid(value: Any) -> UUID:

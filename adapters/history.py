@@ -20,7 +20,7 @@ from adapters.eventstore import EventLog
 from adapters.stripe.facts import facts_from_event
 from domain.aggregates import Buyer, buyer_id
 from projections.buyer_facts import buyers_of_customid
-from projections.follower import Follower
+from projections.follower import ReadModelReader
 from projections.history import HistoryFilter, HistoryRow, history_page
 
 MAX_PAGE = 1000
@@ -44,15 +44,13 @@ class HistoryPage:
 
 
 class CustomerHistory:
-    def __init__(self, log: EventLog, links: Follower, index: Follower) -> None:
+    def __init__(self, log: EventLog, reader: ReadModelReader) -> None:
         self.log = log
-        self.links = links  # the buyer-facts follower: which buyers an app user has
-        self.index = index  # the buyer-history follower
+        self.reader = reader  # the read models: which buyers an app user has, and the index
 
     def buyer_keys(self, app_id: str, customid: str) -> list[str]:
         """The buyers linked to `customid` now (a transferred buyer's whole history moves)."""
-        self.links.catch_up_if_behind()
-        with self.links.reading() as cursor:
+        with self.reader.reading() as cursor:
             return buyers_of_customid(cursor, app_id, customid)
 
     def page(self, app_id: str, customid: str, where: HistoryFilter) -> HistoryPage | None:
@@ -63,10 +61,9 @@ class CustomerHistory:
         return self.page_of_buyers(app_id, keys, where)
 
     def page_of_buyers(self, app_id: str, keys: Sequence[str], where: HistoryFilter) -> HistoryPage:
-        self.index.catch_up_if_behind()
         uuids = [str(buyer_id(app_id, key)) for key in keys]
         limit = max(1, min(where.limit, MAX_PAGE))
-        with self.index.reading() as cursor:
+        with self.reader.reading() as cursor:
             rows = history_page(cursor, uuids, replace(where, limit=limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]

@@ -25,7 +25,6 @@ from adapters.appending import at_version, next_in_history, save_retrying
 from adapters.eventstore import EventLog
 from adapters.stripe.envelope import StripeEnvelope
 from domain.aggregates import Buyer, WebhookReceipt, buyer_id, receipt_id
-from projections.answers import Touched
 
 VERSION_CACHE_SIZE = 100_000  # buyers whose next version is remembered
 
@@ -40,12 +39,6 @@ class Webhook:
     app_id: str
     envelope: StripeEnvelope
     raw: str
-
-
-def touches_of(webhooks: list[Webhook]) -> tuple[Touched, ...]:
-    """What these webhooks may change for cached answers: each one's buyer, and every customid
-    its payload could claim (`StripeEnvelope.claimed`)."""
-    return tuple(Touched(w.app_id, w.envelope.buyer_key, w.envelope.claimed) for w in webhooks)
 
 
 class Ingestor:
@@ -70,7 +63,7 @@ class Ingestor:
         """
         try:
             events, outcomes, next_versions = self._batch(webhooks)
-            self.log.save(*events, touches=touches_of(webhooks))
+            self.log.save(*events)
         except IntegrityError:
             self._forget([(w.app_id, w.envelope.buyer_key) for w in webhooks])
             return [self._outcome_of(webhook) for webhook in webhooks]
@@ -142,12 +135,9 @@ class Ingestor:
 
     def record(self, webhook: Webhook) -> Outcome:
         saved = save_retrying(
-            self.log,
-            lambda: self.new_events(webhook),
-            lambda: self.is_duplicate(webhook),
-            touches_of([webhook]),
+            self.log, lambda: self.new_events(webhook), lambda: self.is_duplicate(webhook)
         )
-        if not saved:
+        if saved is None:
             return Outcome.DUPLICATE
         self._forget([(webhook.app_id, webhook.envelope.buyer_key)])  # re-read next time
         self.on_recorded()

@@ -114,7 +114,8 @@ class CheckoutResolver:
         summary = PassSummary()
         if not self.apps:
             return summary
-        self.follower.catch_up_if_behind()  # see the resolutions appended by earlier passes
+        # A resolution of an earlier pass not projected yet is found in the log before any
+        # fetch (`_resolve_checkout`): nothing is fetched or recorded twice.
         self._refresh_pending()
         summary.found = len(self._pending)
         now = self.clock()
@@ -186,11 +187,12 @@ class CheckoutResolver:
             ]
 
         try:
-            return save_retrying(
+            saved = save_retrying(
                 self.log, build, already_done=lambda: self._resolved_in_history(bid, session_id)
             )
         except _AlreadyResolved:
             return False
+        return saved is not None
 
     def _resolved_in_history(self, bid: UUID, session_id: str) -> bool:
         return _resolves(self.log.history(bid), session_id)

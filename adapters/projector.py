@@ -5,10 +5,10 @@ of the server took the interpreter from the threads that answer webhooks and com
 every hand-off of it delayed the commit thread's next step: on two cores, webhooks/s rose by a
 sixth with the read models in a process of their own (docs/benchmarks.md, W1).
 
-The server still follows the read model (`Follower.run_observing`): it reports what the
-projector applied to the answer cache, catches up itself for its own writes before a read, and
-applies events itself should the read model stall. This supervisor restarts the projector if it
-exits, and the projector exits when the server is gone, even killed (`project --parent`).
+The server only reads the read models (`projections/follower.ReadModelReader`); its own writes
+that must be seen at once (a link, a catalogue) wait until the projector has applied them. This
+supervisor restarts the projector if it exits, and the projector exits when the server is gone,
+even killed (`project --parent`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ log = logging.getLogger("entitlements.projector")
 
 POLL_INTERVAL = 0.05  # seconds between the projector's looks at the log (it is not woken)
 # The projector yields the CPU to the server: a webhook is answered once durable, and its
-# projection can wait. On two cores, W1 PostgreSQL gained 1-10% (3 alternating pairs); reads
-# of a server's own writes never wait for the projector (the server catches up itself).
+# projection can wait. On two cores, W1 PostgreSQL gained 1-10% (3 alternating pairs).
 NICENESS = 10
 RESTART_DELAY = 1.0  # seconds before a projector that exited is started again
 

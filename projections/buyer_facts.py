@@ -6,10 +6,11 @@ Stripe JSON; for every customid claim (metadata, client_reference_id, connect_st
 claim, and from the claims it keeps each buyer's current link. Subscriptions, purchases and
 permissions are then derived from these facts at the instant asked (`projections/entitlements.py`).
 
-`apply` reports what each event touched (`projections/answers.py`: the buyer, and every customid
+`apply` reports what each event touched (`projections/touched.py`: the buyer, and every customid
 it was linked to or claimed before and after the event; an app's catalogue; or, for an event it
-does not know, everything), so that cached answers that read none of it stay valid.
-`projections/touched.py` says the same of events another process applied, from the rows left.
+does not know, everything), so that the grants read model derives again the answers of exactly
+those customids (`projections/grants.py`). `payment_names` says which buyers' facts name each
+guest payment: a refund or dispute recorded on the payment's own history changes their answers.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import orjson
 from adapters.stripe.facts import facts_from_event, line_items_from_stripe
 from domain.aggregates import AppCatalogue, Buyer, WebhookReceipt
 from domain.facts import CheckoutCompleted, Fact, fact_from_dict
-from projections.answers import EVERYTHING, Touched
 from projections.store import Cursor, Row, placeholders
+from projections.touched import EVERYTHING, Touched
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS buyer_facts (
@@ -55,6 +56,11 @@ SCHEMA = [
     # A customer's checkouts, the only fact rows updated in place (`customer_facts`): few rows.
     "CREATE INDEX IF NOT EXISTS buyer_facts_checkouts ON buyer_facts (app_id, buyer_key, position) "
     "WHERE kind = 'checkout'",
+    # Which buyers' facts name a payment (`payment:<id>`): whose answers a guest payment's
+    # history (a refund or dispute naming no customer) may change.
+    """CREATE TABLE IF NOT EXISTS payment_names (
+        app_id TEXT NOT NULL, payment_key TEXT NOT NULL, buyer_key TEXT NOT NULL,
+        PRIMARY KEY (app_id, payment_key, buyer_key))""",
 ]
 
 FACT_CACHE_SIZE = 20_000  # decoded facts kept per process (~2 KB each with their text)
@@ -94,6 +100,7 @@ class StoredFact:
 
 
 INSERT_FACT = "INSERT INTO buyer_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+INSERT_NAME = "INSERT INTO payment_names VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 INSERT_LINK = (
     "INSERT INTO buyer_links (buyer_uuid, app_id, buyer_key, customid) VALUES (?, ?, ?, ?) "
     "ON CONFLICT DO NOTHING"
@@ -112,6 +119,7 @@ class _Batch:
 
     buyers: dict[str, BuyerRow] = field(default_factory=dict)
     facts: list[tuple[Any, ...]] = field(default_factory=list)
+    names: set[tuple[str, str, str]] = field(default_factory=set)  # payment_names rows
     # Buyers this batch registered (no row before it), with the (customid, source) of every
     # claim row they have: all written by this batch, since a buyer's claims come only from
     # its own events, which follow its registration. Their link rows are written at the end.
@@ -124,7 +132,7 @@ class BuyerFactsProjection:
     """Turns domain events into rows; called by the follower inside one transaction."""
 
     name = "buyer_facts"
-    tables = ("buyer_facts", "customid_claims", "buyer_links")
+    tables = ("buyer_facts", "customid_claims", "buyer_links", "payment_names")
     indexes = (
         "buyer_links_customid",  # dropped
         "buyer_links_key",  # dropped
@@ -218,11 +226,21 @@ class BuyerFactsProjection:
             )
             for seq, fact in enumerate(facts)
         ]
+        names = {
+            (buyer.app_id, key, buyer.buyer_key)
+            for fact in facts
+            for key in payment_keys(fact)
+            if key != buyer.buyer_key
+        }
         state = self._batches.get(cursor)
         if state is not None:
             state.facts.extend(rows)
-        elif rows:
-            cursor.executemany(INSERT_FACT, rows)
+            state.names |= names
+        else:
+            if rows:
+                cursor.executemany(INSERT_FACT, rows)
+            if names:
+                cursor.executemany(INSERT_NAME, sorted(names))
         claimed = _claimed_customids(facts)
         linked = []
         for customid in claimed:
@@ -343,6 +361,9 @@ def _write_facts(cursor: Cursor, state: _Batch) -> None:
     if state.facts:
         cursor.executemany(INSERT_FACT, state.facts)
         state.facts.clear()
+    if state.names:
+        cursor.executemany(INSERT_NAME, sorted(state.names))
+        state.names.clear()
 
 
 def touched(buyer: BuyerRow, *customids: str | None) -> Touched:
@@ -402,6 +423,23 @@ def buyers_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[str]:
         (app_id, customid),
     )
     return [row[0] for row in cursor.fetchall()]
+
+
+def customids_naming(cursor: Cursor, app_id: str, payment_keys: Iterable[str]) -> set[str]:
+    """The customids whose buyers' facts name one of these guest payment keys: their answers
+    consider those payments' histories (`customer_facts`)."""
+    keys = sorted(payment_keys)
+    if not keys:
+        return set()
+    cursor.execute(
+        "SELECT DISTINCT buyer_links.customid FROM payment_names JOIN buyer_links "
+        "ON buyer_links.app_id = payment_names.app_id "
+        "AND buyer_links.buyer_key = payment_names.buyer_key "
+        f"WHERE payment_names.app_id = ? AND payment_names.payment_key IN ({placeholders(keys)}) "
+        "AND buyer_links.customid IS NOT NULL",
+        (app_id, *keys),
+    )
+    return {row[0] for row in cursor.fetchall()}
 
 
 def customids_of_app(cursor: Cursor, app_id: str) -> list[str]:
@@ -483,7 +521,7 @@ def _decoded(body: str) -> tuple[Fact, tuple[str, ...]]:
     except orjson.JSONDecodeError:
         data = json.loads(body)
     fact = fact_from_dict(data)
-    return fact, tuple(f"{PAYMENT_PREFIX}{ref}" for ref in _payment_refs(fact))
+    return fact, payment_keys(fact)
 
 
 _FACT, _PAYMENT_KEYS = operator.itemgetter(0), operator.itemgetter(1)  # of a `_decoded` fact
@@ -599,6 +637,11 @@ def facts_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[Stored
         StoredFact(load_fact(body), key, recorded_at, position)
         for body, recorded_at, key, position in rows
     ]
+
+
+def payment_keys(fact: Fact) -> tuple[str, ...]:
+    """The buyer keys of the guest payments a fact names (`payment:<id>`)."""
+    return tuple(f"{PAYMENT_PREFIX}{ref}" for ref in _payment_refs(fact))
 
 
 def _payment_refs(fact: Fact) -> list[str]:

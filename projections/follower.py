@@ -4,20 +4,18 @@ The follower reads the application's notification log after its tracked position
 of events, and moves its tracking row in the same transaction as the rows it wrote. A crash
 between batches loses nothing and repeats nothing; two followers racing (two processes) cannot
 both apply a batch, because the tracking row only moves forward from the position they read.
-SQLite has no push subscriptions, so this is a pull loop: `catch_up()` on demand (after a write,
-before a read) and `run_forever()` in a worker thread or process; or, in a server whose events
-another process applies (`entitlements project`, which `serve` starts), `run_observing()`.
+SQLite has no push subscriptions, so this is a pull loop (`run_forever`), run by the projector
+(`entitlements project`, which `serve` starts beside itself) or by a thread of the server.
+
+Between batches the follower also derives the answers whose time has come (`derive_due`: the
+projection's schedule), each chunk in a transaction that holds the same tracking row, so that
+a batch and a chunk never interleave, whichever processes run them.
+
+Readers never go through the follower: `ReadModelReader` reads the active generation from a
+snapshot of its own, and never waits for a batch to be applied.
 
 A follower follows the projection's active generation (see `projections/generations.py`), or one
 fixed generation while that one is being rebuilt.
-
-What was applied is reported to `on_applied(touched, start, end)` after each batch commits:
-`touched` lists what the projection's `apply` returned for the events in (start, end] (what they
-may have changed; None from `apply`: nothing a reader of changes cares about). A range another
-process applied (the tracked position is beyond the end of what this follower reported) is
-judged by the projection's optional `touched_elsewhere(cursor, notifications)` from the rows it
-left, or else reported with `touched` None: unknown, so everything up to its end. The answer
-cache listens (`projections/answers.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from adapters.eventstore import EventLog
@@ -40,6 +38,7 @@ TRACKING_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS projection_tracking ("
     "name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
 )
+GENERATION_SECONDS = 1.0  # how long a reader trusts the active generation it last read
 
 
 class Projection(Protocol):
@@ -49,25 +48,76 @@ class Projection(Protocol):
 
     def create_tables(self, cursor: Cursor) -> None: ...
 
-    # Returns what the event may have changed, for `Follower.on_applied` (None: nothing).
     # A projection may also name `ignored_topics`: events it never reads are not decoded.
-    def apply(self, cursor: Cursor, position: int, event: Any) -> Any: ...
+    def apply(self, cursor: Cursor, position: int, event: Any) -> None: ...
 
 
-# A projection may also offer `batch(cursor, events)`: a context manager within which the
-# follower applies those events, in order, on that cursor (one batch, one transaction), so that
-# it can read what they need at once and write rows together when the block ends.
-
-
-# on_applied(touched, start, end): events in (start, end] were committed; touched None: unknown.
-AppliedListener = Callable[[Sequence[Any] | None, int, int], None]
-# A longer range applied by another process is reported as unknown rather than read again
-# (after a restart, say: the whole log).
-FOREIGN_RANGE_JUDGED = 2_000
+# A projection may also offer:
+# - `batch(cursor, events)`: a context manager within which the follower applies those events,
+#   in order, on that cursor (one batch, one transaction), so that it can read what they need
+#   at once and write rows together when the block ends;
+# - `derive_due(cursor) -> int`: derive a chunk of what its schedule says is due; how many;
+# - `seed(cursor, position)`: make due whatever an older database or a configuration change
+#   left underived (once per start).
 
 
 class TrackingConflict(RuntimeError):
     """Another follower applied this batch first (or the generation switched); go on."""
+
+
+class ReadModelReader:
+    """Read-only transactions on a projection's active generation (or a fixed one)."""
+
+    def __init__(self, store: ViewStore, projection: Projection, generation: int | None = None):
+        self.store = store
+        self.projection = projection
+        self.generation = generation
+        self.created: set[int] = set()  # generations whose tables this process has made
+        self._active: tuple[float, int] | None = None  # (monotonic time read, generation)
+        self.create_tables(None)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[GenerationCursor]:
+        generation = self.generation or self._active_generation()
+        if generation not in self.created:
+            self.create_tables(generation)
+        with self.store.reading() as raw:
+            yield on_generation(raw, self.projection, generation)
+
+    def _active_generation(self) -> int:
+        """The generation that answers, read at most every `GENERATION_SECONDS` (after a
+        rebuild's switch, a reader may read the one before for that long: it stays whole)."""
+        known = self._active
+        if known is not None and time.monotonic() - known[0] < GENERATION_SECONDS:
+            return known[1]
+        with self.store.reading() as raw:
+            generation = active_generation(raw, self.projection.name)
+        self._active = (time.monotonic(), generation)
+        return generation
+
+    def create_tables(self, generation: int | None, attempts: int = 5) -> None:
+        """Several processes starting at once may race on CREATE TABLE IF NOT EXISTS
+        (PostgreSQL can then raise a unique violation): the loser tries again."""
+        for attempt in range(attempts):
+            try:
+                with self.store.transaction() as raw:
+                    raw.execute(TRACKING_SCHEMA)
+                    raw.execute(GENERATIONS_SCHEMA)
+                    if generation is not None:
+                        self.projection.create_tables(
+                            on_generation(raw, self.projection, generation)
+                        )
+                if generation is not None:
+                    self.created.add(generation)
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+
+    def position(self) -> int:
+        """The position up to which the read model has applied the log."""
+        with self.reading() as cursor:
+            return _tracked(cursor, tracking_name(self.projection.name, cursor.generation))
 
 
 class Follower:
@@ -86,119 +136,46 @@ class Follower:
         self.batch_size = batch_size
         self.generation = generation
         self.stop_at = stop_at
-        self._created: set[int] = set()
-        self._applied = 0  # the newest position this process has seen applied
-        # (generation, position) of the read model as last read or written here, and when:
-        # what cached answers are stamped with (see `settled`).
-        self.observed: tuple[int, int] = (0, 0)
-        self.observed_at = 0.0
-        self._observed_lock = threading.Lock()
-        self.on_applied: AppliedListener | None = None
-        # Whether the listener needs to know what a range applied elsewhere touched (else it
-        # is reported as unknown, without reading the rows it left): e.g. nothing is cached.
-        self.wants_touched: Callable[[], bool] = lambda: True
-        # The end of the last range reported to `on_applied`: a tracked position beyond it was
-        # applied by another process. Only the follower moves it (under `_lock`), never a query
-        # thread's `observe`, which may see a batch committed here but not reported yet.
-        self._reported = 0
+        self.reader = ReadModelReader(store, projection, generation)
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._look_now = threading.Event()  # a read saw a position not reported yet
         self._stop = threading.Event()
-        self._create_tables()
-
-    def _create_tables(self, attempts: int = 5) -> None:
-        # Several processes starting at once may race on CREATE TABLE IF NOT EXISTS
-        # (PostgreSQL can then raise a unique violation): the loser tries again.
-        for attempt in range(attempts):
-            try:
-                with self.store.transaction() as cursor:
-                    cursor.execute(TRACKING_SCHEMA)
-                    cursor.execute(GENERATIONS_SCHEMA)
-                with self.reading():
-                    return
-            except Exception:
-                if attempt == attempts - 1:
-                    raise
-                self._created.clear()
+        self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[GenerationCursor]:
-        """A transaction on the generation this follower writes (the active one by default)."""
+    def writing(self) -> Iterator[GenerationCursor]:
+        """A write transaction on the generation this follower writes."""
         with self.store.transaction() as raw:
-            yield self._on_generation(raw)
+            generation = self.generation or active_generation(raw, self.projection.name)
+            cursor = on_generation(raw, self.projection, generation)
+            fresh = generation not in self.reader.created
+            if fresh:
+                self.projection.create_tables(cursor)
+            yield cursor
+        if fresh:  # once committed: readers may rely on the tables from now on
+            self.reader.created.add(generation)
 
-    def _on_generation(self, raw: Cursor) -> GenerationCursor:
-        generation = self.generation or active_generation(raw, self.projection.name)
-        cursor = GenerationCursor(raw, self.projection.tables + self.projection.indexes, generation)
-        if generation not in self._created:
-            self.projection.create_tables(cursor)
-            self._created.add(generation)
-        return cursor
-
-    def _tracking_name(self, cursor: GenerationCursor) -> str:
-        return tracking_name(self.projection.name, cursor.generation)
+    def reading(self) -> contextlib.AbstractContextManager[GenerationCursor]:
+        """A read-only snapshot of the generation this follower writes."""
+        return self.reader.reading()
 
     def position(self) -> int:
-        with self.reading() as cursor:
-            return self.observe(cursor)[1]
+        return self.reader.position()
 
     def lag(self) -> int:
         """How many notifications the read model is behind the log (by id)."""
         return max(0, (self.log.recorder.max_notification_id() or 0) - self.position())
-
-    def settled(self, max_age: float) -> tuple[int, int] | None:
-        """The read model's (generation, position) as this process last saw it and reported
-        it, if it saw it within `max_age` seconds; else None (a cached answer could then be
-        stale). No query: the background loop keeps it current.
-
-        The position is no further than what was reported (`on_applied`): a query thread may
-        have read further, into a batch not reported yet (another process's projector commits
-        one every few milliseconds under load), and a cached answer judged at that position
-        would be refused until the report came, though no floor can be known there yet. Such
-        a batch counts as not seen yet, like any other process's write until this follower
-        sees it. (This process's own writes not projected yet are the answer cache's to
-        weigh: it is told of each before it is saved, and serves nothing they may touch.)"""
-        if time.monotonic() - self.observed_at > max_age:
-            return None
-        generation, position = self.observed
-        return generation, min(position, self._reported)
-
-    def observe(self, cursor: GenerationCursor) -> tuple[int, int]:
-        """The (generation, position) of the read model as `cursor`'s transaction sees it."""
-        position = _tracked(cursor, self._tracking_name(cursor))
-        self._observe(cursor.generation, position)
-        return cursor.generation, position
-
-    def _observe(self, generation: int, position: int) -> None:
-        with self._observed_lock:  # never backwards: threads may report what they read late
-            self._applied = max(self._applied, position)
-            if position >= self.observed[1]:
-                self.observed = (generation, position)
-                self.observed_at = time.monotonic()
-        if position > self._reported:  # until it is, cached answers are refused (answers.py)
-            self._look_now.set()
-
-    def catch_up_if_behind(self) -> None:
-        """Read your writes: apply whatever this process recorded before this call. Costs no
-        query when the read model already holds this process's newest write; writes of other
-        processes arrive through the background loop."""
-        target = self.log.high_water
-        if target <= self._applied:
-            return
-        if self.lag() > 0:
-            self.catch_up(until=target)
 
     def catch_up(
         self, on_batch: Callable[[int, int], None] | None = None, until: int | None = None
     ) -> int:
         """Apply everything recorded so far (or up to position `until` at least); returns how
         many events were applied. `on_batch(count, position)` is called after each committed
-        batch (progress bars). Reads waiting for their writes share one catch-up: whoever
-        holds the lock applies, and the others find their position applied."""
+        batch (progress bars)."""
         applied = 0
         with self._lock:
-            while until is None or self._applied < until:
+            position = -1
+            while until is None or position < until:
                 try:
                     count, position = self._apply_next_batch()
                 except TrackingConflict:
@@ -213,15 +190,12 @@ class Follower:
     def _apply_next_batch(self) -> tuple[int, int]:
         with self.reading() as cursor:
             generation, start = cursor.generation, _tracked(cursor, self._tracking_name(cursor))
-        self._report_foreign(start)
         notifications = self.log.recorder.select_notifications(
             start=start, limit=self.batch_size, stop=self.stop_at, inclusive_of_start=False
         )
         if not notifications:
-            self._observe(generation, start)
             return 0, start
-        touched: list[Any] = []
-        with self.reading() as cursor:
+        with self.writing() as cursor:
             name = self._tracking_name(cursor)
             if cursor.generation != generation or _tracked(cursor, name) != start:
                 raise TrackingConflict(name)
@@ -235,55 +209,76 @@ class Follower:
             scope = batch(cursor, [e for _, e in events]) if batch else contextlib.nullcontext()
             with scope:
                 for position, event in events:
-                    change = self.projection.apply(cursor, position, event)
-                    if change is not None:
-                        touched.append(change)
+                    self.projection.apply(cursor, position, event)
             _track(cursor, name, start, notifications[-1].id)
-        end = notifications[-1].id
-        self._report(touched, start, end)  # before `_observe`: fewer answers refused meanwhile
-        self._observe(generation, end)
-        return len(notifications), end
+        return len(notifications), notifications[-1].id
 
-    def _judge_foreign(self, start: int, end: int) -> list[Any] | None:
-        """What another process's events in (start, end] touched, from the rows they left and
-        their topics (nothing is decoded); None when that cannot be said (unknown)."""
-        judge = getattr(self.projection, "touched_elsewhere", None)
-        if judge is None or self.on_applied is None or end - start > FOREIGN_RANGE_JUDGED:
-            return None
-        if not self.wants_touched():
-            return None
-        try:
-            notifications = self.log.heads(start, end)
-            with self.reading() as cursor:
-                if _tracked(cursor, self._tracking_name(cursor)) < end:
-                    return None  # these rows do not hold the range (the generation switched)
-                return list(judge(cursor, notifications))
-        except Exception:
-            log.exception("judging a range of %s applied elsewhere failed", self.projection.name)
-            return None
+    def derive_due(self) -> int:
+        """Derive what the projection's schedule says is due, a chunk per transaction; how
+        many were derived."""
+        derive = getattr(self.projection, "derive_due", None)
+        total = 0
+        while derive is not None:
+            with self._lock, self._holding_position() as cursor:
+                count = 0 if cursor is None else derive(cursor)
+            total += count
+            if not count:
+                break
+        return total
 
-    def _report(self, touched: Sequence[Any] | None, start: int, end: int) -> None:
-        """Tell the listener what (start, end] touched. Should it fail, the range stays
-        unreported, and the next batch reports it as one applied elsewhere."""
-        if self.on_applied is not None:
-            try:
-                self.on_applied(touched, start, end)
-            except Exception:
-                log.exception("reporting applied events of %s failed", self.projection.name)
-                return
-        self._reported = max(self._reported, end)
+    def seed(self) -> None:
+        """Make due what an older database or a configuration change left underived."""
+        seed = getattr(self.projection, "seed", None)
+        if seed is None:
+            return
+        with self._lock, self._holding_position() as cursor:
+            if cursor is not None:
+                seed(cursor, _tracked(cursor, self._tracking_name(cursor)))
+
+    @contextlib.contextmanager
+    def _holding_position(self) -> Iterator[GenerationCursor | None]:
+        """A write transaction that holds the tracking row (no batch can commit meanwhile,
+        in any process); None when nothing was ever applied (nothing can be due)."""
+        with self.writing() as cursor:
+            name = self._tracking_name(cursor)
+            cursor.execute(
+                "UPDATE projection_tracking SET position = position WHERE name = ?", (name,)
+            )
+            yield cursor if cursor.rowcount == 1 else None
+
+    def _tracking_name(self, cursor: GenerationCursor) -> str:
+        return tracking_name(self.projection.name, cursor.generation)
+
+    def wait_for(
+        self, position: int, timeout: float, also: Callable[[], bool] | None = None
+    ) -> bool:
+        """Wait until the read model has applied the log up to `position` (and `also()` holds,
+        when given): a write's own effects, before its caller answers. False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poke()
+            if self.position() >= position and (also is None or also()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
     def poke(self) -> None:
-        """Something was written: wake the background loop."""
+        """Something was written: wake the background loop (in this process)."""
         self._wake.set()
 
-    def run_forever(self, poll_interval: float = 0.25, linger: float = 0.05) -> None:
-        """Follow until stopped. After a wake-up it lingers a moment, so that a burst of
-        webhooks is projected in one transaction rather than one each (a reader never waits
-        for this: reads catch up first)."""
+    def run_forever(self, poll_interval: float = 0.25, linger: float = 0.01) -> None:
+        """Follow until stopped: apply what was recorded, then derive what is due. After a
+        wake-up it lingers a moment, so that a burst of webhooks is projected in one
+        transaction rather than one each."""
+        seeded = False
         while not self._stop.is_set():
             try:
+                if not seeded:
+                    self.seed()
+                    seeded = True
                 self.catch_up()
+                self.derive_due()
             except Exception:  # keep following; the next round retries the same batch
                 log.exception("projection %s failed; retrying", self.projection.name)
                 self._stop.wait(1.0)
@@ -292,65 +287,23 @@ class Follower:
             self._wake.clear()
 
     def start_background(self, poll_interval: float = 0.25) -> threading.Thread:
-        return self._start(self.run_forever, poll_interval)
-
-    def start_observing(self) -> threading.Thread:
-        return self._start(self.run_observing)
-
-    def _start(self, loop: Callable[..., None], *args: Any) -> threading.Thread:
-        thread = threading.Thread(target=loop, args=args, name=self.projection.name, daemon=True)
+        thread = threading.Thread(
+            target=self.run_forever, args=(poll_interval,), name=self.projection.name, daemon=True
+        )
         thread.start()
+        self._thread = thread
         return thread
 
-    def run_observing(self, poll_interval: float = 0.05, stall_after: float = 2.0) -> None:
-        """Follow while another process applies the events (`entitlements project`, which
-        `serve` starts beside itself): report each range it applied to `on_applied` and keep
-        `observed` current, so that cached answers stay served; apply nothing, except when
-        the read model has not moved for `stall_after` seconds while the log is ahead (that
-        process is gone or stuck: then this one catches up itself). Reads still catch up for
-        this process's own writes first (`catch_up_if_behind`)."""
-        position, moved_at = -1, time.monotonic()
-        while not self._stop.is_set():
-            try:
-                seen = self.look()
-                if seen != position:
-                    position, moved_at = seen, time.monotonic()
-                elif time.monotonic() - moved_at > stall_after and self.lag() > 0:
-                    log.warning(
-                        "%s has not moved for %.0f s: applying here",
-                        self.projection.name,
-                        stall_after,
-                    )
-                    self.catch_up()
-            except Exception:
-                log.exception("observing %s failed; retrying", self.projection.name)
-                self._stop.wait(1.0)
-            # Not woken by writes (the projector applies them), but by a read that saw what
-            # the projector applied before this loop reported it.
-            self._look_now.wait(poll_interval)
-            self._look_now.clear()
-
-    def look(self) -> int:
-        """Report what another process applied since this one last reported, and observe the
-        read model's position (returned)."""
-        with self._lock:
-            with self.reading() as cursor:
-                generation = cursor.generation
-                position = _tracked(cursor, self._tracking_name(cursor))
-            self._report_foreign(position)
-            self._observe(generation, position)
-        return position
-
-    def _report_foreign(self, position: int) -> None:
-        """Under `_lock`: the read model is at `position`; what lies between the last report and
-        it, another process applied (not seen here): report it, judged from the rows left."""
-        if position > self._reported:
-            self._report(self._judge_foreign(self._reported, position), self._reported, position)
-
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background loop, and wait for the batch it may be applying."""
         self._stop.set()
         self._wake.set()
-        self._look_now.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+def on_generation(raw: Cursor, projection: Projection, generation: int) -> GenerationCursor:
+    return GenerationCursor(raw, projection.tables + projection.indexes, generation)
 
 
 def _tracked(cursor: Cursor, name: str) -> int:

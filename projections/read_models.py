@@ -1,39 +1,37 @@
-"""Both buyer read models, fed by one follower: the log is read and decoded once per event.
+"""The buyer read models, fed by one follower: the log is read and decoded once per event.
 
-`buyer_facts` (facts, claims, links: what permissions derive from) and `buyer_history` (the
-auditor's index) always move together: one tracking position, one transaction per batch, one
-generation, rebuilt together. Reading and decoding the log is a large part of projecting, so
-reading it once for both halves that cost.
-
-What an event touched (for the answer cache) is what `buyer_facts` reports: answers read only
-its rows; the history index serves the auditor, never a permission.
+`buyer_facts` (facts, claims, links: what answers derive from), `buyer_history` (the auditor's
+index) and `customer_grants` (the answers now, derived from the facts) always move together:
+one tracking position, one transaction per batch, one generation, rebuilt together. A batch's
+facts and the answers derived from them commit at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from domain.aggregates import WebhookReceipt
-from projections.answers import Touched
+from domain.policy import AppPolicy
 from projections.buyer_facts import BuyerFactsProjection
+from projections.grants import GrantsProjection
 from projections.history import HistoryProjection
 from projections.store import Cursor
-from projections.touched import touched_elsewhere
 
 
 class BuyerReadModels:
     name = "buyer_read_models"
-    tables = BuyerFactsProjection.tables + HistoryProjection.tables
-    indexes = BuyerFactsProjection.indexes + HistoryProjection.indexes
-    # Receipts only guard against redelivery: neither read model reads them.
+    tables = BuyerFactsProjection.tables + HistoryProjection.tables + GrantsProjection.tables
+    indexes = BuyerFactsProjection.indexes + HistoryProjection.indexes + GrantsProjection.indexes
+    # Receipts only guard against redelivery: no read model reads them.
     ignored_topics = frozenset({WebhookReceipt.Created.TOPIC})
 
-    def __init__(self) -> None:
+    def __init__(self, policies: Mapping[str, AppPolicy], clock: Callable[[], float]) -> None:
         self.facts = BuyerFactsProjection()
         self.history = HistoryProjection()
-        self.parts = (self.facts, self.history)
+        self.grants = GrantsProjection(policies, clock)
+        self.parts = (self.facts, self.history, self.grants)
 
     def create_tables(self, cursor: Cursor) -> None:
         for part in self.parts:
@@ -42,15 +40,27 @@ class BuyerReadModels:
     @contextlib.contextmanager
     def batch(self, cursor: Cursor, events: Sequence[Any]) -> Iterator[None]:
         """A follower's batch: `apply` each of `events` within this block (see each part's
-        `batch`: fewer statements, the same rows and the same reports as one by one)."""
-        with self.facts.batch(cursor, events), self.history.batch(cursor, events):
+        `batch`: fewer statements, the same rows as one by one). The grants come last: they
+        are derived from the facts the other parts write when their blocks end."""
+        with (
+            self.grants.batch(cursor),
+            self.facts.batch(cursor, events),
+            self.history.batch(cursor, events),
+        ):
             yield
 
-    def apply(self, cursor: Cursor, position: int, event: Any) -> Touched | None:
+    def apply(self, cursor: Cursor, position: int, event: Any) -> None:
         touched = self.facts.apply(cursor, position, event)
         self.history.apply(cursor, position, event)
-        return touched
+        self.grants.apply(cursor, position, event, touched)
 
-    def touched_elsewhere(self, cursor: Cursor, notifications: Sequence[Any]) -> list[Touched]:
-        """What events another process applied touched (`projections/touched.py`)."""
-        return touched_elsewhere(cursor, notifications)
+    def derive_due(self, cursor: Cursor) -> int:
+        """Derive the answers whose time has come (`GrantsProjection.derive_due`)."""
+        return self.grants.derive_due(cursor)
+
+    def seed(self, cursor: Cursor, position: int) -> None:
+        self.grants.seed(cursor, position)
+
+    def bulk(self, generation: int) -> contextlib.AbstractContextManager[None]:
+        """A rebuild's bulk pass of `generation`: answers are derived at its end, not per batch."""
+        return self.grants.bulk(generation)

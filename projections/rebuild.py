@@ -1,20 +1,23 @@
 """Rebuilding a read model from the first event, without downtime.
 
 The new generation is filled in large batches (one transaction each, constant memory) while the
-live one keeps answering queries and following new webhooks. Once the new one has caught up, it
+live one keeps answering queries and following new webhooks. A projection with answers derived
+from its rows (`bulk`, `seed`, `derive_due`: the grants) derives them once everyone's rows are
+in, each answer once, rather than once per batch. Once the new generation has caught up, it
 becomes the active one. The generation before the live one is dropped first: by then nothing can
 still be reading it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from adapters.eventstore import EventLog
-from domain.aggregates import Buyer
+from domain.aggregates import AppCatalogue, Buyer, catalogue_id
 from projections.follower import TRACKING_SCHEMA, Follower, Projection
 from projections.generations import SCHEMA as GENERATIONS_SCHEMA
 from projections.generations import (
@@ -56,16 +59,21 @@ def rebuild(
     started = time.monotonic()
     old, new = _prepare(store, projection)
     follower = Follower(log, store, projection, batch_size=batch_size, generation=new)
+    follower.reader.create_tables(new)
     events = 0
-    if app_id is not None:
-        copied_up_to = _copy_other_apps(store, projection, old, new, app_id)
-        only_app = OnlyApp(projection, app_id)
-        bounded = Follower(
-            log, store, only_app, batch_size=batch_size, generation=new, stop_at=copied_up_to
-        )
-        events += bounded.catch_up(on_batch)
-    events += follower.catch_up(on_batch)
-    events += follower.catch_up(on_batch)  # what arrived during the first pass
+    bulk = getattr(projection, "bulk", lambda generation: contextlib.nullcontext())
+    with bulk(new):
+        if app_id is not None:
+            copied_up_to = _copy_other_apps(store, projection, old, new, app_id)
+            only_app = OnlyApp(projection, app_id)
+            bounded = Follower(
+                log, store, only_app, batch_size=batch_size, generation=new, stop_at=copied_up_to
+            )
+            events += bounded.catch_up(on_batch)
+        events += follower.catch_up(on_batch)
+    follower.seed()  # every answer of the new rows is due now ...
+    follower.derive_due()  # ... and derived, each once
+    events += follower.catch_up(on_batch)  # what arrived meanwhile, derived batch by batch
     with store.transaction() as cursor:
         if not activate(cursor, projection.name, old, new):
             raise RebuildRaced(projection.name)
@@ -94,7 +102,8 @@ def _copy_other_apps(
 
 
 class OnlyApp:
-    """A projection seen through a filter: only the events of one app's buyers reach it.
+    """A projection seen through a filter: only the events of one app's buyers and catalogue
+    reach it.
     A replay starts at the first event, so every buyer's registration (which names its app)
     is seen before the buyer's other events."""
 
@@ -112,7 +121,13 @@ class OnlyApp:
     def apply(self, cursor: Cursor, position: int, event: Any) -> None:
         if isinstance(event, Buyer.Created) and event.app_id == self.app_id:
             self._buyers.add(event.originator_id)
-        if not isinstance(event, Buyer.Event) or event.originator_id in self._buyers:
+        if isinstance(event, Buyer.Event):
+            mine = event.originator_id in self._buyers
+        elif isinstance(event, AppCatalogue.Event):  # the others' catalogues were copied
+            mine = event.originator_id == catalogue_id(self.app_id)
+        else:
+            mine = True
+        if mine:
             self.inner.apply(cursor, position, event)
 
 

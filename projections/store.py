@@ -33,17 +33,30 @@ class Cursor(Protocol):
 
 class ViewStore(Protocol):
     def transaction(self) -> contextlib.AbstractContextManager[Cursor]: ...
+
+    # A read-only snapshot that never waits for a writer, nor makes one wait.
+    def reading(self) -> contextlib.AbstractContextManager[Cursor]: ...
+
     def close(self) -> None: ...
 
 
 class SQLiteViewStore:
+    """One connection writes (under a lock: SQLite has one writer at a time); each thread that
+    reads has a read-only connection of its own. With the WAL journal a reader sees the last
+    commit before its read began and neither waits for the writer nor holds it up, so a
+    query never queues behind the projector, nor behind another query."""
+
     def __init__(self, path: str) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA busy_timeout=10000")
-        self._lock = threading.RLock()  # one connection, shared by this process's threads
+        self._lock = threading.RLock()  # the writing connection, shared by this process's threads
+        self._readers = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._opened_lock = threading.Lock()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
@@ -57,8 +70,38 @@ class SQLiteViewStore:
                 raise
             cursor.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Cursor]:
+        if self.path == ":memory:":  # one database per connection: read through the writer's
+            with self.transaction() as cursor:
+                yield cursor
+            return
+        cursor = self._reader().cursor()
+        cursor.execute("BEGIN")  # deferred: a snapshot from the first read on
+        try:
+            yield cursor
+        finally:
+            cursor.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            conn.execute("PRAGMA query_only=1")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._readers.conn = conn
+            with self._opened_lock:
+                self._opened.append(conn)
+        return conn
+
     def close(self) -> None:
-        self._conn.close()
+        with self._opened_lock:
+            readers, self._opened = self._opened, []
+        for conn in readers:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        with self._lock:  # after a transaction in progress
+            self._conn.close()
 
 
 class RewritingCursor:
@@ -96,27 +139,50 @@ def _psycopg_placeholders(sql: str) -> str:
 
 
 class PostgresViewStore:
-    def __init__(self, database_url: str, max_size: int = 5) -> None:
-        from psycopg_pool import ConnectionPool
+    """Writes and reads have pools of their own, so that queries never wait for a connection
+    the projector holds. A read is a REPEATABLE READ, READ ONLY transaction: its statements
+    all see one snapshot (a batch is committed whole, so facts and links always agree)."""
 
+    def __init__(self, database_url: str, max_size: int = 5, max_readers: int = 10) -> None:
         conninfo, schema = split_schema(database_url)
         options = f"-c search_path={schema}" if schema else None
-        self._pool = ConnectionPool(
-            conninfo,
-            min_size=1,
-            max_size=max_size,
-            kwargs={"options": options} if options else {},
-            open=True,
-            timeout=float(database_timeout()),  # fail promptly while the database is down
-        )
+        self._pool = _pool(conninfo, options, max_size)
+        self._read_pool = _pool(conninfo, options, max_readers, configure=_read_only)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
             yield RewritingCursor(cursor, _psycopg_placeholders)
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Cursor]:
+        with self._read_pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield RewritingCursor(cursor, _psycopg_placeholders)
+
     def close(self) -> None:
+        self._read_pool.close()
         self._pool.close()
+
+
+def _pool(conninfo: str, options: str | None, max_size: int, configure: Any = None) -> Any:
+    from psycopg_pool import ConnectionPool
+
+    return ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=max_size,
+        kwargs={"options": options} if options else {},
+        configure=configure,
+        open=True,
+        timeout=float(database_timeout()),  # fail promptly while the database is down
+    )
+
+
+def _read_only(conn: Any) -> None:
+    from psycopg import IsolationLevel
+
+    conn.isolation_level = IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
 
 
 def split_schema(database_url: str) -> tuple[str, str | None]:

@@ -107,9 +107,9 @@ def ingest(engine: Engine, bodies: list[str], app_id: str = "demo") -> None:
 
 
 def settle(engine: Engine) -> None:
-    """Let the read models apply everything recorded so far (what the projector does in the
-    background), so that a query made next sees it."""
-    engine.follower.catch_up()
+    """Let the read models apply everything recorded so far and derive what is due (what the
+    projector does in the background), so that a query made next sees it."""
+    engine.project()
 
 
 @pytest.fixture
@@ -126,6 +126,10 @@ def engine(settings_doc: dict[str, Any]) -> Iterator[Engine]:
 
 @pytest.fixture
 def client(engine: Engine) -> Iterator[TestClient]:
+    """The HTTP API, with the read models following the log in a thread (as `serve` with
+    `projector = "thread"`): writes that wait for their effects (a link, a catalogue) see them
+    projected. Tests that query right after a webhook `settle` first."""
+    engine.follower.start_background(poll_interval=0.05)
     with TestClient(build_http_app(engine), raise_server_exceptions=False) as test_client:
         yield test_client
 

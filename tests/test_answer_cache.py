@@ -25,7 +25,7 @@ from adapters.bootstrap import Engine, bootstrap
 from adapters.config import settings_from_dict
 from adapters.http.app import build_http_app
 from adapters.http.fast_path import CACHEABLE_PARAMS, MAX_STALENESS, cacheable_params
-from adapters.http.render import permissions_json
+from projections.shapes import permissions_json
 from domain.catalogue import Catalogue
 from domain.facts import Fact, fact_from_dict
 from domain.rules import derive

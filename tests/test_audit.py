@@ -30,7 +30,7 @@ from adapters.bootstrap import Engine
 from adapters.cli import main
 from adapters.history import _runs as history_runs
 from projections.history import HistoryRow
-from tests.conftest import API_KEYS, FIXTURES, SECRETS, post_webhook
+from tests.conftest import API_KEYS, FIXTURES, SECRETS, post_webhook, settle
 from tests.lifecycles import CATALOGUE, DAY, T0, event, invoice, subscription
 
 AUTH = {"Authorization": f"Bearer {API_KEYS['demo']}"}
@@ -45,6 +45,7 @@ def deliver_at(client: TestClient, engine: Engine, received_at: float, raw: str,
     engine.ingestor.clock = lambda: received_at
     response = post_webhook(client, raw, app_id=app)
     assert response.status_code == 200, response.text
+    settle(engine)
 
 
 def put_catalogue(client: TestClient, doc: dict[str, Any] = CATALOGUE) -> None:

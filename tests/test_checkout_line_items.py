@@ -35,7 +35,7 @@ from adapters.http.asgi import create_app
 from adapters.line_items import CheckoutResolver
 from adapters.stripe.api import StripeApi
 from domain.aggregates import Buyer
-from tests.conftest import API_KEYS, FIXTURES, config_doc, post_webhook
+from tests.conftest import API_KEYS, FIXTURES, config_doc, post_webhook, settle
 
 STRIPE_KEY = "rk_test_resolver"
 AUTH = {"Authorization": f"Bearer {API_KEYS['demo']}"}
@@ -169,6 +169,7 @@ def checkout_event(session_id: str, customid: str) -> str:
 def deliver_checkout(client: TestClient, session_id: str, customid: str, app_id="demo") -> None:
     response = post_webhook(client, checkout_event(session_id, customid), app_id)
     assert response.status_code == 200, response.text
+    settle(client.app.state.engine)
 
 
 def setup_catalogue(client: TestClient) -> None:

@@ -8,13 +8,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.bootstrap import Engine
-from tests.conftest import fresh_engine, ingest
+from tests.conftest import fresh_engine, ingest, settle
 from tests.lifecycles import CATALOGUE, DAY, T0, customids, lifecycles
 
 INSTANTS = [T0 + d * DAY for d in (1, 4, 12, 20, 33, 36, 70)]
 
 
 def answers(engine: Engine, people: list[str]) -> dict:
+    settle(engine)
     return {
         (customid, at): engine.entitlements.permissions("demo", customid, at)
         for customid in people

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-from tests.conftest import API_KEYS, FIXTURES, post_webhook
+from tests.conftest import API_KEYS, FIXTURES, post_webhook, settle
 from tests.renderings import as_basil_invoice, as_basil_subscription
 
 AUTH = {"Authorization": f"Bearer {API_KEYS['demo']}"}
@@ -48,10 +48,12 @@ def real(name: str) -> dict[str, Any]:
 
 
 def deliver(client: TestClient, *events: dict[str, Any] | str) -> None:
+    """Post the events as Stripe would, and let the projector apply them."""
     for event in events:
         raw = event if isinstance(event, str) else json.dumps(event)
         response = post_webhook(client, raw)
         assert response.status_code == 200, response.text
+    settle(client.app.state.engine)
 
 
 def setup_catalogue(client: TestClient, doc: dict[str, Any] = CATALOGUE) -> None:

@@ -78,6 +78,7 @@ def fuzzed_engine(database_url: str) -> Iterator[Engine]:
     linked customer so that some generated requests find data."""
     doc = config_doc(database_url, server={"rate_limit_per_second": 0})
     engine = bootstrap(settings_from_dict(doc, env={}))
+    engine.follower.start_background(poll_interval=0.05)  # writes wait for their projection
     with TestClient(build_http_app(engine)) as client:
         client.put("/v1/catalogue", json=CATALOGUE, headers=AUTH).raise_for_status()
         client.post(

@@ -47,7 +47,7 @@ def routes() -> list[Route]:
 
 async def _api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)
-    return error_response(error.status, error.code, error.description)
+    return error_response(error.status, error.code, error.description, error.headers)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

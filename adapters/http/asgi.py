@@ -12,6 +12,7 @@ from adapters.config import load_settings
 from adapters.gc_tuning import tune_for_server
 from adapters.http.app import build_http_app
 from adapters.logging_setup import configure_logging
+from adapters.projector import POLL_INTERVAL as POLL_SECONDS
 from adapters.projector import ProjectorProcess, can_run_apart
 
 
@@ -29,11 +30,8 @@ def create_app() -> Starlette:
         if settings.projector == "process" and can_run_apart(settings.database_url):
             projector = ProjectorProcess()  # the read models follow the log there
             projector.start()
-            for follower in engine.followers:
-                follower.start_observing()
         else:  # in this process
-            for follower in engine.followers:
-                follower.start_background()
+            engine.follower.start_background(POLL_SECONDS)
         engine.resolver.start_background()  # line items of checkouts, fetched from Stripe
         yield
         if projector is not None:

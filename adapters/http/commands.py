@@ -41,8 +41,10 @@ async def put_catalogue(request: Request) -> JSONResponse:
     app = authenticated_app(request)
     engine = request.app.state.engine
     catalogue = parse_catalogue(await json_body(request, engine.settings.max_body_bytes))
-    changed = await run_in_threadpool(engine.catalogues.replace, app.app_id, catalogue)
-    return JSONResponse({**catalogue.to_json(), "changed": changed})
+    position = await run_in_threadpool(engine.catalogues.replace, app.app_id, catalogue)
+    if position is not None:  # seen by the app's next query, on any host
+        await run_in_threadpool(engine.wait_until_derived, position, app.app_id)
+    return JSONResponse({**catalogue.to_json(), "changed": position is not None})
 
 
 async def preview_catalogue(request: Request) -> JSONResponse:

@@ -12,6 +12,8 @@ INVALID_API_KEY = 1202
 
 
 class ApiError(Exception):
+    headers: dict[str, str] = {}
+
     def __init__(self, status: int, code: int, description: str) -> None:
         super().__init__(description)
         self.status = status
@@ -19,9 +21,11 @@ class ApiError(Exception):
         self.description = description
 
 
-def error_response(status: int, code: int, description: str) -> JSONResponse:
+def error_response(
+    status: int, code: int, description: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = {"status": status, "error": {"code": code, "description": description}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def bad_request(description: str) -> ApiError:

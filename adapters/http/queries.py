@@ -1,4 +1,9 @@
-"""GET /v1/permissions and GET /v1/subscriber: what an app user may do, and why."""
+"""GET /v1/permissions and GET /v1/subscriber: what an app user may do, and why.
+
+About now, the answer is the grants read model's (`projections/grants.py`), as it stands: one
+indexed read, never a derivation. About another instant (`at`, `known_at`) it is derived from
+the facts as they stand. Neither waits for the projector.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from adapters.http.auth import authenticated_app
-from adapters.http.errors import SUBSCRIBER_NOT_FOUND, ApiError
+from adapters.http.errors import GENERIC, SUBSCRIBER_NOT_FOUND, ApiError
 from adapters.http.params import flag, instant, required_text
-from adapters.http.render import permissions_json, subscriber_json
-from projections.answers import Answer
+from projections.grants import EXPLAINED, PERMISSIONS, SUBSCRIBER, NotDerivedYet
+from projections.shapes import permissions_json
+
+RETRY_AFTER = "1"  # seconds, when an answer is being derived for the first time
 
 
-async def get_permissions(request: Request) -> JSONResponse:
+async def get_permissions(request: Request) -> Response:
     app = authenticated_app(request)
     params = request.query_params
     customid = required_text(params.get("customid"), "customid")
@@ -24,7 +31,10 @@ async def get_permissions(request: Request) -> JSONResponse:
     known_at = instant(params.get("known_at"), "known_at")
     engine = request.app.state.engine
     if at is None and known_at is None:
-        return await _permissions_now(engine, app.app_id, customid, explain)
+        kind = EXPLAINED if explain else PERMISSIONS
+        body = await run_in_threadpool(answer_now, engine, app.app_id, customid, kind)
+        assert body is not None  # permissions are never missing: "never bought" at least
+        return json_body(body)
     when = int(time.time() if at is None else at)
     permissions = await run_in_threadpool(
         engine.entitlements.permissions, app.app_id, customid, when, known_at
@@ -32,32 +42,32 @@ async def get_permissions(request: Request) -> JSONResponse:
     return JSONResponse(permissions_json(customid, permissions, explain))
 
 
-async def _permissions_now(engine, app_id: str, customid: str, explain: bool) -> Response:
-    body = await run_in_threadpool(_answer_now, engine, app_id, customid, explain)
-    return Response(body, media_type="application/json")
-
-
-def _answer_now(engine, app_id: str, customid: str, explain: bool) -> bytes:
-    """Derived now, and kept for the fast path (adapters/http/fast_path.py), which serves it
-    while nothing written since can have changed it."""
-    now = engine.entitlements.permissions_now(app_id, customid)
-    body = JSONResponse(permissions_json(customid, now.permissions, explain)).body
-    answer = Answer(body, now.stamp, now.at, now.valid_until, app_id, customid, now.depends_on)
-    engine.answers.put(answer_key(app_id, customid, explain), answer)
-    return body
-
-
-def answer_key(app_id: str, customid: str, explain: bool) -> tuple[str, str, bool]:
-    return (app_id, customid, explain)
-
-
-async def get_subscriber(request: Request) -> JSONResponse:
+async def get_subscriber(request: Request) -> Response:
     app = authenticated_app(request)
     customid = required_text(request.query_params.get("customid"), "customid")
-    entitlements = request.app.state.engine.entitlements
-    subscriber = await run_in_threadpool(
-        entitlements.subscriber, app.app_id, customid, int(time.time())
-    )
-    if subscriber is None:
+    engine = request.app.state.engine
+    body = await run_in_threadpool(answer_now, engine, app.app_id, customid, SUBSCRIBER)
+    if body is None:
         raise ApiError(404, SUBSCRIBER_NOT_FOUND, f"subscriber {customid!r} not found")
-    return JSONResponse(subscriber_json(subscriber))
+    return json_body(body)
+
+
+def answer_now(engine, app_id: str, customid: str, kind: str) -> bytes | None:
+    try:
+        return engine.entitlements.now(app_id, customid, kind)
+    except NotDerivedYet as error:
+        raise CatchingUp() from error
+
+
+class CatchingUp(ApiError):
+    """503 with Retry-After: the projector has not derived this answer yet (a first start on a
+    database written before the grants read model existed)."""
+
+    headers = {"Retry-After": RETRY_AFTER}
+
+    def __init__(self) -> None:
+        super().__init__(503, GENERIC, "this answer is being derived; retry shortly")
+
+
+def json_body(body: bytes) -> Response:
+    return Response(body, media_type="application/json")

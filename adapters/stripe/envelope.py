@@ -29,9 +29,6 @@ class StripeEnvelope:
     created: int
     buyer_key: str  # which buyer's history the event goes to (see `buyer_key_of`)
     event_class: type[Buyer.StripeEventRecorded]
-    # Every customid the event could claim: any `customid` or `client_reference_id` string in
-    # its object, at any depth (a superset of what its facts claim; see `claimed_in`).
-    claimed: tuple[str, ...] = ()
 
 
 # Which typed domain event each Stripe event type becomes. Types not listed are recorded as
@@ -97,28 +94,7 @@ def read_envelope(event: Any) -> StripeEnvelope:
         created=created or 0,
         buyer_key=buyer_key_of(data["object"]),
         event_class=EVENT_CLASSES.get(event_type, Buyer.OtherStripeEvent),
-        claimed=tuple(sorted(claimed_in(data["object"], set()))),
     )
-
-
-CLAIM_KEYS = ("customid", "client_reference_id")
-
-
-def claimed_in(value: Any, found: set[str]) -> set[str]:
-    """Every non-empty `customid` / `client_reference_id` string in `value`, at any depth.
-    Facts only read those keys (`adapters/stripe/facts.py`), so what an event's facts claim is
-    among these: the answer cache refuses answers for them until the event is projected."""
-    if type(value) is dict:
-        for key, item in value.items():
-            if key in CLAIM_KEYS and type(item) is str and item:
-                found.add(item)
-            elif type(item) is dict or type(item) is list:
-                claimed_in(item, found)
-    elif type(value) is list:
-        for item in value:
-            if type(item) is dict or type(item) is list:
-                claimed_in(item, found)
-    return found
 
 
 def _required_id(event: dict[str, Any], key: str) -> str:

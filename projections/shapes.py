@@ -1,15 +1,33 @@
-"""JSON shapes of the API: Glassfy's permission shape plus our extensions."""
+"""The answers' JSON shapes: Glassfy's permission shape plus our extensions.
+
+The grants read model keeps answers in these shapes (`projections/grants.py`); queries about
+another instant render them the same way.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from domain.facts import LineItem
-from domain.rules import PermissionStatus, Purchase, SkuGrant, SubscriptionState
+from domain.rules import Derivation, PermissionStatus, Purchase, SkuGrant, SubscriptionState
 from projections.buyer_facts import Claim
-from projections.entitlements import LinkedCustomer, Subscriber
 
 STRIPE_STORE = 4
+
+
+@dataclass(frozen=True)
+class LinkedCustomer:
+    buyer_key: str
+    claims: tuple[Claim, ...]
+    conflicts: tuple[Claim, ...]
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    customid: str
+    customers: tuple[LinkedCustomer, ...]
+    derivation: Derivation
 
 
 def permissions_json(
