@@ -49,7 +49,7 @@ class SkuGrant:
     """One SKU granted by one source (a subscription or a one-time purchase)."""
 
     sku_id: str
-    product_id: str
+    product_id: str | None  # None when the SKU names only a price
     source_id: str  # "sub_..." or the purchase id (payment intent, else session/charge id)
     entitlement: int
     expire_date: int | None  # None = lifetime
