@@ -466,6 +466,7 @@ def _subscriber_schemas() -> dict[str, Schema]:
                 "refunded": BOOLEAN,
                 "entitlement": INTEGER,
                 "rule": STRING,
+                "resolutionError": _nullable(STRING),
             }
         ),
         "LineItem": _object(
@@ -550,6 +551,8 @@ def _history_schemas() -> dict[str, Schema]:
                 "previousCustomid": _nullable(STRING),
                 "source": STRING,
                 "checkoutSessionId": STRING,
+                "status": _nullable(INTEGER),  # a refused line-item fetch: Stripe's HTTP status
+                "reason": STRING,  # and its message
             },
         ),
     }
