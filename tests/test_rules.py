@@ -728,7 +728,7 @@ def test_a_credit_note_is_partial_while_the_amount_paid_is_unknown():
     assert code(facts, day(4))[0] == -8  # the note's expanded invoice says it
 
 
-# --- one-off invoices are one-time purchases -------------------------------------------------------
+# --- one-off invoices are one-time purchases ------------------------------------------------------
 
 
 def one_off(*, at: int = day(0), product: str = "prod_L", paid: bool = True, **kw) -> Fact:
