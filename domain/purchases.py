@@ -53,17 +53,25 @@ def revocations_by_payment(known: Iterable[Fact], policy: AppPolicy) -> Revocati
     A credit note gives back the whole amount paid when it covers the `amount_paid` of its
     invoice (as the invoice's own facts, or the note's expanded invoice, tell).
     """
-    known = list(known)
-    paid = _amounts_paid(known)
     index: dict[str, set[Revocation]] = defaultdict(set)
+    notes: list[CreditNoteIssued] = []
     for fact in known:
-        revocation = _revocation(fact, policy, paid)
-        if revocation is None:
-            continue
+        if isinstance(fact, CreditNoteIssued):  # judged once every amount paid is known
+            notes.append(fact)
+        elif isinstance(fact, ChargeRefunded | DisputeObserved):
+            _index(index, fact, _revocation(fact, policy, {}))
+    if notes:
+        paid = _amounts_paid(known)
+        for note in notes:
+            _index(index, note, _revocation(note, policy, paid))
+    return {key: frozenset(found) for key, found in index.items()}
+
+
+def _index(index: dict[str, set[Revocation]], fact: Fact, revocation: Revocation | None) -> None:
+    if revocation is not None:
         for key in _payment_keys(fact):
             if key is not None:
                 index[key].add(revocation)
-    return {key: frozenset(found) for key, found in index.items()}
 
 
 def revocations_for(revocations: Revocations, keys: Iterable[str | None]) -> frozenset[Revocation]:
@@ -74,7 +82,7 @@ def revocations_for(revocations: Revocations, keys: Iterable[str | None]) -> fro
     return frozenset(found)
 
 
-def _amounts_paid(known: list[Fact]) -> dict[str, int]:
+def _amounts_paid(known: Iterable[Fact]) -> dict[str, int]:
     """invoice id -> the most its facts say was paid (`amount_paid` only grows)."""
     paid: dict[str, int] = {}
     for fact in known:
@@ -136,7 +144,7 @@ def derive_purchases(
     """Every paid one-time purchase, sorted by id (unresolved ones included, granting nothing)."""
     context = _PurchaseContext(known, revocations)
     purchases = []
-    for group in _group_by_payment(_purchase_facts(known)):
+    for group in _group_by_payment(context.purchase_facts()):
         purchase = _purchase(group, catalogue, at, context)
         if purchase is not None:
             purchases.append(purchase)
@@ -144,20 +152,47 @@ def derive_purchases(
 
 
 class _PurchaseContext:
-    """What purchases need from facts that are not purchases themselves: the revocations, the
-    payments that paid one-off invoices (InvoicePayments from basil on, payments naming their
-    invoice before), and the resolver's failures to fetch a checkout's line items."""
+    """The facts purchases are made of, read in one pass over a history, and what purchases
+    need from facts that are not purchases themselves: the revocations, the payments that paid
+    invoices (InvoicePayments from basil on, payments naming their invoice before), and the
+    resolver's refusals to fetch a checkout's line items."""
 
     def __init__(self, known: tuple[Fact, ...], revocations: Revocations) -> None:
         self.revocations = revocations
+        self.checkouts: list[CheckoutCompleted] = []
+        self.one_off: list[InvoiceObserved] = []
+        self.payments: list[PaymentSucceeded] = []
+        self.invoice_keys: set[str | None] = set()  # charges and intents that paid invoices
         self.invoice_payments: dict[str, set[str]] = defaultdict(set)
         self.failures: dict[str, LineItemsUnresolvable] = {}
         for fact in known:  # in fact_order: the last failure of a session is kept
-            if isinstance(fact, InvoicePaymentObserved | PaymentSucceeded) and fact.invoice_id:
-                paid_by = (fact.payment_intent_id, fact.charge_id)
-                self.invoice_payments[fact.invoice_id].update(k for k in paid_by if k)
+            if isinstance(fact, InvoiceObserved):
+                self.invoice_keys.add(fact.charge_id)
+                self.invoice_keys.add(fact.payment_intent_id)
+                if fact.subscription_id is None:
+                    self.one_off.append(fact)
+            elif isinstance(fact, InvoicePaymentObserved | PaymentSucceeded):
+                self._payment(fact)
+            elif isinstance(fact, CheckoutCompleted) and fact.mode == "payment":
+                self.checkouts.append(fact)
             elif isinstance(fact, LineItemsUnresolvable):
                 self.failures[fact.session_id] = fact
+        self.invoice_keys.discard(None)
+
+    def _payment(self, fact: InvoicePaymentObserved | PaymentSucceeded) -> None:
+        paid_by = [k for k in (fact.payment_intent_id, fact.charge_id) if k]
+        if isinstance(fact, PaymentSucceeded):
+            self.payments.append(fact)
+        else:
+            self.invoice_keys.update(paid_by)
+        if fact.invoice_id:
+            self.invoice_payments[fact.invoice_id].update(paid_by)
+
+    def purchase_facts(self) -> list[PurchaseFact]:
+        """Payment-mode checkouts, one-off invoices (of no subscription), and payments that
+        do not pay an invoice."""
+        payments = [f for f in self.payments if not _pays_invoice(f, self.invoice_keys)]
+        return [*self.checkouts, *self.one_off, *payments]
 
     def revoked(self, group: list[PurchaseFact]) -> frozenset[Revocation]:
         keys = {key for f in group for key in _ids(f)}
@@ -174,27 +209,7 @@ class _PurchaseContext:
         return last.reason if last.status is None else f"HTTP {last.status}: {last.reason}"
 
 
-def _purchase_facts(known: tuple[Fact, ...]) -> list[PurchaseFact]:
-    """Payment-mode checkouts, one-off invoices (of no subscription), and payments that do
-    not pay an invoice."""
-    invoice_payments = {
-        key
-        for fact in known
-        if isinstance(fact, InvoiceObserved | InvoicePaymentObserved)
-        for key in (fact.charge_id, fact.payment_intent_id)
-        if key is not None
-    }
-    checkouts = [f for f in known if isinstance(f, CheckoutCompleted) and f.mode == "payment"]
-    one_off = [f for f in known if isinstance(f, InvoiceObserved) and f.subscription_id is None]
-    payments = [
-        f
-        for f in known
-        if isinstance(f, PaymentSucceeded) and not _pays_invoice(f, invoice_payments)
-    ]
-    return [*checkouts, *one_off, *payments]
-
-
-def _pays_invoice(payment: PaymentSucceeded, invoice_payments: set[str]) -> bool:
+def _pays_invoice(payment: PaymentSucceeded, invoice_payments: set[str | None]) -> bool:
     return payment.invoice_id is not None or bool(
         {payment.payment_intent_id, payment.charge_id} & invoice_payments
     )

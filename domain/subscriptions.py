@@ -216,14 +216,13 @@ def _invoices_by_subscription(known: tuple[Fact, ...]) -> dict[str, Invoices]:
     # Pre-basil payments name the invoice they pay, from basil on InvoicePayments do: their
     # charge or payment intent is what a refund or a dispute names.
     for fact in known:
-        if isinstance(fact, PaymentSucceeded) and fact.invoice_id in sub_of_invoice:
-            invoices = by_sub[sub_of_invoice[fact.invoice_id]]
-            invoices.add_payment(fact.invoice_id, fact.charge_id, fact.payment_intent_id)
-        elif isinstance(fact, InvoicePaymentObserved) and fact.invoice_id is not None:
-            sub_id = sub_of_invoice.get(fact.invoice_id) or fact.subscription_id
-            if sub_id in by_sub:
-                invoices = by_sub[sub_id]
-                invoices.add_payment(fact.invoice_id, fact.charge_id, fact.payment_intent_id)
+        if not isinstance(fact, PaymentSucceeded | InvoicePaymentObserved) or not fact.invoice_id:
+            continue
+        sub_id = sub_of_invoice.get(fact.invoice_id)
+        if sub_id is None and isinstance(fact, InvoicePaymentObserved):
+            sub_id = fact.subscription_id
+        if sub_id in by_sub:
+            by_sub[sub_id].add_payment(fact.invoice_id, fact.charge_id, fact.payment_intent_id)
     return by_sub
 
 
@@ -420,21 +419,27 @@ class _History:
         self.snapshots = snapshots
         self.invoices = invoices
 
-    def unpaid_since(self, snap: SubscriptionObserved) -> int:
+    def unpaid_since(
+        self, snap: SubscriptionObserved, failed: InvoiceObserved | None = None
+    ) -> int:
         """The start of the first period not paid for: grace counts from it, not from each
         period a subscription stays past_due over (a dunning setting renews it unpaid).
 
         The earliest start among the snapshot's period, the periods of the past_due snapshots
         since the last snapshot in another status, and the periods of failed invoices never
-        paid; none before the end of the furthest period a paid invoice covers."""
-        starts = [snap.current_period_start or snap.at]
-        others = [s.at for s in self.snapshots if _status(s) != "past_due"]
-        last_other = max(others, default=None)
-        starts += [
-            s.current_period_start
-            for s in self.snapshots
-            if _status(s) == "past_due" and (last_other is None or s.at > last_other)
-        ]
+        paid; none before the end of the furthest period a paid invoice covers. `failed`: the
+        snapshot is active and this renewal failed (`failed_renewal`): the snapshot's own
+        period is not what went unpaid, the failed invoices' are."""
+        starts: list[int | None] = [failed.period_start or failed.at] if failed else []
+        if failed is None:
+            starts.append(snap.current_period_start or snap.at)
+            others = [s.at for s in self.snapshots if _status(s) != "past_due"]
+            last_other = max(others, default=None)
+            starts += [
+                s.current_period_start
+                for s in self.snapshots
+                if _status(s) == "past_due" and (last_other is None or s.at > last_other)
+            ]
         starts += [f.period_start for f in self.invoices.unpaid_failures()]
         known = [t for t in starts if t is not None]
         paid_until = self.invoices.paid_until()
@@ -537,7 +542,7 @@ def _active(
     failed = history.failed_renewal(snap)
     if failed is not None:
         failed_ids = merge_ids(ids, [failed.event_id])
-        outcome = _past_due(history.unpaid_since(snap), failed_ids, policy, at)
+        outcome = _past_due(history.unpaid_since(snap, failed), failed_ids, policy, at)
         return replace(outcome, rule=f"{outcome.rule}.invoice_failed"), period_end
     if cancel_end is not None:
         code, rule = Entitlement.AUTO_RENEW_OFF, "subscription.active.cancel_pending"

@@ -496,6 +496,14 @@ def test_a_failed_renewal_invoice_puts_the_subscription_in_grace_at_once():
     assert code(facts, day(31), policy=AppPolicy(grace_period=0))[0] == -1
 
 
+def test_a_failed_renewal_counts_grace_from_its_own_period_even_without_the_paid_invoice():
+    # The paid invoice for days 0-30 is not heard of: the active snapshot's period was not
+    # what went unpaid, the failed invoice's is.
+    facts = [renewal_failed()[0], renewal_failed()[2]]
+    status = perm(facts, day(31))
+    assert (status.entitlement, status.expire_date) == (1, day(33))
+
+
 def test_a_failed_renewal_paid_since_renews():
     paid = invoice(at=day(32), invoice_id="in_2", period_start=day(30), period_end=day(60))
     status = perm([*renewal_failed(), paid], day(40))
