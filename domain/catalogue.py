@@ -152,7 +152,6 @@ def _parse_permission(index: int, raw: Any, known_skus: set[str]) -> Permission:
     unknown = [s for s in sku_ids if s not in known_skus]
     if unknown:
         raise InvalidCatalogue(f"{where}: unknown skuIds {unknown}")
-    _no_duplicates(sku_ids, f"skuId in {where}")
     return Permission(permission_id=permission_id, sku_ids=tuple(sku_ids))  # type: ignore[arg-type]
 
 

@@ -45,10 +45,6 @@ NOT_A_CATALOGUE: dict[str, Any] = {
             {"permissionId": "x", "skuIds": []},
         ],
     },
-    "a SKU named twice by a permission": {
-        "skus": [{"skuId": "a", "productId": "p"}],
-        "permissions": [{"permissionId": "x", "skuIds": ["a", "a"]}],
-    },
     "a permission naming an unknown SKU": {
         "skus": [{"skuId": "a", "productId": "p"}],
         "permissions": [{"permissionId": "x", "skuIds": ["b"]}],
