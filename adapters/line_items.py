@@ -210,7 +210,7 @@ class CheckoutResolver:
         history = self.log.history(bid)
         if _resolves(history, checkout.session_id):
             return False
-        if not retry_failed and _refused(history, checkout.session_id):
+        if not retry_failed and _refused_in(history, checkout.session_id):
             return False  # another process was refused meanwhile
         items = self._api(checkout.app_id).checkout_line_items(checkout.session_id)
         return self._append(bid, checkout.session_id, json.dumps(items))
@@ -362,7 +362,7 @@ def _resolves(history: list[Any], session_id: str) -> bool:
     )
 
 
-def _refused(history: list[Any], session_id: str) -> bool:
+def _refused_in(history: list[Any], session_id: str) -> bool:
     return any(
         isinstance(event, Buyer.LineItemsUnresolvable) and event.session_id == session_id
         for event in history

@@ -159,10 +159,11 @@ class Invoices:
 
     def unpaid_failures(self) -> list[InvoiceObserved]:
         """Failed payments of invoices never paid since (a retry that succeeds pays the same
-        invoice), in fact_order."""
+        invoice) nor voided (nothing is owed then), in fact_order."""
         if self._unpaid_failures is None:
-            paid = {fact.invoice_id for fact in self._paid}
-            failed = [f for f in self.facts if f.payment_failed and f.invoice_id not in paid]
+            settled = {f.invoice_id for f in self._paid}
+            settled |= {f.invoice_id for f in self.facts if f.status == "void"}
+            failed = [f for f in self.facts if f.payment_failed and f.invoice_id not in settled]
             self._unpaid_failures = failed
         return self._unpaid_failures
 
@@ -491,8 +492,8 @@ def _base_outcome(
         return _active(snap, history, policy, at)
     if status == "past_due":
         return _past_due(history.unpaid_since(snap), ids, policy, at), snap.current_period_end
-    grace_end = min(_grace_end(history.unpaid_since(snap), policy), snap.at)
     if status == "unpaid":
+        grace_end = min(_grace_end(history.unpaid_since(snap), policy), snap.at)
         rule = "subscription.unpaid"
         return Outcome(Entitlement.EXPIRED_FROM_BILLING, rule, grace_end, ids, snap.at), None
     # incomplete (first payment not made yet), or a status this engine does not know

@@ -504,6 +504,12 @@ def test_a_failed_renewal_counts_grace_from_its_own_period_even_without_the_paid
     assert (status.entitlement, status.expire_date) == (1, day(33))
 
 
+def test_a_failed_renewal_voided_since_is_owed_no_more():
+    voided = replace(renewal_failed()[2], event_id="evt_void", at=day(31), status="void")
+    voided = replace(voided, payment_failed=False)
+    assert code([*renewal_failed(), voided], day(31))[0] == 5  # within the renewal leeway
+
+
 def test_a_failed_renewal_paid_since_renews():
     paid = invoice(at=day(32), invoice_id="in_2", period_start=day(30), period_end=day(60))
     status = perm([*renewal_failed(), paid], day(40))
