@@ -981,30 +981,78 @@ def subscription_lifecycle(draw, prefix: str) -> list[Fact]:
                 ),
                 paused=draw(st.booleans()),
                 deleted=draw(st.booleans()),
+                creation=draw(st.booleans()),
+                previous=draw(PREVIOUS),
             )
         )
     invoices = draw(st.integers(0, 3))
     for j in range(invoices):
         paid = draw(st.booleans())
         start = T0 + 30 * DAY * draw(st.integers(0, 3))
+        basil = draw(st.booleans())  # the invoice names no charge: its InvoicePayment does
+        invoice_id = f"in_{prefix}_{draw(st.integers(0, 1))}"
+        at = T0 + draw(st.sampled_from(STEPS)) * draw(st.integers(0, 3))
         facts.append(
             InvoiceObserved(
                 event_id=f"evt_{prefix}_i{j}",
-                at=T0 + draw(st.sampled_from(STEPS)) * draw(st.integers(0, 3)),
-                invoice_id=f"in_{prefix}_{draw(st.integers(0, 1))}",
+                at=at,
+                invoice_id=invoice_id,
                 customer_id="cus_1",
                 subscription_id=sub,
-                status="paid" if paid else "open",
+                status=draw(st.sampled_from(["open", "void"])) if not paid else "paid",
                 paid=paid,
                 payment_failed=not paid,
                 lines=(LineItem(product_id=draw(st.sampled_from(["prod_M", "prod_Y"]))),),
                 period_start=start,
                 period_end=start + 30 * DAY,
-                charge_id=f"ch_{prefix}_{j}",
+                amount_paid=1000 if paid else 0,
+                charge_id=None if basil else f"ch_{prefix}_{j}",
             )
         )
+        if basil and draw(st.booleans()):
+            facts.append(
+                replace(
+                    invoice_payment(at=at, invoice_id=invoice_id, charge=f"ch_{prefix}_{j}"),
+                    event_id=f"evt_{prefix}_ip{j}",
+                    payment_intent_id=None,
+                )
+            )
+    invoice_ids = [f"in_{prefix}_{n}" for n in (0, 1)]
     facts += draw(money_taken_back(prefix, [f"ch_{prefix}_{j}" for j in range(invoices)]))
+    facts += draw(credit_notes(prefix, invoice_ids if invoices else []))
     return facts
+
+
+# What an update's previous_attributes may say (some describe another drawn snapshot).
+PREVIOUS = st.sampled_from(
+    [
+        (),
+        (("status", "active"),),
+        (("status", "past_due"),),
+        (("status", "incomplete"),),
+        (("cancel_at_period_end", False),),
+        (("cancel_at_period_end", True),),
+        (("cancel_at_period_end", False), ("status", "trialing")),
+        (("items", "/prod_M"),),
+    ]
+)
+
+
+@st.composite
+def credit_notes(draw, prefix: str, invoice_ids: list[str]) -> list[Fact]:
+    if not invoice_ids:
+        return []
+    return [
+        replace(
+            credit_note(
+                at=T0 + draw(st.sampled_from(STEPS)) * draw(st.integers(0, 3)),
+                amount=draw(st.sampled_from([300, 1000])),
+                invoice_id=draw(st.sampled_from(invoice_ids)),
+            ),
+            event_id=f"evt_{prefix}_cn{k}",
+        )
+        for k in range(draw(st.integers(0, 1)))
+    ]
 
 
 @st.composite
@@ -1030,6 +1078,30 @@ def purchase_lifecycle(draw, prefix: str) -> list[Fact]:
             at=T0 + draw(st.sampled_from(STEPS)), payment_intent=pi, charge=charge, sku=sku
         )
         facts.append(PaymentSucceeded(**{**fact.__dict__, "event_id": f"evt_{prefix}_p"}))
+    if draw(st.booleans()):  # Stripe refused its line items
+        facts.append(
+            LineItemsUnresolvable(
+                event_id=f"line_items:{prefix}",
+                at=T0 + draw(st.sampled_from(STEPS)),
+                session_id=f"cs_{prefix}",
+                status=404,
+                reason="No such checkout.session",
+            )
+        )
+    if draw(st.booleans()):  # a one-off invoice, paid by this payment intent (or its charge)
+        once = invoice(
+            at=T0 + draw(st.sampled_from(STEPS)),
+            sub=None,
+            invoice_id=f"in_{prefix}_once",
+            product=draw(st.sampled_from(["prod_P", "prod_L"])),
+            paid=draw(st.booleans()),
+            charge=None,
+        )
+        facts.append(replace(once, event_id=f"evt_{prefix}_once"))
+        if draw(st.booleans()):
+            paid_by = invoice_payment(at=once.at, invoice_id=once.invoice_id, payment_intent=pi)
+            facts.append(replace(paid_by, event_id=f"evt_{prefix}_once_ip", charge_id=charge))
+        facts += draw(credit_notes(prefix, [once.invoice_id]))
     facts += draw(money_taken_back(prefix, [charge]))
     return facts
 
