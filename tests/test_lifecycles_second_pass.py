@@ -233,6 +233,21 @@ def test_a_lost_dispute_of_a_subscription_payment_revokes_from_basil_on(
     assert (premium["entitlement"], premium["explain"]["rule"]) == (-8, "dispute.lost")
 
 
+def test_a_lost_dispute_reaches_the_subscription_through_its_customid_alone(catalogued, engine):
+    """Without the customer's payment events, the InvoicePayment still claims the customid of
+    its subscription's metadata: the payment's history (the dispute's too) is then the
+    customer's. (With neither, nothing the customer's history holds names the payment: see
+    docs/design.md, "Rules that read more than the latest snapshot".)"""
+    invoice_payment = god_invoice_payment(BASIL)
+    details = invoice_payment["data"]["object"]["parent"]["subscription_details"]
+    details["metadata"] = {**details["metadata"], "customid": "god"}
+    lifecycle = [god_invoice(BASIL), invoice_payment, god_dispute(BASIL)]
+    connect(catalogued, "god", GOD)
+    deliver(catalogued, *shuffled_with_duplicates(lifecycle))
+    settle(engine)
+    assert code_of(catalogued, "god", ASKED) == -8
+
+
 @pytest.mark.parametrize("version", [BASIL, CLOVER])
 def test_a_credit_note_for_the_whole_amount_paid_revokes_from_basil_on(catalogued, engine, version):
     whole, part = god_credit_note(version, 100), god_credit_note(version, 40)
