@@ -165,18 +165,23 @@ def project(once: bool, poll: float, parent: int | None, nice: int) -> None:
 
 
 @main.command("resolve-checkouts")
-def resolve_checkouts() -> None:
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Also ask again for checkouts Stripe refused for good (404, 401, 403).",
+)
+def resolve_checkouts(retry_failed: bool) -> None:
     """Fetch the line items of checkouts whose products are unknown (one pass)."""
     engine = bootstrap(_settings())
     try:
         engine.project()  # the checkouts recorded so far, whether or not a server runs
-        summary = engine.resolver.run_once()
+        summary = engine.resolver.run_once(retry_failed=retry_failed)
     finally:
         engine.close()
     for error in summary.errors:
         click.echo(f"failed: {error}", err=True)
     click.echo(summary.render())
-    if summary.failed:
+    if summary.failed or summary.refused:
         sys.exit(1)
 
 

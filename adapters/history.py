@@ -161,6 +161,9 @@ def _details(event: Any) -> dict[str, Any]:
         }
     if isinstance(event, Buyer.LineItemsResolved):
         return {"checkoutSessionId": event.session_id}
+    if isinstance(event, Buyer.LineItemsUnresolvable):
+        return {"checkoutSessionId": event.session_id, "status": event.status,
+                "reason": event.reason}  # fmt: skip
     return {}
 
 

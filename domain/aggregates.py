@@ -76,6 +76,11 @@ class Buyer(Aggregate):
     class InvoicePaymentFailed(StripeEventRecorded):
         TOPIC = "entitlements.buyer.invoice_payment_failed"
 
+    class InvoicePaymentPaid(StripeEventRecorded):
+        """invoice_payment.paid: which payment paid an invoice (basil and later)."""
+
+        TOPIC = "entitlements.buyer.invoice_payment_paid"
+
     class PaymentSucceeded(StripeEventRecorded):
         TOPIC = "entitlements.buyer.payment_succeeded"
 
@@ -116,6 +121,15 @@ class Buyer(Aggregate):
         TOPIC = "entitlements.buyer.line_items_resolved"
         session_id: str
         line_items: str  # JSON text of Stripe's line item objects, as fetched
+
+    class LineItemsUnresolvable(Event):
+        """Stripe refused a Checkout Session's line items for good (404, 401, 403): the
+        resolver stops asking until told to retry (`resolve-checkouts --retry-failed`)."""
+
+        TOPIC = "entitlements.buyer.line_items_unresolvable"
+        session_id: str
+        status: int | None  # Stripe's HTTP status
+        reason: str  # Stripe's message, as the resolver received it
 
 
 class WebhookReceipt(Aggregate):

@@ -5,6 +5,11 @@ JSON shape (also accepted from TOML):
     {"skus": [{"skuId": "premium_monthly", "productId": "prod_ABC", "priceId": "price_1",
                "duration": "P30D"}],
      "permissions": [{"permissionId": "premium", "skuIds": ["premium_monthly"]}]}
+
+A catalogue replaces the one before it and re-derives every customer, so a document that is not
+plainly one is refused rather than read as an empty catalogue: both `skus` and `permissions` are
+required (empty lists are a deliberate choice), no other top-level key is allowed, ids are
+unique, every permission names known SKUs, and every SKU names a product or a price.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ class InvalidCatalogue(ValueError):
 @dataclass(frozen=True)
 class Sku:
     sku_id: str
-    product_id: str
+    product_id: str | None  # None: it names only a price
     price_id: str | None = None
     duration: str | None = None  # ISO 8601; for one-time purchases only
 
@@ -33,7 +38,9 @@ class Sku:
         return product_id is not None and product_id == self.product_id
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"skuId": self.sku_id, "productId": self.product_id}
+        out: dict[str, Any] = {"skuId": self.sku_id}
+        if self.product_id is not None:
+            out["productId"] = self.product_id
         if self.price_id is not None:
             out["priceId"] = self.price_id
         if self.duration is not None:
@@ -74,6 +81,14 @@ class Catalogue:
     def from_json(cls, doc: Any) -> Catalogue:
         if not isinstance(doc, dict):
             raise InvalidCatalogue("the catalogue must be an object with 'skus' and 'permissions'")
+        unknown = sorted(str(key) for key in doc if key not in _TOP_LEVEL)
+        if unknown:
+            raise InvalidCatalogue(
+                f"unknown keys {unknown}: a catalogue has 'skus' and 'permissions'"
+            )
+        missing = [key for key in _TOP_LEVEL if key not in doc]
+        if missing:
+            raise InvalidCatalogue(f"missing {missing}: a catalogue has 'skus' and 'permissions'")
         skus = tuple(_parse_sku(i, raw) for i, raw in enumerate(_list(doc, "skus")))
         sku_ids = [s.sku_id for s in skus]
         _no_duplicates(sku_ids, "skuId")
@@ -85,8 +100,11 @@ class Catalogue:
         return cls(skus=skus, permissions=perms)
 
 
+_TOP_LEVEL = ("skus", "permissions")
+
+
 def _list(doc: dict[str, Any], key: str) -> list[Any]:
-    value = doc.get(key, [])
+    value = doc[key]
     if not isinstance(value, list):
         raise InvalidCatalogue(f"'{key}' must be a list")
     return value
@@ -111,10 +129,14 @@ def _parse_sku(index: int, raw: Any) -> Sku:
             parse_duration(duration)
         except InvalidDuration as error:
             raise InvalidCatalogue(f"{where}: {error}") from error
+    product_id = _text(raw, "productId", where, required=False)
+    price_id = _text(raw, "priceId", where, required=False)
+    if product_id is None and price_id is None:
+        raise InvalidCatalogue(f"{where}: a SKU names a 'productId' or a 'priceId'")
     return Sku(
         sku_id=_text(raw, "skuId", where),  # type: ignore[arg-type]
-        product_id=_text(raw, "productId", where),  # type: ignore[arg-type]
-        price_id=_text(raw, "priceId", where, required=False),
+        product_id=product_id,
+        price_id=price_id,
         duration=duration,
     )
 

@@ -67,6 +67,37 @@ class SubscriptionObserved(Fact):
     paused: bool = False  # status paused, or pause_collection set
     deleted: bool = False  # from a customer.subscription.deleted event
     customid: str | None = None  # metadata.customid
+    creation: bool = False  # from customer.subscription.created: before any update of it
+    # What `previous_attributes` say the subscription was just before (an update's), as
+    # (attribute, value) pairs in the vocabulary of `snapshot_attribute`: it tells which of two
+    # snapshots of the same second came first. Empty when unknown.
+    previous: tuple[tuple[str, str | int | bool | None], ...] = ()
+
+
+# The attributes `SubscriptionObserved.previous` may name.
+PREVIOUS_ATTRIBUTES = (
+    "status",
+    "cancel_at_period_end",
+    "cancel_at",
+    "canceled_at",
+    "ended_at",
+    "trial_end",
+    "current_period_start",
+    "current_period_end",
+    "items",
+)
+
+
+def items_key(items: tuple[LineItem, ...]) -> str:
+    """A subscription's items as one comparable value: its prices (else products), sorted."""
+    return ",".join(sorted(f"{item.price_id or ''}/{item.product_id or ''}" for item in items))
+
+
+def snapshot_attribute(snapshot: SubscriptionObserved, name: str) -> str | int | bool | None:
+    """The value of one of `PREVIOUS_ATTRIBUTES` on a snapshot."""
+    if name == "items":
+        return items_key(snapshot.items)
+    return getattr(snapshot, name)
 
 
 @dataclass(frozen=True)
@@ -88,6 +119,22 @@ class InvoiceObserved(Fact):
     charge_id: str | None = None
     payment_intent_id: str | None = None
     customid: str | None = None
+
+
+@dataclass(frozen=True)
+class InvoicePaymentObserved(Fact):
+    """Which payment paid an invoice (invoice_payment.paid): from basil on, invoices name no
+    charge or payment intent, and charges and payment intents name no invoice."""
+
+    kind: ClassVar[str] = "invoice_payment"
+    invoice_payment_id: str
+    invoice_id: str | None
+    subscription_id: str | None  # the invoice's, when the payload names it
+    payment_intent_id: str | None
+    charge_id: str | None
+    amount_paid: int | None = None
+    paid: bool = False  # status paid
+    customid: str | None = None  # the subscription's metadata.customid, when named
 
 
 @dataclass(frozen=True)
@@ -133,6 +180,22 @@ class ChargeRefunded(Fact):
 
 
 @dataclass(frozen=True)
+class CreditNoteIssued(Fact):
+    """Money given back against an invoice (credit_note.created): refunded to the card, or
+    credited after the invoice was paid. Whether it gave back the whole amount paid is
+    judged against the invoice's `amount_paid` (its own invoice.paid facts), by the rules."""
+
+    kind: ClassVar[str] = "credit_note"
+    credit_note_id: str
+    invoice_id: str | None
+    customer_id: str | None
+    amount: int  # the credit note's total
+    charge_id: str | None = None  # known when its refund came expanded
+    payment_intent_id: str | None = None
+    invoice_amount_paid: int | None = None  # known when its invoice came expanded
+
+
+@dataclass(frozen=True)
 class DisputeObserved(Fact):
     """A dispute on a charge (charge.dispute.created / closed / updated)."""
 
@@ -165,6 +228,19 @@ class CheckoutCompleted(Fact):
 
 
 @dataclass(frozen=True)
+class LineItemsUnresolvable(Fact):
+    """Stripe refused the line items of a checkout for good (no such session, a key without
+    the permission): recorded by the resolver, retried only when asked
+    (`resolve-checkouts --retry-failed`). `event_id` names the domain event, not a Stripe one;
+    `at` is when the resolver was refused (our clock)."""
+
+    kind: ClassVar[str] = "line_items_unresolvable"
+    session_id: str
+    status: int | None  # Stripe's HTTP status
+    reason: str  # Stripe's message
+
+
+@dataclass(frozen=True)
 class CustomerObserved(Fact):
     """A snapshot of a Customer (customer.created / updated / deleted)."""
 
@@ -179,16 +255,20 @@ FACT_TYPES: dict[str, type[Fact]] = {
     for cls in (
         SubscriptionObserved,
         InvoiceObserved,
+        InvoicePaymentObserved,
         PaymentSucceeded,
         PaymentFailed,
         ChargeRefunded,
+        CreditNoteIssued,
         DisputeObserved,
         CheckoutCompleted,
+        LineItemsUnresolvable,
         CustomerObserved,
     )
 }
 
 _NESTED_LINE_FIELDS = {"items", "lines"}
+_PAIR_FIELDS = {"previous"}  # tuples of pairs: JSON gives them back as lists of lists
 # Each fact type's field names (`dataclasses.fields` is slow enough to show in query profiles).
 _FIELD_NAMES: dict[str, tuple[type[Fact], frozenset[str], frozenset[str]]] = {
     kind: (
@@ -199,6 +279,10 @@ _FIELD_NAMES: dict[str, tuple[type[Fact], frozenset[str], frozenset[str]]] = {
     for kind, cls in FACT_TYPES.items()
 }
 
+
+_PAIRS: dict[str, frozenset[str]] = {
+    kind: names & _PAIR_FIELDS for kind, (_, names, _) in _FIELD_NAMES.items()
+}
 
 # The same names in declaration order, so that a fact's JSON text is the same in every process.
 _FIELD_ORDER: dict[str, tuple[str, ...]] = {
@@ -213,4 +297,7 @@ def fact_from_dict(data: dict[str, Any]) -> Fact:
     for name in nested:
         if kwargs.get(name) is not None:
             kwargs[name] = tuple(LineItem(**line) for line in kwargs[name])
+    for name in _PAIRS[data["kind"]]:
+        if name in kwargs:
+            kwargs[name] = tuple(tuple(pair) for pair in kwargs[name])
     return cls(**kwargs)

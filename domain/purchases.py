@@ -1,9 +1,9 @@
 """One-time purchases, and the refunds and disputes that take money back from any payment.
 
 A purchase is one payment, however many facts told us about it: a payment-mode Checkout Session,
-its PaymentIntent and its charge are joined by the ids they share (session, payment intent,
-charge). It grants its SKUs once paid and once its products are known: for life, or until its
-SKU's duration has run out.
+its PaymentIntent and its charge, or a paid invoice of no subscription (a one-off invoice), are
+joined by the ids they share (session, payment intent, charge, invoice). It grants its SKUs once
+paid and once its products are known: for life, or until its SKU's duration has run out.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from domain.durations import add_duration
 from domain.facts import (
     ChargeRefunded,
     CheckoutCompleted,
+    CreditNoteIssued,
     DisputeObserved,
     Fact,
     InvoiceObserved,
+    InvoicePaymentObserved,
+    LineItemsUnresolvable,
     PaymentSucceeded,
 )
 from domain.policy import AppPolicy
@@ -47,15 +50,28 @@ def revocations_by_payment(known: Iterable[Fact], policy: AppPolicy) -> Revocati
 
     A lost dispute revokes whatever the policy (even "never"): the money was taken back by force,
     and the policy only says which *voluntary* refunds the merchant wants to revoke access.
+    A credit note gives back the whole amount paid when it covers the `amount_paid` of its
+    invoice (as the invoice's own facts, or the note's expanded invoice, tell).
     """
     index: dict[str, set[Revocation]] = defaultdict(set)
+    notes: list[CreditNoteIssued] = []
     for fact in known:
-        revocation = _revocation(fact, policy)
-        if revocation is None:
-            continue
-        for key in _payment_keys(fact):
-            index[key].add(revocation)
+        if isinstance(fact, CreditNoteIssued):  # judged once every amount paid is known
+            notes.append(fact)
+        elif isinstance(fact, ChargeRefunded | DisputeObserved):
+            _index(index, fact, _revocation(fact, policy, {}))
+    if notes:
+        paid = _amounts_paid(known)
+        for note in notes:
+            _index(index, note, _revocation(note, policy, paid))
     return {key: frozenset(found) for key, found in index.items()}
+
+
+def _index(index: dict[str, set[Revocation]], fact: Fact, revocation: Revocation | None) -> None:
+    if revocation is not None:
+        for key in _payment_keys(fact):
+            if key is not None:
+                index[key].add(revocation)
 
 
 def revocations_for(revocations: Revocations, keys: Iterable[str | None]) -> frozenset[Revocation]:
@@ -66,25 +82,51 @@ def revocations_for(revocations: Revocations, keys: Iterable[str | None]) -> fro
     return frozenset(found)
 
 
-def _revocation(fact: Fact, policy: AppPolicy) -> Revocation | None:
+def _amounts_paid(known: Iterable[Fact]) -> dict[str, int]:
+    """invoice id -> the most its facts say was paid (`amount_paid` only grows)."""
+    paid: dict[str, int] = {}
+    for fact in known:
+        if isinstance(fact, InvoiceObserved) and fact.amount_paid is not None:
+            paid[fact.invoice_id] = max(paid.get(fact.invoice_id, 0), fact.amount_paid)
+    return paid
+
+
+def _revocation(fact: Fact, policy: AppPolicy, paid: dict[str, int]) -> Revocation | None:
     if isinstance(fact, DisputeObserved) and fact.lost:
         return Revocation(at=fact.at, rule="dispute.lost", event_id=fact.event_id)
-    if isinstance(fact, ChargeRefunded) and _refund_counts(fact, policy):
-        rule = "refund.full" if fact.full else "refund.partial"
+    if isinstance(fact, ChargeRefunded):
+        full, amount = fact.full, fact.amount_refunded
+    elif isinstance(fact, CreditNoteIssued):
+        full, amount = _credit_note_is_full(fact, paid), fact.amount
+    else:
+        return None
+    if _refund_counts(full, amount, policy):
+        rule = "refund.full" if full else "refund.partial"
+        if isinstance(fact, CreditNoteIssued):
+            rule = f"{rule}.credit_note"
         return Revocation(at=fact.at, rule=rule, event_id=fact.event_id)
     return None
 
 
-def _refund_counts(refund: ChargeRefunded, policy: AppPolicy) -> bool:
+def _credit_note_is_full(note: CreditNoteIssued, paid: dict[str, int]) -> bool:
+    amount_paid = note.invoice_amount_paid
+    if note.invoice_id is not None and note.invoice_id in paid:
+        amount_paid = max(amount_paid or 0, paid[note.invoice_id])
+    # Nothing known to be paid: never more than a partial refund (its refund's charge.refunded
+    # event, when it comes, says whether the charge was refunded in full).
+    return amount_paid is not None and 0 < amount_paid <= note.amount
+
+
+def _refund_counts(full: bool, amount: int, policy: AppPolicy) -> bool:
     if policy.refund_policy == "full":
-        return refund.full
+        return full
     if policy.refund_policy == "any":
-        return refund.full or refund.amount_refunded > 0
+        return full or amount > 0
     return False
 
 
 def _payment_keys(fact: Fact) -> tuple[str | None, ...]:
-    if isinstance(fact, ChargeRefunded):
+    if isinstance(fact, ChargeRefunded | CreditNoteIssued):
         return (fact.charge_id, fact.payment_intent_id, fact.invoice_id)
     if isinstance(fact, DisputeObserved):
         return (fact.charge_id, fact.payment_intent_id)
@@ -93,48 +135,95 @@ def _payment_keys(fact: Fact) -> tuple[str | None, ...]:
 
 # --- purchases ------------------------------------------------------------------------------------
 
-PurchaseFact: TypeAlias = CheckoutCompleted | PaymentSucceeded
+PurchaseFact: TypeAlias = CheckoutCompleted | PaymentSucceeded | InvoiceObserved
 
 
 def derive_purchases(
     known: tuple[Fact, ...], catalogue: Catalogue, at: int, revocations: Revocations
 ) -> tuple[Purchase, ...]:
     """Every paid one-time purchase, sorted by id (unresolved ones included, granting nothing)."""
+    context = _PurchaseContext(known, revocations)
     purchases = []
-    for group in _group_by_payment(_purchase_facts(known)):
-        purchase = _purchase(group, catalogue, at, revocations)
+    for group in _group_by_payment(context.purchase_facts()):
+        purchase = _purchase(group, catalogue, at, context)
         if purchase is not None:
             purchases.append(purchase)
     return tuple(sorted(purchases, key=lambda p: p.purchase_id))
 
 
-def _purchase_facts(known: tuple[Fact, ...]) -> list[PurchaseFact]:
-    """Payment-mode checkouts, and payments that do not pay an invoice."""
-    invoice_payments = {
-        key
-        for fact in known
-        if isinstance(fact, InvoiceObserved)
-        for key in (fact.charge_id, fact.payment_intent_id)
-        if key is not None
-    }
-    checkouts = [f for f in known if isinstance(f, CheckoutCompleted) and f.mode == "payment"]
-    payments = [
-        f
-        for f in known
-        if isinstance(f, PaymentSucceeded) and not _pays_invoice(f, invoice_payments)
-    ]
-    return [*checkouts, *payments]
+class _PurchaseContext:
+    """The facts purchases are made of, read in one pass over a history, and what purchases
+    need from facts that are not purchases themselves: the revocations, the payments that paid
+    invoices (InvoicePayments from basil on, payments naming their invoice before), and the
+    resolver's refusals to fetch a checkout's line items."""
+
+    def __init__(self, known: tuple[Fact, ...], revocations: Revocations) -> None:
+        self.revocations = revocations
+        self.checkouts: list[CheckoutCompleted] = []
+        self.one_off: list[InvoiceObserved] = []
+        self.payments: list[PaymentSucceeded] = []
+        self.invoice_keys: set[str | None] = set()  # charges and intents that paid invoices
+        self.invoice_payments: dict[str, set[str]] = defaultdict(set)
+        self.failures: dict[str, LineItemsUnresolvable] = {}
+        for fact in known:  # in fact_order: the last failure of a session is kept
+            if isinstance(fact, InvoiceObserved):
+                self.invoice_keys.add(fact.charge_id)
+                self.invoice_keys.add(fact.payment_intent_id)
+                if fact.subscription_id is None:
+                    self.one_off.append(fact)
+            elif isinstance(fact, InvoicePaymentObserved | PaymentSucceeded):
+                self._payment(fact)
+            elif isinstance(fact, CheckoutCompleted) and fact.mode == "payment":
+                self.checkouts.append(fact)
+            elif isinstance(fact, LineItemsUnresolvable):
+                self.failures[fact.session_id] = fact
+        self.invoice_keys.discard(None)
+
+    def _payment(self, fact: InvoicePaymentObserved | PaymentSucceeded) -> None:
+        paid_by = [k for k in (fact.payment_intent_id, fact.charge_id) if k]
+        if isinstance(fact, PaymentSucceeded):
+            self.payments.append(fact)
+        else:
+            self.invoice_keys.update(paid_by)
+        if fact.invoice_id:
+            self.invoice_payments[fact.invoice_id].update(paid_by)
+
+    def purchase_facts(self) -> list[PurchaseFact]:
+        """Payment-mode checkouts, one-off invoices (of no subscription), and payments that
+        do not pay an invoice."""
+        payments = [f for f in self.payments if not _pays_invoice(f, self.invoice_keys)]
+        return [*self.checkouts, *self.one_off, *payments]
+
+    def revoked(self, group: list[PurchaseFact]) -> frozenset[Revocation]:
+        keys = {key for f in group for key in _ids(f)}
+        for fact in group:
+            if isinstance(fact, InvoiceObserved):
+                keys |= self.invoice_payments.get(fact.invoice_id, set())
+        return revocations_for(self.revocations, keys)
+
+    def resolution_error(self, checkouts: list[CheckoutCompleted]) -> str | None:
+        failed = [self.failures[c.session_id] for c in checkouts if c.session_id in self.failures]
+        if not failed:
+            return None
+        last = max(failed, key=fact_order)
+        return last.reason if last.status is None else f"HTTP {last.status}: {last.reason}"
 
 
-def _pays_invoice(payment: PaymentSucceeded, invoice_payments: set[str]) -> bool:
+def _pays_invoice(payment: PaymentSucceeded, invoice_payments: set[str | None]) -> bool:
     return payment.invoice_id is not None or bool(
         {payment.payment_intent_id, payment.charge_id} & invoice_payments
     )
 
 
 def _ids(fact: PurchaseFact) -> list[str]:
-    ids = [fact.payment_intent_id]
-    ids.append(fact.session_id if isinstance(fact, CheckoutCompleted) else fact.charge_id)
+    """The ids that name the payment; the first anchors its group. A payment-mode checkout
+    may have made an invoice (`invoice_creation`): then both are one purchase."""
+    if isinstance(fact, CheckoutCompleted):
+        ids = [fact.payment_intent_id, fact.session_id, fact.invoice_id]
+    elif isinstance(fact, InvoiceObserved):
+        ids = [fact.payment_intent_id, fact.invoice_id, fact.charge_id]
+    else:
+        ids = [fact.payment_intent_id, fact.charge_id]
     return [i for i in ids if i is not None]
 
 
@@ -160,12 +249,17 @@ def _group_by_payment(facts: list[PurchaseFact]) -> list[list[PurchaseFact]]:
 
 
 def _purchase(
-    group: list[PurchaseFact], catalogue: Catalogue, at: int, revocations: Revocations
+    group: list[PurchaseFact], catalogue: Catalogue, at: int, context: _PurchaseContext
 ) -> Purchase | None:
     checkouts = [f for f in group if isinstance(f, CheckoutCompleted)]
     payments = [f for f in group if isinstance(f, PaymentSucceeded)]
-    paying = [c for c in checkouts if c.paid] + [p for p in payments if not p.partially_funded]
-    sku_ids, product_facts = _products(checkouts, payments, catalogue)
+    invoices = [f for f in group if isinstance(f, InvoiceObserved)]
+    paying = [
+        *(c for c in checkouts if c.paid),
+        *(p for p in payments if not p.partially_funded),
+        *(i for i in invoices if i.paid),
+    ]
+    sku_ids, product_facts = _products(checkouts, payments, invoices, catalogue)
     if not paying or (sku_ids is None and not checkouts):
         # Not paid yet; or a bare payment with no product hint (e.g. a subscription's payment
         # seen without its invoice id): nothing was bought as a one-time purchase.
@@ -173,7 +267,7 @@ def _purchase(
     paid_at = min(f.at for f in paying)
     event_ids = merge_ids((f.event_id for f in paying), (f.event_id for f in product_facts))
     purchase_id = _purchase_id(group)
-    revoked = revocations_for(revocations, {key for f in group for key in _ids(f)})
+    revoked = context.revoked(group)
     outcomes = {
         sku_id: apply_revocations(_sku_outcome(sku_id, catalogue, paid_at, at, event_ids), revoked)
         for sku_id in sku_ids or ()
@@ -197,6 +291,8 @@ def _purchase(
         rule=outcome.rule,
         event_ids=outcome.event_ids,
         grants=grants,
+        invoice_id=min((i.invoice_id for i in invoices), default=None),
+        resolution_error=context.resolution_error(checkouts) if sku_ids is None else None,
     )
 
 
@@ -226,11 +322,13 @@ def _all(values: Iterable[str | None]) -> list[str]:
 
 
 def _purchase_id(group: list[PurchaseFact]) -> str:
-    """The payment intent when known, else the checkout session, else the charge."""
+    """The payment intent when known, else the checkout session, else the invoice, else the
+    charge."""
     for candidates in (
         _all(f.payment_intent_id for f in group),
         _all(f.session_id for f in group if isinstance(f, CheckoutCompleted)),
-        _all(f.charge_id for f in group if isinstance(f, PaymentSucceeded)),
+        _all(f.invoice_id for f in group if isinstance(f, InvoiceObserved)),
+        _all(f.charge_id for f in group if isinstance(f, PaymentSucceeded | InvoiceObserved)),
     ):
         if candidates:
             return min(candidates)
@@ -238,22 +336,27 @@ def _purchase_id(group: list[PurchaseFact]) -> str:
 
 
 def _products(
-    checkouts: list[CheckoutCompleted], payments: list[PaymentSucceeded], catalogue: Catalogue
+    checkouts: list[CheckoutCompleted],
+    payments: list[PaymentSucceeded],
+    invoices: list[InvoiceObserved],
+    catalogue: Catalogue,
 ) -> tuple[tuple[str, ...] | None, list[PurchaseFact]]:
     """The catalogue SKUs bought (None while unknown), and the facts that told us.
 
     Checkout line items come from the latest session fact that has them (a later fact with
-    resolved lines beats an earlier one without); `metadata.sku` / `metadata.product` hints of
-    any fact add to them. Products that no SKU of the catalogue matches grant nothing.
+    resolved lines beats an earlier one without); a one-off invoice's from its latest fact;
+    `metadata.sku` / `metadata.product` hints of any fact add to them. Products that no SKU of
+    the catalogue matches grant nothing.
     """
     sources: list[PurchaseFact] = []
     skus: set[str] = set()
-    with_lines = [c for c in checkouts if c.lines is not None]
-    if with_lines:
-        chosen = max(with_lines, key=fact_order)
-        sources.append(chosen)
-        for line in chosen.lines or ():
-            skus |= {s.sku_id for s in catalogue.skus_for_line(line.product_id, line.price_id)}
+    with_lines: list[PurchaseFact] = [c for c in checkouts if c.lines is not None]
+    for candidates in (with_lines, invoices):
+        if candidates:
+            chosen = max(candidates, key=fact_order)
+            sources.append(chosen)
+            for line in chosen.lines or ():
+                skus |= {s.sku_id for s in catalogue.skus_for_line(line.product_id, line.price_id)}
     for fact in [*checkouts, *payments]:
         product_id = fact.product_id if isinstance(fact, PaymentSucceeded) else None
         if fact.sku_id is None and product_id is None:

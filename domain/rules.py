@@ -49,7 +49,7 @@ class SkuGrant:
     """One SKU granted by one source (a subscription or a one-time purchase)."""
 
     sku_id: str
-    product_id: str
+    product_id: str | None  # None when the SKU names only a price
     source_id: str  # "sub_..." or the purchase id (payment intent, else session/charge id)
     entitlement: int
     expire_date: int | None  # None = lifetime
@@ -103,9 +103,11 @@ class SubscriptionState:
 
 @dataclass(frozen=True)
 class Purchase:
-    """One one-time purchase (a paid payment-mode checkout and/or a payment with SKU hints)."""
+    """One one-time purchase: a paid payment-mode checkout, a payment with SKU hints, or a paid
+    invoice of no subscription (a one-off invoice)."""
 
-    purchase_id: str  # the payment intent id, else the checkout session id, else the charge id
+    purchase_id: str  # the payment intent id, else the session id, else the invoice's, else the
+    # charge id
     customer_id: str | None
     session_id: str | None
     payment_intent_id: str | None
@@ -117,6 +119,9 @@ class Purchase:
     rule: str
     event_ids: tuple[str, ...]
     grants: tuple[SkuGrant, ...]
+    invoice_id: str | None = None  # a one-off invoice's
+    # Why its products cannot be fetched (Stripe's answer to the resolver), while unresolved.
+    resolution_error: str | None = None
 
     @property
     def unresolved(self) -> bool:

@@ -1,11 +1,14 @@
 """The code of each subscription, and of every SKU it ever carried.
 
-A subscription's state is its latest snapshot by Stripe's clock. Ties (Stripe's `created` has a
-one-second resolution) go to the status furthest along the lifecycle, then to the content, so the
-answer never depends on delivery order. Invoices complete the picture: a paid invoice may tell of
-a renewal (or of a recovered payment) before the subscription update arrives, a failed one says
-why an old payload was canceled, and refunds and disputes reach a subscription through the
-payment of its latest paid invoice.
+A subscription's state is its latest snapshot by Stripe's clock. Snapshots of the same second
+(Stripe's `created` has a one-second resolution, and event ids are random) are ordered by what
+they say happened: a deletion last, a creation before any update, an update after the state its
+`previous_attributes` describe; what stays tied goes to the status furthest along the lifecycle,
+then to the content, so the answer never depends on delivery order. Invoices complete the
+picture: a paid invoice may tell of a renewal (or of a recovered payment) before the
+subscription update arrives, a failed one of a renewal that failed (grace, then retry) or of why
+an old payload was canceled, and refunds and disputes reach a subscription through the payment
+of its latest paid invoice (named by the invoice before basil, by an InvoicePayment from then).
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from domain.catalogue import Catalogue
-from domain.facts import Fact, InvoiceObserved, PaymentSucceeded, SubscriptionObserved
+from domain.facts import (
+    Fact,
+    InvoiceObserved,
+    InvoicePaymentObserved,
+    PaymentSucceeded,
+    SubscriptionObserved,
+    snapshot_attribute,
+)
 from domain.policy import AppPolicy
 from domain.purchases import Revocations, revocations_for
 from domain.rules import (
@@ -41,6 +51,9 @@ _STATUS_RANK = {
 }
 _RECOVERABLE = {"incomplete", "past_due", "unpaid"}
 _CANCELED_FOR_NON_PAYMENT = {"payment_failed", "payment_disputed"}
+# A cancellation that ends the subscription this close to its scheduled end (the period end,
+# or `cancel_at`) is that scheduled one; ended well before it, it was canceled at once.
+SCHEDULED_END_SLACK = 3600
 
 
 def derive_subscriptions(
@@ -89,6 +102,7 @@ class Invoices:
         # invoice id -> the ids a refund or dispute may name: its own, its charges, its intents
         self.payment_keys: dict[str, set[str]] = defaultdict(set)
         self._renewal: tuple[InvoiceObserved | None] | None = None  # computed once
+        self._unpaid_failures: list[InvoiceObserved] | None = None  # computed once
 
     def add(self, fact: InvoiceObserved) -> None:
         self.facts.append(fact)
@@ -138,6 +152,21 @@ class Invoices:
             None,
         )
 
+    def paid_until(self) -> int | None:
+        """The end of the furthest period a paid invoice covers."""
+        renewal = self.renewal()
+        return None if renewal is None else _period_end(renewal)
+
+    def unpaid_failures(self) -> list[InvoiceObserved]:
+        """Failed payments of invoices never paid since (a retry that succeeds pays the same
+        invoice) nor voided (nothing is owed then), in fact_order."""
+        if self._unpaid_failures is None:
+            settled = {f.invoice_id for f in self._paid}
+            settled |= {f.invoice_id for f in self.facts if f.status == "void"}
+            failed = [f for f in self.facts if f.payment_failed and f.invoice_id not in settled]
+            self._unpaid_failures = failed
+        return self._unpaid_failures
+
     def last_outcome_failed(self, until: int) -> InvoiceObserved | None:
         """The failed invoice, if the last payment outcome heard by `until` was a failure.
 
@@ -185,34 +214,81 @@ def _invoices_by_subscription(known: tuple[Fact, ...]) -> dict[str, Invoices]:
                 fact.invoice_id, fact.invoice_id, fact.charge_id, fact.payment_intent_id
             )
             sub_of_invoice[fact.invoice_id] = fact.subscription_id
-    # Pre-basil payments name the invoice they pay: their charge may be what gets refunded.
+    # Pre-basil payments name the invoice they pay, from basil on InvoicePayments do: their
+    # charge or payment intent is what a refund or a dispute names.
     for fact in known:
-        if isinstance(fact, PaymentSucceeded) and fact.invoice_id in sub_of_invoice:
-            invoices = by_sub[sub_of_invoice[fact.invoice_id]]
-            invoices.add_payment(fact.invoice_id, fact.charge_id, fact.payment_intent_id)
+        if not isinstance(fact, PaymentSucceeded | InvoicePaymentObserved) or not fact.invoice_id:
+            continue
+        sub_id = sub_of_invoice.get(fact.invoice_id)
+        if sub_id is None and isinstance(fact, InvoicePaymentObserved):
+            sub_id = fact.subscription_id
+        if sub_id in by_sub:
+            by_sub[sub_id].add_payment(fact.invoice_id, fact.charge_id, fact.payment_intent_id)
     return by_sub
 
 
 # --- one subscription -----------------------------------------------------------------------------
 
 
-def _latest(snapshots: Iterable[SubscriptionObserved]) -> SubscriptionObserved:
-    """By Stripe's clock, then the status furthest along, then the content: snapshots come in
-    `fact_order`, so the last of equals wins."""
-    best, best_key = None, None
+def _latest(snapshots: list[SubscriptionObserved]) -> SubscriptionObserved:
+    """The newest snapshot by Stripe's clock; of several in that second, the one that came
+    last (`_last_of_one_second`)."""
+    newest_at: int | None = None
+    tied: list[SubscriptionObserved] = []
     for snapshot in snapshots:
-        key = _snapshot_rank(snapshot)
-        if best_key is None or key >= best_key:
-            best, best_key = snapshot, key
-    if best is None:
+        if newest_at is None or snapshot.at > newest_at:
+            newest_at, tied = snapshot.at, [snapshot]
+        elif snapshot.at == newest_at:
+            tied.append(snapshot)
+    if not tied:
         raise ValueError("no snapshot")
-    return best
+    if len(tied) == 1:
+        return tied[0]
+    # The state before that second (its own ties by rank only: no recursion over a history).
+    earlier = [s for s in snapshots if s.at < tied[0].at]
+    before_at = max((s.at for s in earlier), default=None)
+    before = max((s for s in earlier if s.at == before_at), key=_tie_rank, default=None)
+    return _last_of_one_second(tied, before)
 
 
-def _snapshot_rank(s: SubscriptionObserved) -> tuple:
+def _last_of_one_second(
+    tied: list[SubscriptionObserved], before: SubscriptionObserved | None
+) -> SubscriptionObserved:
+    """What really happened last within one second, never decided by event ids (random): a
+    deletion ends the subscription, so nothing comes after it; a creation comes before any
+    update; an update came after a snapshot whose state its `previous_attributes` describe.
+    Two updates that each describe the other (a change and its undoing) are ordered by the
+    state before that second: the one that changed it came first. What stays tied goes to the
+    status furthest along the lifecycle, then to the content."""
+    for keep in (_is_deletion, _is_update):
+        tied = [s for s in tied if keep(s)] or tied
+    followed = {i for i, s in enumerate(tied) for t in tied if t is not s and _came_after(t, s)}
+    last = [s for i, s in enumerate(tied) if i not in followed]
+    if not last and before is not None:  # each followed by another: start from before
+        last = [s for s in tied if not _came_after(s, before)]
+    return max(last or tied, key=_tie_rank)
+
+
+def _is_deletion(snapshot: SubscriptionObserved) -> bool:
+    return snapshot.deleted
+
+
+def _is_update(snapshot: SubscriptionObserved) -> bool:
+    return not snapshot.creation
+
+
+def _came_after(update: SubscriptionObserved, other: SubscriptionObserved) -> bool:
+    """`update`'s previous_attributes describe `other`'s state: `other` came just before."""
+    return bool(update.previous) and all(
+        snapshot_attribute(other, name) == value for name, value in update.previous
+    )
+
+
+def _tie_rank(s: SubscriptionObserved) -> tuple:
     status = "canceled" if s.deleted else s.status
     cancel_flag = s.cancel_at_period_end or s.cancel_at is not None
-    return (s.at, _STATUS_RANK.get(status, -1), s.deleted, cancel_flag)
+    content = repr(replace(s, event_id=""))  # computed only for snapshots of one second
+    return (_STATUS_RANK.get(status, -1), s.deleted, cancel_flag, content, s.event_id)
 
 
 def _subscription(
@@ -225,7 +301,7 @@ def _subscription(
 ) -> SubscriptionState:
     snap = _latest(snapshots)
     status = "canceled" if snap.deleted else snap.status
-    outcome, period_end = _base_outcome(snap, status, invoices, policy, at)
+    outcome, period_end = _base_outcome(snap, status, _History(snapshots, invoices), policy, at)
     latest_paid = invoices.latest_paid_id()
     if latest_paid is not None:
         revoked = revocations_for(revocations, invoices.payment_keys[latest_paid])
@@ -234,11 +310,10 @@ def _subscription(
     is_trial = status == "trialing"
     former = _former_skus(snapshots, invoices, snap, catalogue)
     grants = outcome_grants(outcome, catalogue, sku_ids, snap.subscription_id, is_trial)
-    for sku_id, replaced_by in sorted(former.items()):
-        upgraded = Outcome(
-            Entitlement.UPGRADED, "subscription.upgraded", replaced_by.at, (replaced_by.event_id,)
+    for sku_id, (gone_in, replaced) in sorted(former.items()):
+        grants += outcome_grants(
+            _sku_gone(gone_in, replaced), catalogue, [sku_id], snap.subscription_id
         )
-        grants += outcome_grants(upgraded, catalogue, [sku_id], snap.subscription_id)
     return SubscriptionState(
         subscription_id=snap.subscription_id,
         customer_id=snap.customer_id,
@@ -273,9 +348,10 @@ def _former_skus(
     invoices: Invoices,
     latest: SubscriptionObserved,
     catalogue: Catalogue,
-) -> dict[str, SubscriptionObserved]:
+) -> dict[str, tuple[SubscriptionObserved, bool]]:
     """SKUs carried by an earlier snapshot or paid invoice and gone from the latest snapshot,
-    each with the snapshot that first showed it gone (-6 Upgraded, ended then).
+    each with the snapshot that first showed it gone, and whether that update put another
+    item in its place (a replacement: -6 Upgraded; else the item was removed).
 
     Only invoices older than the latest snapshot count: a paid invoice newer than it may show an
     upgrade whose subscription update has not arrived yet.
@@ -289,15 +365,28 @@ def _former_skus(
         key = _lines_key(items)
         if key not in newest or newest[key][0] < seen_at:
             newest[key] = (seen_at, items)
-    sightings: dict[str, int] = {}  # SKU -> the last time it was seen on the subscription
-    for seen_at, items in newest.values():
+    # SKU -> (the last time it was seen on the subscription, the lines it was seen among)
+    sightings: dict[str, tuple[int, tuple]] = {}
+    for key, (seen_at, items) in newest.items():
         for sku_id in set(skus(items)) - current:
-            sightings[sku_id] = max(sightings.get(sku_id, seen_at), seen_at)
+            if sku_id not in sightings or (seen_at, key) > sightings[sku_id]:
+                sightings[sku_id] = (seen_at, key)
     former = {}
-    for sku_id, last_seen in sightings.items():
+    for sku_id, (last_seen, before) in sightings.items():
         without = [s for s in snapshots if s.at >= last_seen and sku_id not in skus(s.items)]
-        former[sku_id] = min(without, key=fact_order, default=latest)
+        gone_in = min(without, key=fact_order, default=latest)
+        former[sku_id] = (gone_in, bool(set(_lines_key(gone_in.items)) - set(before)))
     return former
+
+
+def _sku_gone(gone_in: SubscriptionObserved, replaced: bool) -> Outcome:
+    """A SKU no longer on the subscription: replaced by another item in the same update
+    (-6 Upgraded), or removed with nothing in its place (-5, the customer's choice)."""
+    ids = (gone_in.event_id,)
+    if replaced:
+        return Outcome(Entitlement.UPGRADED, "subscription.upgraded", gone_in.at, ids, gone_in.at)
+    rule = "subscription.item_removed"
+    return Outcome(Entitlement.EXPIRED_VOLUNTARY, rule, gone_in.at, ids, gone_in.at)
 
 
 def _lines_key(items: Iterable) -> tuple:
@@ -324,11 +413,66 @@ class _SkusOf:
 # --- the code of a snapshot -----------------------------------------------------------------------
 
 
+class _History:
+    """What the rules read besides the latest snapshot: every snapshot, and the invoices."""
+
+    def __init__(self, snapshots: list[SubscriptionObserved], invoices: Invoices) -> None:
+        self.snapshots = snapshots
+        self.invoices = invoices
+
+    def unpaid_since(
+        self, snap: SubscriptionObserved, failed: InvoiceObserved | None = None
+    ) -> int:
+        """The start of the first period not paid for: grace counts from it, not from each
+        period a subscription stays past_due over (a dunning setting renews it unpaid).
+
+        The earliest start among the snapshot's period, the periods of the past_due snapshots
+        since the last snapshot in another status, and the periods of failed invoices never
+        paid; none before the end of the furthest period a paid invoice covers. `failed`: the
+        snapshot is active and this renewal failed (`failed_renewal`): the snapshot's own
+        period is not what went unpaid, the failed invoices' are."""
+        starts: list[int | None] = [failed.period_start or failed.at] if failed else []
+        if failed is None:
+            starts.append(snap.current_period_start or snap.at)
+            others = [s.at for s in self.snapshots if _status(s) != "past_due"]
+            last_other = max(others, default=None)
+            starts += [
+                s.current_period_start
+                for s in self.snapshots
+                if _status(s) == "past_due" and (last_other is None or s.at > last_other)
+            ]
+        starts += [f.period_start for f in self.invoices.unpaid_failures()]
+        known = [t for t in starts if t is not None]
+        paid_until = self.invoices.paid_until()
+        unpaid = [t for t in known if paid_until is None or t >= paid_until]
+        return min(unpaid or known)
+
+    def failed_renewal(self, snap: SubscriptionObserved) -> InvoiceObserved | None:
+        """The last failed payment, not paid since, of an invoice for the snapshot's period or
+        a later one, heard at or after the snapshot: the subscription is past_due even before
+        (or without) its own update saying so."""
+        covered = self.invoices.paid_until()
+        found = None
+        for failure in self.invoices.unpaid_failures():  # in fact_order: the last one wins
+            end = _period_end(failure)
+            period = snap.current_period_end
+            current = end is None or period is None or end >= period
+            paid = covered is not None and end is not None and covered >= end
+            if failure.at >= snap.at and current and not paid:
+                found = failure
+        return found
+
+
+def _status(snapshot: SubscriptionObserved) -> str:
+    return "canceled" if snapshot.deleted else snapshot.status
+
+
 def _base_outcome(
-    snap: SubscriptionObserved, status: str, invoices: Invoices, policy: AppPolicy, at: int
+    snap: SubscriptionObserved, status: str, history: _History, policy: AppPolicy, at: int
 ) -> tuple[Outcome, int | None]:
     """The subscription's own code before refunds, and its effective period end."""
     ids = (snap.event_id,)
+    invoices = history.invoices
     if status == "canceled":
         return _canceled(snap, invoices), snap.current_period_end
     if status == "incomplete_expired":
@@ -337,7 +481,7 @@ def _base_outcome(
         return Outcome(Entitlement.EXPIRED_FROM_BILLING, rule, ended, ids, snap.at), None
     recovery = invoices.paid_after(snap) if status in _RECOVERABLE else None
     if recovery is not None:
-        outcome, period_end = _active(snap, invoices, policy, at)
+        outcome, period_end = _active(snap, history, policy, at)
         rule = f"{outcome.rule}.invoice_paid"
         return replace(
             outcome, rule=rule, event_ids=merge_ids(outcome.event_ids, [recovery.event_id])
@@ -345,11 +489,11 @@ def _base_outcome(
     if status == "paused" or snap.paused:
         return _paused(snap, status, policy, at), snap.current_period_end
     if status in ("active", "trialing"):
-        return _active(snap, invoices, policy, at)
+        return _active(snap, history, policy, at)
     if status == "past_due":
-        return _past_due(snap, policy, at), snap.current_period_end
-    grace_end = min(_grace_end(snap, policy), snap.at)
+        return _past_due(history.unpaid_since(snap), ids, policy, at), snap.current_period_end
     if status == "unpaid":
+        grace_end = min(_grace_end(history.unpaid_since(snap), policy), snap.at)
         rule = "subscription.unpaid"
         return Outcome(Entitlement.EXPIRED_FROM_BILLING, rule, grace_end, ids, snap.at), None
     # incomplete (first payment not made yet), or a status this engine does not know
@@ -371,21 +515,36 @@ def _canceled(snap: SubscriptionObserved, invoices: Invoices) -> Outcome:
             rule = "subscription.canceled.unpaid_invoice"
             ids = merge_ids(ids, [failed.event_id])
             return Outcome(Entitlement.EXPIRED_FROM_BILLING, rule, ended, ids, snap.at)
-    at_period_end = snap.cancel_at_period_end or snap.cancel_at is not None
-    rule = "subscription.canceled.at_period_end" if at_period_end else "subscription.canceled"
+    rule = "subscription.canceled"
+    if _ended_as_scheduled(snap, ended):
+        rule = "subscription.canceled.at_period_end"
     return Outcome(Entitlement.EXPIRED_VOLUNTARY, rule, ended, ids, snap.at)
 
 
+def _ended_as_scheduled(snap: SubscriptionObserved, ended: int) -> bool:
+    """Ended by its scheduled cancellation (at the period end, or `cancel_at`), not at once:
+    `cancel_at_period_end` may still be true on a subscription canceled now."""
+    scheduled = _cancel_end(snap, snap.current_period_end)
+    if scheduled is None:
+        return snap.cancel_at_period_end  # no period known: take the flag's word
+    return ended >= scheduled - SCHEDULED_END_SLACK
+
+
 def _active(
-    snap: SubscriptionObserved, invoices: Invoices, policy: AppPolicy, at: int
+    snap: SubscriptionObserved, history: _History, policy: AppPolicy, at: int
 ) -> tuple[Outcome, int | None]:
-    period_end, ids = _effective_period_end(snap, invoices)
+    period_end, ids = _effective_period_end(snap, history.invoices)
     cancel_end = _cancel_end(snap, period_end)
     if cancel_end is not None and at >= cancel_end:
         # Stripe ends it exactly then (its deletion event may still be on its way): no leeway.
         rule = "subscription.canceled.at_period_end"
         ended = Outcome(Entitlement.EXPIRED_VOLUNTARY, rule, cancel_end, ids, cancel_end, True)
         return ended, period_end
+    failed = history.failed_renewal(snap)
+    if failed is not None:
+        failed_ids = merge_ids(ids, [failed.event_id])
+        outcome = _past_due(history.unpaid_since(snap, failed), failed_ids, policy, at)
+        return replace(outcome, rule=f"{outcome.rule}.invoice_failed"), period_end
     if cancel_end is not None:
         code, rule = Entitlement.AUTO_RENEW_OFF, "subscription.active.cancel_pending"
     elif snap.status == "trialing":
@@ -431,15 +590,14 @@ def _earliest(*instants: int | None) -> int | None:
     return min((t for t in instants if t is not None), default=None)
 
 
-def _grace_end(snap: SubscriptionObserved, policy: AppPolicy) -> int:
-    """Grace counts from the start of the period whose payment failed."""
-    return (snap.current_period_start or snap.at) + policy.grace_period
+def _grace_end(unpaid_since: int, policy: AppPolicy) -> int:
+    """Grace counts from the start of the first period not paid for."""
+    return unpaid_since + policy.grace_period
 
 
-def _past_due(snap: SubscriptionObserved, policy: AppPolicy, at: int) -> Outcome:
-    ids = (snap.event_id,)
-    grace_end = _grace_end(snap, policy)
-    if policy.grace_period > 0 and at < grace_end:
+def _past_due(unpaid_since: int, ids: tuple[str, ...], policy: AppPolicy, at: int) -> Outcome:
+    grace_end = _grace_end(unpaid_since, policy)
+    if policy.grace_period > 0 and at < grace_end:  # `at` itself compared: see domain/clock.py
         return Outcome(Entitlement.EXPIRED_IN_GRACE, "subscription.past_due.grace", grace_end, ids)
     rule = "subscription.past_due.retry"
     return Outcome(Entitlement.IN_RETRY, rule, grace_end, ids, grace_end, passive=True)

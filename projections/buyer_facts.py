@@ -28,7 +28,7 @@ import orjson
 
 from adapters.stripe.facts import facts_from_event, line_items_from_stripe
 from domain.aggregates import AppCatalogue, Buyer, WebhookReceipt
-from domain.facts import CheckoutCompleted, Fact, fact_from_dict
+from domain.facts import CheckoutCompleted, Fact, LineItemsUnresolvable, fact_from_dict
 from projections.store import Cursor, Row, placeholders
 from projections.touched import EVERYTHING, Touched
 
@@ -187,6 +187,8 @@ class BuyerFactsProjection:
             return touched(buyer, event.customid, self._claim(cursor, buyer, claim))
         if isinstance(event, Buyer.LineItemsResolved):
             return self._resolve_line_items(cursor, event)
+        if isinstance(event, Buyer.LineItemsUnresolvable):
+            return self._unresolvable(cursor, position, event)
         if isinstance(event, AppCatalogue.Event):  # answers use the catalogue of their app
             return Touched(catalogue=event.originator_id)
         if isinstance(event, WebhookReceipt.Event):
@@ -270,6 +272,28 @@ class BuyerFactsProjection:
                     "AND position = ? AND seq = ?",
                     (json.dumps(resolved), buyer.app_id, buyer.buyer_key, position, seq),
                 )
+        return touched(buyer)
+
+    def _unresolvable(
+        self, cursor: Cursor, position: int, event: Buyer.LineItemsUnresolvable
+    ) -> Touched:
+        """Stripe refused a checkout's line items for good: a fact row of its own (the
+        purchase says why it stays unresolved; the resolver stops asking)."""
+        buyer = self._buyer(cursor, event.originator_id)
+        at = int(event.timestamp.timestamp())
+        fact = LineItemsUnresolvable(
+            event_id=f"line_items:{event.originator_id}:{event.originator_version}",
+            at=at,
+            session_id=event.session_id,
+            status=event.status,
+            reason=event.reason,
+        )
+        row = (buyer.app_id, buyer.buyer_key, position, 0, fact.event_id, at, at, fact.kind)
+        state = self._batches.get(cursor)
+        if state is not None:
+            state.facts.append((*row, fact_text(fact)))
+        else:
+            cursor.execute(INSERT_FACT, (*row, fact_text(fact)))
         return touched(buyer)
 
     def _buyer(self, cursor: Cursor, originator_id: Any) -> BuyerRow:
@@ -461,18 +485,22 @@ def link_of_buyer(cursor: Cursor, app_id: str, buyer_key: str) -> str | None:
 
 def checkouts_of_apps(
     cursor: Cursor, app_ids: list[str]
-) -> list[tuple[str, str, CheckoutCompleted]]:
-    """Every checkout of these apps, as (app id, buyer key, fact), oldest first."""
+) -> list[tuple[str, str, CheckoutCompleted | LineItemsUnresolvable]]:
+    """Every checkout of these apps, and every refusal of Stripe to give a checkout's line
+    items, as (app id, buyer key, fact), oldest first."""
     if not app_ids:
         return []
+    kinds = (CheckoutCompleted.kind, LineItemsUnresolvable.kind)
     cursor.execute(
         "SELECT app_id, buyer_key, body FROM buyer_facts "
-        f"WHERE kind = ? AND app_id IN ({placeholders(app_ids)}) ORDER BY position, seq",
-        (CheckoutCompleted.kind, *app_ids),
+        f"WHERE kind IN (?, ?) AND app_id IN ({placeholders(app_ids)}) ORDER BY position, seq",
+        (*kinds, *app_ids),
     )
     rows = [(app_id, key, load_fact(body)) for app_id, key, body in cursor.fetchall()]
     return [
-        (app_id, key, fact) for app_id, key, fact in rows if isinstance(fact, CheckoutCompleted)
+        (app_id, key, fact)
+        for app_id, key, fact in rows
+        if isinstance(fact, CheckoutCompleted | LineItemsUnresolvable)
     ]
 
 

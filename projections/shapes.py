@@ -137,6 +137,7 @@ def purchase_json(purchase: Purchase) -> dict[str, Any]:
         "refunded": purchase.refunded,
         "entitlement": purchase.entitlement,
         "rule": purchase.rule,
+        "resolutionError": purchase.resolution_error,  # why Stripe will not give its products
     }
 
 

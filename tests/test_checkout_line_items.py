@@ -54,6 +54,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Stripe's answers for a key it does not accept, one without the permission, and a rate limit.
+REFUSALS = {
+    "unauthorized": (401, "invalid_request_error", "Invalid API Key provided: rk_test_***"),
+    "forbidden": (
+        403,
+        "invalid_request_error",
+        "The provided key does not have the required permissions for this endpoint",
+    ),
+    "rate_limited": (429, "rate_limit_error", "Too many requests"),
+}
+
+
 class FakeStripe:
     """`GET /v1/checkout/sessions/{id}/line_items` with pagination, and ways to misbehave."""
 
@@ -61,7 +73,8 @@ class FakeStripe:
         self.port = free_port()  # fixed before start, so that "down" means connection refused
         self.url = f"http://127.0.0.1:{self.port}"
         self.line_items: dict[str, list[dict[str, Any]]] = {}
-        self.mode = "ok"  # ok | error (HTTP 500) | slow (answers after `delay` seconds)
+        # ok | error (HTTP 500) | slow (answers after `delay` seconds) | one of `REFUSALS`
+        self.mode = "ok"
         self.delay = 1.5
         self.page_size = 100
         self.hold = 0  # answer no request before this many have arrived (races)
@@ -75,6 +88,9 @@ class FakeStripe:
         await self._wait_for_others()
         if self.mode == "error":
             return JSONResponse({"error": {"type": "api_error", "message": "boom"}}, 500)
+        if self.mode in REFUSALS:
+            status, kind, message = REFUSALS[self.mode]
+            return JSONResponse({"error": {"type": kind, "message": message}}, status)
         if self.mode == "slow":
             await asyncio.sleep(self.delay)
         if session_id not in self.line_items:
@@ -425,3 +441,120 @@ def test_the_cli_resolves_in_one_pass_and_fails_while_stripe_is_down(
     # (every 0.25 s in the background, which this test client does not run).
     engine.follower.catch_up()
     assert premium(client, "buyer-8") == 3
+
+
+# --- Stripe refusing for good: recorded once, shown, retried only when asked --------------------
+
+
+def refusals(engine: Engine) -> list[Buyer.LineItemsUnresolvable]:
+    topic = Buyer.LineItemsUnresolvable.TOPIC
+    notifications = engine.log.recorder.select_notifications(0, 10_000, topics=[topic])
+    return [engine.log.mapper.to_domain_event(n) for n in notifications]
+
+
+def the_purchase(client: TestClient, customid: str) -> dict[str, Any]:
+    response = client.get("/v1/subscriber", params={"customid": customid}, headers=AUTH)
+    (purchase,) = response.json()["purchases"]
+    return purchase
+
+
+def refused_metric(client: TestClient, app_id: str = "demo") -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'entitlements_checkouts_unresolvable{{app="{app_id}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no entitlements_checkouts_unresolvable metric")
+
+
+@pytest.mark.parametrize("refusal", ["no such session", "unauthorized", "forbidden"])
+def test_a_checkout_stripe_refuses_for_good_is_recorded_once_and_not_retried(
+    client, engine, fake_stripe, refusal
+):
+    setup_catalogue(client)
+    if refusal != "no such session":  # otherwise Stripe knows no such session: 404
+        fake_stripe.line_items["cs_gone"] = [real_line_item("li_1", "prod_LIFETIME")]
+        fake_stripe.mode = refusal
+    clock = Clock()
+    resolver = resolver_for(engine, clock)
+    deliver_checkout(client, "cs_gone", "buyer-9")
+
+    refused = resolver.run_once()
+
+    assert (refused.found, refused.resolved, refused.failed, refused.refused) == (1, 0, 0, 1)
+    (recorded,) = refusals(engine)
+    status = {"no such session": 404, "unauthorized": 401, "forbidden": 403}[refusal]
+    assert (recorded.session_id, recorded.status) == ("cs_gone", status)
+    settle(engine)
+    purchase = the_purchase(client, "buyer-9")
+    assert purchase["resolved"] is False
+    assert purchase["resolutionError"] == f"HTTP {status}: {recorded.reason}"
+    assert recorded.reason  # Stripe's own message
+    assert refused_metric(client) == 1
+    assert premium(client, "buyer-9") == -9
+
+    asked = len(fake_stripe.requests)
+    clock.now += line_items.LAST_RETRY * 10  # however long one waits
+    again = resolver.run_once()
+    assert (again.found, again.refused) == (0, 0)
+    assert len(fake_stripe.requests) == asked
+    assert len(refusals(engine)) == 1  # recorded once
+
+    # Fixed on Stripe's side: only an explicit retry asks again.
+    fake_stripe.mode = "ok"
+    fake_stripe.line_items["cs_gone"] = [real_line_item("li_1", "prod_LIFETIME")]
+    assert resolver.run_once().resolved == 0
+    assert resolver.run_once(retry_failed=True).resolved == 1
+    settle(engine)
+    assert premium(client, "buyer-9") == 3
+    assert the_purchase(client, "buyer-9")["resolutionError"] is None
+    assert refused_metric(client) == 0
+
+
+def test_a_rate_limit_keeps_its_backoff(client, engine, fake_stripe):
+    setup_catalogue(client)
+    fake_stripe.line_items["cs_busy"] = [real_line_item("li_1", "prod_LIFETIME")]
+    fake_stripe.mode = "rate_limited"
+    clock = Clock()
+    resolver = resolver_for(engine, clock)
+    deliver_checkout(client, "cs_busy", "buyer-10")
+
+    busy = resolver.run_once()
+
+    assert (busy.failed, busy.refused) == (1, 0)
+    assert "HTTP 429" in busy.errors[0]
+    assert refusals(engine) == []
+    fake_stripe.mode = "ok"
+    clock.now += line_items.FIRST_RETRY * 1.5
+    assert resolver.run_once().resolved == 1
+
+
+def test_the_cli_reports_a_refusal_and_retries_it_only_with_retry_failed(
+    client, engine, settings_doc, fake_stripe, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ENTITLEMENTS_CONFIG", str(write_config(tmp_path / "c.toml", settings_doc)))
+    setup_catalogue(client)
+    deliver_checkout(client, "cs_unknown_to_stripe", "buyer-11")
+
+    refused = CliRunner().invoke(cli, ["resolve-checkouts"])
+    assert refused.exit_code == 1
+    assert "1 refused by Stripe" in refused.output and "HTTP 404" in refused.output
+
+    quiet = CliRunner().invoke(cli, ["resolve-checkouts"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "0 unresolved checkout(s)" in quiet.output
+
+    fake_stripe.line_items["cs_unknown_to_stripe"] = [real_line_item("li_1", "prod_LIFETIME")]
+    retried = CliRunner().invoke(cli, ["resolve-checkouts", "--retry-failed"])
+    assert retried.exit_code == 0, retried.output
+    assert "1 resolved" in retried.output
+    settle(engine)
+    assert premium(client, "buyer-11") == 3
+
+
+def test_a_refusal_is_in_the_customers_history(client, engine, fake_stripe):
+    deliver_checkout(client, "cs_no_such", "buyer-12")
+    engine.resolver.run_once()
+    settle(engine)
+    history = client.get("/v1/customers/buyer-12/history", headers=AUTH).json()["events"]
+    (refusal,) = [e for e in history if e["eventType"] == "LineItemsUnresolvable"]
+    assert (refusal["checkoutSessionId"], refusal["status"]) == ("cs_no_such", 404)
+    assert refusal["reason"]

@@ -18,10 +18,13 @@ from domain.clock import Instant
 from domain.facts import (
     ChargeRefunded,
     CheckoutCompleted,
+    CreditNoteIssued,
     DisputeObserved,
     Fact,
     InvoiceObserved,
+    InvoicePaymentObserved,
     LineItem,
+    LineItemsUnresolvable,
     PaymentSucceeded,
     SubscriptionObserved,
 )
@@ -103,6 +106,8 @@ def invoice(
     period_start: int = T0,
     period_end: int = day(30),
     charge: str | None = "ch_1",
+    amount_paid: int | None = None,
+    payment_intent: str | None = None,
 ) -> InvoiceObserved:
     return InvoiceObserved(
         event_id=_event_id(),
@@ -116,7 +121,37 @@ def invoice(
         lines=(LineItem(product_id=product, period_start=period_start, period_end=period_end),),
         period_start=period_start,
         period_end=period_end,
+        amount_paid=(1000 if paid else 0) if amount_paid is None else amount_paid,
         charge_id=charge,
+        payment_intent_id=payment_intent,
+    )
+
+
+def invoice_payment(
+    *, at: int, invoice_id: str = "in_1", payment_intent: str | None = "pi_9", charge=None
+) -> InvoicePaymentObserved:
+    """basil and later: which payment paid the invoice (its InvoicePayment)."""
+    return InvoicePaymentObserved(
+        event_id=_event_id(),
+        at=at,
+        invoice_payment_id=f"inpay_{invoice_id}",
+        invoice_id=invoice_id,
+        subscription_id=None,
+        payment_intent_id=payment_intent,
+        charge_id=charge,
+        amount_paid=1000,
+        paid=True,
+    )
+
+
+def credit_note(*, at: int, amount: int, invoice_id: str = "in_1") -> CreditNoteIssued:
+    return CreditNoteIssued(
+        event_id=_event_id(),
+        at=at,
+        credit_note_id=f"cn_{at}",
+        invoice_id=invoice_id,
+        customer_id="cus_1",
+        amount=amount,
     )
 
 
@@ -135,14 +170,16 @@ def refund(
     )
 
 
-def dispute(*, at: int, charge: str = "ch_1", lost: bool = True) -> DisputeObserved:
+def dispute(
+    *, at: int, charge: str = "ch_1", lost: bool = True, payment_intent: str | None = None
+) -> DisputeObserved:
     status = "lost" if lost else "won"
     return DisputeObserved(
         event_id=_event_id(),
         at=at,
         dispute_id=f"dp_{charge}",
         charge_id=charge,
-        payment_intent_id=None,
+        payment_intent_id=payment_intent,
         status=status,
         lost=lost,
     )
@@ -387,6 +424,178 @@ def test_paused_collection_honours_the_period_already_paid():
     assert code(facts, day(31), policy=AppPolicy(pause_enabled=True))[0] == -10
 
 
+def test_canceled_at_once_is_explained_as_canceled_now_even_with_cancel_at_period_end_set():
+    # Stripe may leave cancel_at_period_end true on a subscription then canceled at once.
+    now = subscription(
+        "canceled", at=day(5), ended_at=day(5), cancel_at_period_end=True, deleted=True
+    )
+    status = perm([now], day(6))
+    assert (status.entitlement, status.expire_date, status.rule) == (
+        -5,
+        day(5),
+        "subscription.canceled",
+    )
+    at_end = replace(now, at=day(30), ended_at=day(30))
+    assert code([at_end], day(31)) == (-5, "subscription.canceled.at_period_end")
+    scheduled = replace(now, cancel_at_period_end=False, cancel_at=day(12), ended_at=day(12))
+    assert code([scheduled], day(13)) == (-5, "subscription.canceled.at_period_end")
+
+
+# --- grace: from the first unpaid period, and at once on a failed renewal -------------------------
+
+
+def test_past_due_over_a_renewal_counts_grace_from_the_first_unpaid_period():
+    # A dunning setting leaves the subscription past_due while it renews unpaid.
+    first = subscription("past_due", at=day(30), period_start=day(30), period_end=day(60))
+    second = subscription("past_due", at=day(60), period_start=day(60), period_end=day(90))
+    status = perm([first, second], day(61))
+    assert (status.entitlement, status.expire_date) == (-1, day(33))
+    assert status.rule == "subscription.past_due.retry"
+    # The invoices tell the same without the first past_due snapshot.
+    invoices = [
+        invoice(at=day(0)),
+        invoice(at=day(30), paid=False, invoice_id="in_2", period_start=day(30)),
+        invoice(at=day(60), paid=False, invoice_id="in_3", period_start=day(60)),
+    ]
+    invoices[1] = replace(invoices[1], period_end=day(60), lines=())
+    invoices[2] = replace(invoices[2], period_end=day(90), lines=())
+    assert code([second, *invoices], day(61))[0] == -1
+    assert code([second], day(61))[0] == 1  # nothing says an earlier period went unpaid
+
+
+def test_a_period_paid_in_between_starts_grace_again():
+    facts = [
+        subscription("past_due", at=day(30), period_start=day(30), period_end=day(60)),
+        invoice(at=day(0)),
+        invoice(at=day(35), invoice_id="in_2", period_start=day(30), period_end=day(60)),
+        subscription("past_due", at=day(60), period_start=day(60), period_end=day(90)),
+    ]
+    status = perm(facts, day(61))
+    assert (status.entitlement, status.expire_date) == (1, day(63))
+
+
+def renewal_failed() -> list[Fact]:
+    """Paid for days 0-30; the renewal for 30-60 failed at day 30; no update heard since."""
+    return [
+        subscription("active", at=day(0)),
+        invoice(at=day(0)),
+        invoice(
+            at=day(30), paid=False, invoice_id="in_2", period_start=day(30), period_end=day(60)
+        ),
+    ]
+
+
+def test_a_failed_renewal_invoice_puts_the_subscription_in_grace_at_once():
+    facts = renewal_failed()
+    status = perm(facts, day(31))
+    assert (status.entitlement, status.expire_date) == (1, day(33))
+    assert status.rule == "subscription.past_due.grace.invoice_failed"
+    assert set(status.event_ids) == {facts[0].event_id, facts[2].event_id}
+    assert code(facts, day(34)) == (-1, "subscription.past_due.retry.invoice_failed")
+    assert code(facts, day(29))[0] == 5  # before the failure, nothing was wrong
+    assert code(facts, day(31), policy=AppPolicy(grace_period=0))[0] == -1
+
+
+def test_a_failed_renewal_counts_grace_from_its_own_period_even_without_the_paid_invoice():
+    # The paid invoice for days 0-30 is not heard of: the active snapshot's period was not
+    # what went unpaid, the failed invoice's is.
+    facts = [renewal_failed()[0], renewal_failed()[2]]
+    status = perm(facts, day(31))
+    assert (status.entitlement, status.expire_date) == (1, day(33))
+
+
+def test_a_failed_renewal_voided_since_is_owed_no_more():
+    voided = replace(renewal_failed()[2], event_id="evt_void", at=day(31), status="void")
+    voided = replace(voided, payment_failed=False)
+    assert code([*renewal_failed(), voided], day(31))[0] == 5  # within the renewal leeway
+
+
+def test_a_failed_renewal_paid_since_renews():
+    paid = invoice(at=day(32), invoice_id="in_2", period_start=day(30), period_end=day(60))
+    status = perm([*renewal_failed(), paid], day(40))
+    assert (status.entitlement, status.expire_date) == (5, day(60))
+
+
+def test_a_failure_older_than_the_snapshot_or_for_an_older_period_changes_nothing():
+    newer = subscription("active", at=day(31), period_start=day(30), period_end=day(60))
+    assert code([*renewal_failed(), newer], day(32))[0] == 5
+    old = invoice(at=day(10), paid=False, invoice_id="in_0", period_start=day(-30), period_end=T0)
+    assert code([subscription("active", at=day(0)), invoice(at=day(0)), old], day(11))[0] == 5
+
+
+# --- snapshots of the same second -----------------------------------------------------------------
+
+
+def test_a_creation_comes_before_an_update_of_the_same_second():
+    # Created set to cancel at the period end, then (same second) the cancellation undone:
+    # the lifecycle rank alone would keep the cancel flag.
+    created = subscription("active", cancel_at_period_end=True, creation=True)
+    undone = subscription("active", previous=(("cancel_at_period_end", True),))
+    for facts in ([created, undone], [undone, created]):
+        assert code(facts, day(1)) == (5, "subscription.active")
+
+
+def test_an_update_comes_after_the_state_its_previous_attributes_describe():
+    # Trial over, the first payment failed (past_due), then paid at once (active): one second.
+    trial = subscription("trialing", at=day(0) - 60, creation=True)
+    failed = subscription("past_due", previous=(("status", "trialing"),))
+    paid = subscription("active", previous=(("status", "past_due"),))
+    assert code([trial, failed, paid], day(1)) == (5, "subscription.active")
+    # Without what it describes, the lifecycle rank decides (past_due is further along).
+    assert code([trial, failed, replace(paid, previous=())], day(1))[0] == 1
+
+
+def test_a_change_and_its_undoing_in_one_second_end_as_undone():
+    before = subscription("active", at=day(0) - 60, creation=True)
+    canceled = subscription(
+        "active", cancel_at_period_end=True, previous=(("cancel_at_period_end", False),)
+    )
+    undone = subscription("active", previous=(("cancel_at_period_end", True),))
+    assert code([before, canceled, undone], day(1)) == (5, "subscription.active")
+    flag_set_last = [replace(before, cancel_at_period_end=True), undone, canceled]
+    assert code(flag_set_last, day(1))[0] == 4
+
+
+def test_a_deletion_comes_last_whatever_its_event_id():
+    deleted = subscription("canceled", deleted=True, event_id="evt_a", ended_at=T0)
+    updated = subscription("active", event_id="evt_b", previous=(("status", "canceled"),))
+    assert code([deleted, updated], day(1))[0] == -5
+
+
+def test_event_ids_never_order_snapshots_of_one_second():
+    a = subscription("active", cancel_at_period_end=True, event_id="evt_a")
+    b = subscription("active", cancel_at=day(20), event_id="evt_b")
+    swapped = [replace(a, event_id="evt_b"), replace(b, event_id="evt_a")]
+    assert perm([a, b], day(1)).expire_date == perm(swapped, day(1)).expire_date
+
+
+# --- items removed, items replaced ----------------------------------------------------------------
+
+
+def two_items(**fields) -> SubscriptionObserved:
+    both = tuple(LineItem(product_id=p, price_id=f"price_{p}") for p in ("prod_M", "prod_Y"))
+    return replace(subscription("active", **fields), items=both)
+
+
+def test_an_item_removed_with_nothing_in_its_place_is_expired_voluntary():
+    facts = [two_items(at=day(0)), subscription("active", at=day(10), product="prod_M")]
+    pro = perm(facts, day(11), "pro")
+    assert (pro.entitlement, pro.expire_date, pro.rule) == (
+        -5,
+        day(10),
+        "subscription.item_removed",
+    )
+    assert perm(facts, day(11), "premium").entitlement == 5
+
+
+def test_an_item_replaced_in_the_same_update_is_upgraded():
+    replaced = replace(
+        subscription("active", at=day(10)),
+        items=tuple(LineItem(product_id=p, price_id=f"price_{p}") for p in ("prod_M", "prod_X")),
+    )
+    assert code([two_items(at=day(0)), replaced], day(11), "pro")[0] == -6
+
+
 # --- refunds and disputes against subscriptions ---------------------------------------------------
 
 
@@ -465,6 +674,133 @@ def test_refunded_then_canceled_names_the_cancellation():
         "subscription.canceled",
         day(5),
     )
+
+
+# --- refunds and disputes from basil on: through the InvoicePayment -------------------------------
+
+
+def basil_subscription_paid() -> list[Fact]:
+    """A basil subscription and its paid invoice, which names no charge or payment intent; its
+    InvoicePayment says pi_9 (charge ch_9) paid it."""
+    return [
+        subscription("active"),
+        invoice(at=day(0), charge=None),
+        invoice_payment(at=day(0), charge="ch_9"),
+    ]
+
+
+def test_from_basil_a_refund_reaches_the_invoice_through_its_invoice_payment():
+    facts = basil_subscription_paid()
+    assert code(facts, day(4)) == (5, "subscription.active")
+    assert code([*facts, refund(at=day(3), charge="ch_9")], day(4)) == (-8, "refund.full")
+    by_intent = refund(at=day(3), charge="ch_other", payment_intent="pi_9")
+    assert code([*facts, by_intent], day(4)) == (-8, "refund.full")
+    # Without the InvoicePayment nothing names that charge: the refund cannot reach it.
+    assert code([*facts[:2], refund(at=day(3), charge="ch_9")], day(4))[0] == 5
+
+
+def test_from_basil_a_lost_dispute_reaches_the_invoice_through_its_invoice_payment():
+    facts = basil_subscription_paid()
+    lost = dispute(at=day(3), charge="ch_9", payment_intent="pi_9")
+    assert code([*facts, lost], day(4)) == (-8, "dispute.lost")
+    won = dispute(at=day(3), charge="ch_9", payment_intent="pi_9", lost=False)
+    assert code([*facts, won], day(4))[0] == 5
+
+
+def test_a_refund_of_a_basil_payment_of_an_older_invoice_changes_nothing():
+    facts = [
+        subscription("active", at=day(30), period_start=day(30), period_end=day(60)),
+        invoice(at=day(0), charge=None),
+        invoice_payment(at=day(0), charge="ch_9"),
+        invoice(
+            at=day(30), invoice_id="in_2", charge=None, period_start=day(30), period_end=day(60)
+        ),
+        invoice_payment(at=day(30), invoice_id="in_2", payment_intent="pi_10"),
+    ]
+    assert code([*facts, refund(at=day(31), charge="ch_9")], day(32))[0] == 5
+    assert code([*facts, refund(at=day(31), payment_intent="pi_10")], day(32))[0] == -8
+
+
+def test_a_credit_note_for_the_whole_amount_paid_revokes_under_the_refund_policy():
+    facts = [subscription("active"), invoice(at=day(0), amount_paid=1000)]
+    whole = credit_note(at=day(3), amount=1000)
+    status = perm([*facts, whole], day(4))
+    assert (status.entitlement, status.expire_date) == (-8, day(3))
+    assert status.rule == "refund.full.credit_note"
+    assert code([*facts, whole], day(4), policy=AppPolicy(refund_policy="never"))[0] == 5
+    part = credit_note(at=day(3), amount=300)
+    assert code([*facts, part], day(4))[0] == 5
+    any_refund = AppPolicy(refund_policy="any")
+    assert code([*facts, part], day(4), policy=any_refund) == (-8, "refund.partial.credit_note")
+
+
+def test_a_credit_note_is_partial_while_the_amount_paid_is_unknown():
+    note = credit_note(at=day(3), amount=1000)
+    facts = [subscription("active"), invoice(at=day(0), amount_paid=0), note]
+    assert code(facts, day(4))[0] == 5  # nothing known to be paid: never "the whole amount"
+    facts = [subscription("active"), invoice(at=day(0)), replace(note, invoice_amount_paid=1000)]
+    assert code(facts, day(4))[0] == -8  # the note's expanded invoice says it
+
+
+# --- one-off invoices are one-time purchases ------------------------------------------------------
+
+
+def one_off(*, at: int = day(0), product: str = "prod_L", paid: bool = True, **kw) -> Fact:
+    return invoice(at=at, sub=None, product=product, paid=paid, invoice_id="in_once", **kw)
+
+
+def test_a_paid_one_off_invoice_grants_its_products_as_a_one_time_purchase():
+    status = perm([one_off()], day(100))
+    assert (status.entitlement, status.expire_date, status.rule) == (3, None, "purchase.lifetime")
+    (purchase,) = derive([one_off()], CATALOGUE, POLICY, day(1)).purchases
+    assert (purchase.purchase_id, purchase.invoice_id) == ("in_once", "in_once")
+    assert derive([one_off()], CATALOGUE, POLICY, day(1)).subscriptions == ()
+
+
+def test_a_one_off_invoice_for_a_pass_lasts_the_skus_duration():
+    facts = [one_off(product="prod_P")]
+    assert (perm(facts, day(29)).entitlement, perm(facts, day(29)).expire_date) == (3, day(30))
+    assert code(facts, day(31)) == (-5, "purchase.duration_elapsed")
+
+
+def test_an_unpaid_one_off_invoice_grants_nothing():
+    assert perm([one_off(paid=False)], day(1)).entitlement == -9
+
+
+def test_a_one_off_invoice_is_revoked_by_its_refund_credit_note_or_lost_dispute():
+    pre_basil = [one_off(charge="ch_once")]
+    assert code([*pre_basil, refund(at=day(2), charge="ch_once")], day(3)) == (-8, "refund.full")
+    basil = [one_off(charge=None), invoice_payment(at=day(0), invoice_id="in_once")]
+    by_intent = refund(at=day(2), charge=None, payment_intent="pi_9")
+    assert code([*basil, by_intent], day(3)) == (-8, "refund.full")
+    lost = dispute(at=day(2), charge="ch_x", payment_intent="pi_9")
+    assert code([*basil, lost], day(3)) == (-8, "dispute.lost")
+    note = credit_note(at=day(2), amount=1000, invoice_id="in_once")
+    assert code([*basil, note], day(3)) == (-8, "refund.full.credit_note")
+    assert code([*basil, note], day(3), policy=AppPolicy(refund_policy="never"))[0] == 3
+
+
+def test_a_checkout_and_the_invoice_it_made_are_one_purchase():
+    session = replace(checkout(at=day(0), products=None), invoice_id="in_once")
+    facts = [session, one_off(payment_intent="pi_1")]
+    (purchase,) = derive(facts, CATALOGUE, POLICY, day(1)).purchases
+    assert (purchase.session_id, purchase.invoice_id, purchase.sku_ids) == (
+        "cs_1",
+        "in_once",
+        ("lifetime",),
+    )
+
+
+def test_a_checkout_refused_by_stripe_says_why_it_stays_unresolved():
+    failure = LineItemsUnresolvable(
+        event_id="line_items:1", at=day(1), session_id="cs_1", status=404, reason="No such"
+    )
+    (purchase,) = derive(
+        [checkout(at=day(0), products=None), failure], CATALOGUE, POLICY, day(2)
+    ).purchases
+    assert (purchase.unresolved, purchase.resolution_error) == (True, "HTTP 404: No such")
+    resolved = [checkout(at=day(0), products=("prod_L",)), failure]
+    assert derive(resolved, CATALOGUE, POLICY, day(2)).purchases[0].resolution_error is None
 
 
 # --- one-time purchases ---------------------------------------------------------------------------
@@ -645,30 +981,78 @@ def subscription_lifecycle(draw, prefix: str) -> list[Fact]:
                 ),
                 paused=draw(st.booleans()),
                 deleted=draw(st.booleans()),
+                creation=draw(st.booleans()),
+                previous=draw(PREVIOUS),
             )
         )
     invoices = draw(st.integers(0, 3))
     for j in range(invoices):
         paid = draw(st.booleans())
         start = T0 + 30 * DAY * draw(st.integers(0, 3))
+        basil = draw(st.booleans())  # the invoice names no charge: its InvoicePayment does
+        invoice_id = f"in_{prefix}_{draw(st.integers(0, 1))}"
+        at = T0 + draw(st.sampled_from(STEPS)) * draw(st.integers(0, 3))
         facts.append(
             InvoiceObserved(
                 event_id=f"evt_{prefix}_i{j}",
-                at=T0 + draw(st.sampled_from(STEPS)) * draw(st.integers(0, 3)),
-                invoice_id=f"in_{prefix}_{draw(st.integers(0, 1))}",
+                at=at,
+                invoice_id=invoice_id,
                 customer_id="cus_1",
                 subscription_id=sub,
-                status="paid" if paid else "open",
+                status=draw(st.sampled_from(["open", "void"])) if not paid else "paid",
                 paid=paid,
                 payment_failed=not paid,
                 lines=(LineItem(product_id=draw(st.sampled_from(["prod_M", "prod_Y"]))),),
                 period_start=start,
                 period_end=start + 30 * DAY,
-                charge_id=f"ch_{prefix}_{j}",
+                amount_paid=1000 if paid else 0,
+                charge_id=None if basil else f"ch_{prefix}_{j}",
             )
         )
+        if basil and draw(st.booleans()):
+            facts.append(
+                replace(
+                    invoice_payment(at=at, invoice_id=invoice_id, charge=f"ch_{prefix}_{j}"),
+                    event_id=f"evt_{prefix}_ip{j}",
+                    payment_intent_id=None,
+                )
+            )
+    invoice_ids = [f"in_{prefix}_{n}" for n in (0, 1)]
     facts += draw(money_taken_back(prefix, [f"ch_{prefix}_{j}" for j in range(invoices)]))
+    facts += draw(credit_notes(prefix, invoice_ids if invoices else []))
     return facts
+
+
+# What an update's previous_attributes may say (some describe another drawn snapshot).
+PREVIOUS = st.sampled_from(
+    [
+        (),
+        (("status", "active"),),
+        (("status", "past_due"),),
+        (("status", "incomplete"),),
+        (("cancel_at_period_end", False),),
+        (("cancel_at_period_end", True),),
+        (("cancel_at_period_end", False), ("status", "trialing")),
+        (("items", "/prod_M"),),
+    ]
+)
+
+
+@st.composite
+def credit_notes(draw, prefix: str, invoice_ids: list[str]) -> list[Fact]:
+    if not invoice_ids:
+        return []
+    return [
+        replace(
+            credit_note(
+                at=T0 + draw(st.sampled_from(STEPS)) * draw(st.integers(0, 3)),
+                amount=draw(st.sampled_from([300, 1000])),
+                invoice_id=draw(st.sampled_from(invoice_ids)),
+            ),
+            event_id=f"evt_{prefix}_cn{k}",
+        )
+        for k in range(draw(st.integers(0, 1)))
+    ]
 
 
 @st.composite
@@ -694,6 +1078,30 @@ def purchase_lifecycle(draw, prefix: str) -> list[Fact]:
             at=T0 + draw(st.sampled_from(STEPS)), payment_intent=pi, charge=charge, sku=sku
         )
         facts.append(PaymentSucceeded(**{**fact.__dict__, "event_id": f"evt_{prefix}_p"}))
+    if draw(st.booleans()):  # Stripe refused its line items
+        facts.append(
+            LineItemsUnresolvable(
+                event_id=f"line_items:{prefix}",
+                at=T0 + draw(st.sampled_from(STEPS)),
+                session_id=f"cs_{prefix}",
+                status=404,
+                reason="No such checkout.session",
+            )
+        )
+    if draw(st.booleans()):  # a one-off invoice, paid by this payment intent (or its charge)
+        once = invoice(
+            at=T0 + draw(st.sampled_from(STEPS)),
+            sub=None,
+            invoice_id=f"in_{prefix}_once",
+            product=draw(st.sampled_from(["prod_P", "prod_L"])),
+            paid=draw(st.booleans()),
+            charge=None,
+        )
+        facts.append(replace(once, event_id=f"evt_{prefix}_once"))
+        if draw(st.booleans()):
+            paid_by = invoice_payment(at=once.at, invoice_id=once.invoice_id, payment_intent=pi)
+            facts.append(replace(paid_by, event_id=f"evt_{prefix}_once_ip", charge_id=charge))
+        facts += draw(credit_notes(prefix, [once.invoice_id]))
     facts += draw(money_taken_back(prefix, [charge]))
     return facts
 

@@ -23,14 +23,18 @@ from adapters.stripe.facts import FACT_READERS, facts_from_event, line_items_fro
 from domain.facts import (
     ChargeRefunded,
     CheckoutCompleted,
+    CreditNoteIssued,
     CustomerObserved,
     DisputeObserved,
     Fact,
     InvoiceObserved,
+    InvoicePaymentObserved,
     LineItem,
     PaymentSucceeded,
     SubscriptionObserved,
     fact_from_dict,
+    items_key,
+    snapshot_attribute,
 )
 from projections.buyer_facts import fact_text
 from tests.renderings import as_basil_invoice, as_basil_subscription
@@ -48,10 +52,11 @@ EXPECTED_KIND = {
     "invoice.payment_succeeded": "invoice",
     "invoice.updated": "invoice",
     "invoice.payment_failed": "invoice",
+    "invoice_payment.paid": "invoice_payment",
     "charge.succeeded": "payment",
     "charge.failed": "payment_failed",
     "charge.refunded": "refund",
-    "credit_note.created": "refund",
+    "credit_note.created": "credit_note",
     "customer.created": "customer",
     "customer.updated": "customer",
     "customer.deleted": "customer",
@@ -135,6 +140,7 @@ def test_a_2013_subscription_has_its_plan_on_the_subscription_and_no_id() -> Non
         current_period_start=1371501377,
         current_period_end=1371760577,
         trial_end=1371760577,
+        creation=True,  # a customer.subscription.created event
     )
 
 
@@ -223,6 +229,59 @@ def test_a_subscription_reads_the_same_in_the_2020_and_basil_shapes(name: str) -
     assert only_fact(basil) == replace(only_fact(old), event_id=basil["id"])
 
 
+# --- Which of two snapshots of one second came first ---------------------------------------------
+
+
+def test_a_creation_is_marked_and_an_update_says_what_it_changed() -> None:
+    created = only_fact(event("2023-10-16__customer.subscription.created__alimehndi__1.json"))
+    updated = only_fact(event("2023-10-16__customer.subscription.updated__alimehndi__1.json"))
+    assert (created.creation, created.previous) == (True, ())
+    # The real update's previous_attributes: {"default_payment_method": null, "status":
+    # "incomplete"}; only what describes a snapshot's state is kept.
+    assert (updated.creation, updated.previous) == (False, (("status", "incomplete"),))
+    assert snapshot_attribute(created, "status") == "incomplete"
+
+
+def test_a_basil_update_names_the_cancellation_it_undid_or_set() -> None:
+    fact = only_fact(event("2025-04-30.basil__customer.subscription.updated__godgpt__1.json"))
+    assert fact.previous == (
+        ("cancel_at", None),
+        ("cancel_at_period_end", False),
+        ("canceled_at", None),
+    )
+
+
+def test_a_plan_change_names_the_previous_items() -> None:
+    # 2018 shape: items list, previous_attributes.plan (the old plan object).
+    fact = only_fact(event("customer.subscription.updated__srm_c9af9d3__1.json"))
+    assert dict(fact.previous) == {"items": "OLD_PLAN_ID/pr_00000000000002"}
+
+
+def test_previous_items_at_basil_carry_the_previous_item_periods() -> None:
+    # Edited copy of the real basil update: the item's period moved on (a renewal), which
+    # basil reports as the whole previous items list (changelog: previous_attributes now
+    # contain the item-level period change).
+    payload = event("2025-04-30.basil__customer.subscription.updated__godgpt__1.json")
+    before = copy.deepcopy(payload["data"]["object"]["items"])
+    for item in before["data"]:
+        item.update(current_period_start=1747754088, current_period_end=1747840488)
+    payload["data"]["previous_attributes"] = {"items": before}
+    fact = only_fact(payload)
+    assert dict(fact.previous) == {
+        "items": items_key(fact.items),
+        "current_period_start": 1747754088,
+        "current_period_end": 1747840488,
+    }
+
+
+def test_damaged_previous_attributes_are_left_out() -> None:
+    payload = event("2023-10-16__customer.subscription.updated__alimehndi__1.json")
+    payload["data"]["previous_attributes"] = {"status": 3, "cancel_at": "soon", "ended_at": None}
+    assert only_fact(payload).previous == (("ended_at", None),)
+    payload["data"]["previous_attributes"] = "junk"
+    assert only_fact(payload).previous == ()
+
+
 # --- Invoices -----------------------------------------------------------------------------------
 
 
@@ -284,6 +343,67 @@ def test_a_failed_invoice_payment() -> None:
 def test_an_invoice_reads_the_same_in_the_2020_and_basil_shapes() -> None:
     old = event("invoice.paid__sse__1.json")
     assert only_fact(as_basil_invoice(old)) == only_fact(old)
+
+
+# --- InvoicePayments (basil and later) ----------------------------------------------------------
+
+PAY_RAILS_INVOICE_PAYMENT = STRIPE / "objects" / "pay-rails" / "event_data__invoice.updated.json"
+
+
+def invoice_payment_event(**changes: Any) -> dict[str, Any]:
+    """pay-rails' real `event.data` of an invoice_payment (2026-02; its file is misnamed
+    invoice.updated), in an envelope of ours: `invoice_payment.paid`, at clover."""
+    data = json.loads(PAY_RAILS_INVOICE_PAYMENT.read_text())
+    data["object"].update(changes)
+    return {
+        "id": "evt_inpay_1",
+        "object": "event",
+        "api_version": "2025-09-30.clover",
+        "created": 1771896040,
+        "type": "invoice_payment.paid",
+        "data": data,
+    }
+
+
+def test_an_invoice_payment_names_its_invoice_subscription_and_payment_intent() -> None:
+    assert only_fact(invoice_payment_event()) == InvoicePaymentObserved(
+        event_id="evt_inpay_1",
+        at=1771896040,
+        invoice_payment_id="inpay_1T4AIlGWAy8DppqhYcK0hqe3",
+        invoice_id="in_1T4AIkGWAy8DppqhJAdbjaWb",
+        subscription_id="sub_1234",
+        payment_intent_id="pi_3T4AIlGWAy8Dppqh3Vsl9Pya",
+        charge_id=None,
+        amount_paid=2000,
+        paid=True,
+    )
+
+
+def test_an_invoice_payment_by_charge_and_the_newer_top_level_shape() -> None:
+    by_charge = invoice_payment_event(payment={"type": "charge", "charge": "ch_1"})
+    assert (only_fact(by_charge).charge_id, only_fact(by_charge).payment_intent_id) == (
+        "ch_1",
+        None,
+    )
+    # Stripe's API reference for 2025-11-17.preview: `charge` / `payment_intent` top level.
+    top = invoice_payment_event(payment_intent="pi_9", charge=None)
+    del top["data"]["object"]["payment"]
+    assert only_fact(top).payment_intent_id == "pi_9"
+
+
+def test_an_invoice_payment_claims_the_subscriptions_customid() -> None:
+    payload = invoice_payment_event()
+    payload["data"]["object"]["parent"]["subscription_details"]["metadata"] = {"customid": "u"}
+    assert only_fact(payload).customid == "u"
+
+
+@pytest.mark.parametrize("path", OPENAPI_FILES[-3:], ids=lambda path: path.stem.split("__")[1])
+def test_stripe_example_invoice_payments_read(path: Path) -> None:
+    """Stripe's example InvoicePayment (basil 2025-03-31, 2025-08-27, clover): its payment
+    names only a type, so the fact links the invoice to no payment."""
+    example = _load(path)["resources"]["invoice_payment"]
+    fact = only_fact(_wrap("invoice_payment.paid", example))
+    assert (fact.invoice_id, fact.payment_intent_id, fact.charge_id) == ("invoice", None, None)
 
 
 # --- Payments, refunds, disputes ----------------------------------------------------------------
@@ -360,26 +480,46 @@ def test_a_2015_refund_is_full() -> None:
     assert (fact.amount_refunded, fact.full) == (1000, True)
 
 
-def test_a_credit_note_is_a_refund_only_when_it_carries_one() -> None:
+def test_a_credit_note_gives_money_back_only_with_a_refund_or_after_payment() -> None:
     payload = event("credit_note.created__sse__1.json")
-    assert facts_from_event(payload) == []
+    assert payload["data"]["object"]["type"] == "pre_payment"
+    assert facts_from_event(payload) == []  # it only lowered what an unpaid invoice asked
 
     # Edited copy: the credit note refunded its amount (1099) to the card.
     note = payload["data"]["object"]
     note["refund"] = "re_1"
-    fact = only_fact(payload)
-    assert (fact.invoice_id, fact.amount_refunded) == ("in_1MxvRkLkdIwHu7ixABNtI99m", 1099)
-    assert fact.full is False  # the invoice's total is unknown (not expanded)
+    assert only_fact(payload) == CreditNoteIssued(
+        event_id="evt_1KJrLuJDPojXS6LNKLCh0CEr",
+        at=1642649422,
+        credit_note_id="cn_1MxvRqLkdIwHu7ixY0xbUcxk",
+        invoice_id="in_1MxvRkLkdIwHu7ixABNtI99m",  # an id: the amount paid is the invoice's
+        customer_id="cus_NjLgPhUokHubJC",
+        amount=1099,
+    )
 
-    note["invoice"] = {"id": note["invoice"], "object": "invoice", "total": 1099}
+    note["invoice"] = {"id": note["invoice"], "object": "invoice", "amount_paid": 1099}
     note["refund"] = {"id": "re_1", "charge": "ch_1", "payment_intent": {"id": "pi_1"}}
     fact = only_fact(payload)
-    assert (fact.full, fact.amount, fact.charge_id, fact.payment_intent_id) == (
-        True,
+    assert (fact.invoice_amount_paid, fact.charge_id, fact.payment_intent_id) == (
         1099,
         "ch_1",
         "pi_1",
     )
+
+    # Edited copy: no refund, but issued after the invoice was paid (credited to the balance).
+    note.update(refund=None, type="post_payment")
+    assert only_fact(payload).amount == 1099
+
+
+@pytest.mark.parametrize("path", OPENAPI_FILES, ids=lambda path: path.stem.split("__")[1])
+def test_stripe_example_credit_notes_read_at_every_version(path: Path) -> None:
+    """Stripe's example credit note: `refund` (null) before basil, `refunds[].refund` after."""
+    note = _load(path)["resources"]["credit_note"]
+    facts = facts_from_event(_wrap("credit_note.created", note))
+    gives_back = bool(note.get("refund")) or bool(note.get("refunds"))
+    assert [f.kind for f in facts] == (["credit_note"] if gives_back else [])
+    for fact in facts:
+        assert (fact.invoice_id, fact.amount) == (note["invoice"], note["amount"])
 
 
 def test_a_lost_dispute() -> None:

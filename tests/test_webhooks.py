@@ -135,6 +135,22 @@ def test_events_without_a_customer_land_on_the_buyer_they_name(client, engine) -
     assert len(history(engine, "demo", "payment:pi_3")) == 2
 
 
+def test_an_invoice_payment_lands_on_the_history_of_the_payment_it_names(client, engine) -> None:
+    """invoice_payment.paid names no customer: like that payment's refunds and disputes, it
+    goes to the payment's own history, where a customer's history naming the payment finds it.
+    pay-rails' real invoice_payment (2026-02), in an envelope of ours."""
+    path = Path(fixture_files()[0]).parents[1] / "objects" / "pay-rails"
+    data = json.loads((path / "event_data__invoice.updated.json").read_text())
+    raw = make_event("invoice_payment.paid", data["object"], api_version="2025-09-30.clover")
+    assert post_webhook(client, raw).status_code == 200
+    (recorded,) = history(engine, "demo", "payment:pi_3T4AIlGWAy8Dppqh3Vsl9Pya")[1:]
+    assert type(recorded) is Buyer.InvoicePaymentPaid
+    by_charge = {**data["object"], "id": "inpay_2", "payment": {"type": "charge", "charge": "ch_7"}}
+    assert post_webhook(client, make_event("invoice_payment.paid", by_charge)).status_code == 200
+    (recorded,) = history(engine, "demo", "payment:ch_7")[1:]
+    assert type(recorded) is Buyer.InvoicePaymentPaid
+
+
 def test_apps_keep_separate_histories(client, engine) -> None:
     raw = make_event("customer.updated", {"id": "cus_shared", "object": "customer"})
     assert post_webhook(client, raw, app_id="demo").json()["duplicate"] is False

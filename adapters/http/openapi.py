@@ -391,7 +391,7 @@ def _permission_schemas() -> dict[str, Schema]:
         "AccountableSku": _object(
             {
                 "skuId": STRING,
-                "productId": STRING,
+                "productId": _nullable(STRING),  # null: the SKU names only a price
                 "store": {"type": "integer", "enum": [4]},
                 "isInIntroOfferPeriod": BOOLEAN,
                 "isInTrialPeriod": BOOLEAN,
@@ -466,6 +466,7 @@ def _subscriber_schemas() -> dict[str, Schema]:
                 "refunded": BOOLEAN,
                 "entitlement": INTEGER,
                 "rule": STRING,
+                "resolutionError": _nullable(STRING),
             }
         ),
         "LineItem": _object(
@@ -485,14 +486,20 @@ def _catalogue_schemas() -> dict[str, Schema]:
     }
     by_permission = {"type": "object", "additionalProperties": _array(STRING)}
     return {
-        "Catalogue": _object(catalogue),
-        "Sku": _object(
-            {"skuId": TEXT_ID, "productId": TEXT_ID},
-            {
-                "priceId": TEXT_ID,
-                "duration": {**TEXT_ID, "description": "ISO 8601 duration, e.g. P30D"},
-            },
-        ),
+        # Refused otherwise (400, 1010): a document that is not plainly a catalogue would
+        # replace the catalogue and take every permission away.
+        "Catalogue": {**_object(catalogue), "additionalProperties": False},
+        "Sku": {
+            **_object(
+                {"skuId": TEXT_ID},
+                {
+                    "productId": TEXT_ID,
+                    "priceId": TEXT_ID,
+                    "duration": {**TEXT_ID, "description": "ISO 8601 duration, e.g. P30D"},
+                },
+            ),
+            "anyOf": [{"required": ["productId"]}, {"required": ["priceId"]}],
+        },
         "CataloguePermission": _object({"permissionId": TEXT_ID, "skuIds": _array(TEXT_ID)}),
         "CatalogueWritten": _object({**catalogue, "changed": BOOLEAN}),
         "CataloguePreview": _object(
@@ -544,6 +551,8 @@ def _history_schemas() -> dict[str, Schema]:
                 "previousCustomid": _nullable(STRING),
                 "source": STRING,
                 "checkoutSessionId": STRING,
+                "status": _nullable(INTEGER),  # a refused line-item fetch: Stripe's HTTP status
+                "reason": STRING,  # and its message
             },
         ),
     }

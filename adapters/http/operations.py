@@ -32,6 +32,12 @@ PROJECTION_LAG = Gauge(
     "How many events the read model is behind the event log",
     ["projection"],
 )
+CHECKOUTS_REFUSED = Gauge(
+    "entitlements_checkouts_unresolvable",
+    "Checkouts whose line items Stripe refused for good (404, 401, 403): they grant nothing "
+    "until `entitlements resolve-checkouts --retry-failed` resolves them",
+    ["app"],
+)
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -58,4 +64,10 @@ async def metrics(request: Request) -> Response:
         PROJECTION_LAG.labels(engine.follower.projection.name).set(lag)
     except Exception:
         log.exception("projection lag unavailable")
+    try:
+        refused = await run_in_threadpool(engine.resolver.refused_by_app)
+        for app_id, count in refused.items():
+            CHECKOUTS_REFUSED.labels(app_id).set(count)
+    except Exception:
+        log.exception("unresolvable checkouts unavailable")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -22,8 +22,21 @@ PAGE_SIZE = 100  # Stripe's maximum
 MAX_PAGES = 50  # 5,000 line items: more means a broken answer, not a real session
 
 
+# What asking again cannot change: no such object (404), a key Stripe does not accept (401) or
+# one without the permission (403). Rate limits (429), 5xx and timeouts pass.
+PERMANENT_STATUSES = frozenset({401, 403, 404})
+
+
 class StripeApiError(RuntimeError):
-    """Stripe could not be asked or did not answer usefully; try again later."""
+    """Stripe could not be asked or did not answer usefully. `permanent`: it will answer the
+    same until something changes on Stripe's side (see `PERMANENT_STATUSES`); otherwise try
+    again later. `reason` is Stripe's message (or what failed), `status` its HTTP status."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason or message
+        self.permanent = status in PERMANENT_STATUSES
 
 
 class StripeApi:
@@ -64,12 +77,19 @@ class StripeApi:
             response = self._client.raw_request("get", path, **params)
             body = json.loads(response.body)
         except stripe.StripeError as error:
-            raise StripeApiError(f"GET {path}: {_describe(error)}") from error
+            status = error.http_status if isinstance(error.http_status, int) else None
+            message = f"GET {path}: {_describe(error)}"
+            raise StripeApiError(message, status, _stripe_message(error)) from error
         except (OSError, ValueError) as error:  # a transport surprise or a non-JSON body
             raise StripeApiError(f"GET {path}: {error}") from error
         if not isinstance(body, dict):
             raise StripeApiError(f"GET {path}: the answer is not a JSON object")
         return body
+
+
+def _stripe_message(error: stripe.StripeError) -> str:
+    """Stripe's own message, on one line (never the key)."""
+    return " ".join((error.user_message or str(error) or type(error).__name__).split())[:300]
 
 
 def _describe(error: stripe.StripeError) -> str:
@@ -80,5 +100,4 @@ def _describe(error: stripe.StripeError) -> str:
         detail = str(error).rsplit("\n\n", 1)[-1].strip("()")
         return f"Stripe unreachable: {detail[:300]}"
     status = f"HTTP {error.http_status}: " if error.http_status else ""
-    message = " ".join((error.user_message or str(error) or type(error).__name__).split())
-    return f"{status}{message[:300]}"
+    return f"{status}{_stripe_message(error)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.stripe.fields import id_of, metadata
+from adapters.stripe.fields import id_of, invoice_payment_ids, metadata
 from adapters.stripe.sanity import INT64, UnstorableJson, load_json
 from domain.aggregates import Buyer
 
@@ -44,6 +44,7 @@ EVENT_CLASSES: dict[str, type[Buyer.StripeEventRecorded]] = {
     "invoice.payment_succeeded": Buyer.InvoicePaid,
     "invoice.updated": Buyer.InvoiceUpdated,
     "invoice.payment_failed": Buyer.InvoicePaymentFailed,
+    "invoice_payment.paid": Buyer.InvoicePaymentPaid,
     "payment_intent.succeeded": Buyer.PaymentSucceeded,
     "payment_intent.partially_funded": Buyer.PaymentSucceeded,
     "charge.succeeded": Buyer.PaymentSucceeded,
@@ -123,6 +124,12 @@ def buyer_key_of(obj: dict[str, Any]) -> str:
     reference = obj.get("client_reference_id")
     if isinstance(reference, str) and reference:
         return f"customid:{reference}"
+    if obj.get("object") == "invoice_payment":
+        # No customer: it joins the history of the payment it names, like that payment's
+        # refunds and disputes, where a customer's history naming the payment finds it.
+        intent, charge = invoice_payment_ids(obj)
+        if intent or charge:
+            return f"payment:{intent or charge}"
     payment = id_of(obj.get("payment_intent")) or (
         id_of(obj.get("id")) if obj.get("object") == "payment_intent" else None
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from adapters.stripe.fields import (
     amount_refunded,
+    credit_note_gives_back,
     credit_note_refunds,
     dig,
     display_items,
@@ -25,6 +26,7 @@ from adapters.stripe.fields import (
     invoice_line_items,
     invoice_lines,
     invoice_payment,
+    invoice_payment_ids,
     invoice_period,
     invoice_subscription_id,
     line_items_from_stripe,
@@ -36,16 +38,19 @@ from adapters.stripe.fields import (
     subscription_items,
     subscription_paused,
     subscription_period,
+    subscription_previous,
     synthetic_id,
     text,
 )
 from domain.facts import (
     ChargeRefunded,
     CheckoutCompleted,
+    CreditNoteIssued,
     CustomerObserved,
     DisputeObserved,
     Fact,
     InvoiceObserved,
+    InvoicePaymentObserved,
     LineItem,
     PaymentFailed,
     PaymentSucceeded,
@@ -85,8 +90,13 @@ def _object(event: Event) -> dict[str, Any]:
 # --- Subscriptions ------------------------------------------------------------------------------
 
 
-def customer_subscription_changed(event: Event, deleted: bool = False) -> list[Fact]:
-    """created / updated / paused / resumed / trial_will_end: a snapshot of the subscription."""
+def customer_subscription_changed(
+    event: Event, deleted: bool = False, creation: bool = False
+) -> list[Fact]:
+    """created / updated / paused / resumed / trial_will_end: a snapshot of the subscription.
+
+    Which of two snapshots of the same second came first is told by what the event is (a
+    creation comes before any update) and by the update's `previous_attributes`."""
     sub = _object(event)
     sub_id = subscription_id(sub)
     if sub_id is None:
@@ -113,8 +123,14 @@ def customer_subscription_changed(event: Event, deleted: bool = False) -> list[F
         paused=subscription_paused(sub),
         deleted=deleted,
         customid=metadata(sub, "customid"),
+        creation=creation,
+        previous=subscription_previous(dig(event, "data", "previous_attributes")),
     )
     return [fact]
+
+
+def customer_subscription_created(event: Event) -> list[Fact]:
+    return customer_subscription_changed(event, creation=True)
 
 
 def customer_subscription_deleted(event: Event) -> list[Fact]:
@@ -157,6 +173,31 @@ def invoice_paid_or_updated(event: Event, payment_failed: bool = False) -> list[
 
 def invoice_payment_failed(event: Event) -> list[Fact]:
     return invoice_paid_or_updated(event, payment_failed=True)
+
+
+def invoice_payment_paid(event: Event) -> list[Fact]:
+    """invoice_payment.paid: the link between an invoice and the payment that paid it, the
+    only one from basil on (refunds and disputes name the charge and payment intent)."""
+    payment = _object(event)
+    payment_id = id_of(payment.get("id"))
+    if payment_id is None:
+        return []
+    intent_id, charge_id = invoice_payment_ids(payment)
+    parent = dig(payment, "parent", "subscription_details")
+    event_id, at = _stamp(event)
+    fact = InvoicePaymentObserved(
+        event_id=event_id,
+        at=at,
+        invoice_payment_id=payment_id,
+        invoice_id=id_of(payment.get("invoice")),
+        subscription_id=id_of(dig(parent, "subscription")),
+        payment_intent_id=intent_id,
+        charge_id=charge_id,
+        amount_paid=integer(payment.get("amount_paid")),
+        paid=payment.get("status") == "paid",
+        customid=metadata(parent, "customid"),
+    )
+    return [fact]
 
 
 # --- Payments -----------------------------------------------------------------------------------
@@ -255,31 +296,26 @@ def charge_refunded(event: Event) -> list[Fact]:
 
 
 def credit_note_created(event: Event) -> list[Fact]:
-    """A credit note refunds money only when it carries a refund (else it credits a balance or
-    reduces an unpaid invoice). Its charge is known only if a refund came expanded.
-
-    `amount_refunded` is the note's `amount`. `full`: it covers the invoice's `total` (also given
-    as `amount`), known only when `invoice` came expanded; otherwise False, so that a credit note
-    alone never revokes more than a partial refund would (the matching `charge.refunded` event
-    says whether the charge was refunded in full).
-    """
+    """Money given back against an invoice: a refund, or a credit issued after it was paid
+    (`credit_note_gives_back`). Whether that is the whole amount paid is for the rules to say,
+    from the invoice's `amount_paid` (the note names its invoice by id; an expanded invoice's
+    `amount_paid` is read too). Its charge is known only if a refund came expanded."""
     note = _object(event)
-    refunds = credit_note_refunds(note)
-    if not refunds:
+    note_id = id_of(note.get("id"))
+    if note_id is None or not credit_note_gives_back(note):
         return []
-    invoice_total = integer(dig(note, "invoice", "total"))
-    credited = integer(note.get("amount")) or 0
+    refunds = credit_note_refunds(note)
     event_id, at = _stamp(event)
-    fact = ChargeRefunded(
+    fact = CreditNoteIssued(
         event_id=event_id,
         at=at,
+        credit_note_id=note_id,
+        invoice_id=id_of(note.get("invoice")),
+        customer_id=id_of(note.get("customer")),
+        amount=integer(note.get("amount")) or 0,
         charge_id=first(id_of(dig(refund, "charge")) for refund in refunds),
         payment_intent_id=first(id_of(dig(refund, "payment_intent")) for refund in refunds),
-        customer_id=id_of(note.get("customer")),
-        amount=invoice_total,
-        amount_refunded=credited,
-        full=invoice_total is not None and 0 < invoice_total <= credited,
-        invoice_id=id_of(note.get("invoice")),
+        invoice_amount_paid=integer(dig(note, "invoice", "amount_paid")),
     )
     return [fact]
 
@@ -375,7 +411,7 @@ FACT_READERS: dict[str, FactReader] = {
     "checkout.session.completed": checkout_session_completed,
     "payment_intent.succeeded": payment_intent_succeeded,
     "payment_intent.partially_funded": payment_intent_partially_funded,
-    "customer.subscription.created": customer_subscription_changed,
+    "customer.subscription.created": customer_subscription_created,
     "customer.subscription.updated": customer_subscription_changed,
     "customer.subscription.deleted": customer_subscription_deleted,
     "customer.subscription.paused": customer_subscription_changed,
@@ -385,6 +421,7 @@ FACT_READERS: dict[str, FactReader] = {
     "invoice.payment_succeeded": invoice_paid_or_updated,
     "invoice.updated": invoice_paid_or_updated,
     "invoice.payment_failed": invoice_payment_failed,
+    "invoice_payment.paid": invoice_payment_paid,
     "charge.succeeded": charge_succeeded,
     "charge.failed": charge_failed,
     "charge.refunded": charge_refunded,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from domain.facts import LineItem
+from domain.facts import LineItem, items_key
 
 # Stripe ids never contain ':', so ids we have to make up for payloads that carry none
 # (2013-era subscriptions, old dispute test payloads) can never collide with real ones.
@@ -184,6 +184,46 @@ def subscription_period(
     )
 
 
+_PREVIOUS_INSTANTS = (
+    "cancel_at",
+    "canceled_at",
+    "ended_at",
+    "trial_end",
+    "current_period_start",
+    "current_period_end",
+)
+
+
+def subscription_previous(previous: Any) -> tuple[tuple[str, str | int | bool | None], ...]:
+    """What an update's `previous_attributes` say the subscription was just before, in the
+    vocabulary of `domain.facts.snapshot_attribute`; attributes of the wrong type are left out.
+
+    Items: `items` (the whole previous list, with item-level periods from basil on), or a
+    single-plan subscription's `plan` (2013-2018 shapes)."""
+    if not isinstance(previous, dict):
+        return ()
+    pairs: dict[str, str | int | bool | None] = {}
+    if text(previous.get("status")):
+        pairs["status"] = previous["status"]
+    if isinstance(previous.get("cancel_at_period_end"), bool):
+        pairs["cancel_at_period_end"] = previous["cancel_at_period_end"]
+    for name in _PREVIOUS_INSTANTS:
+        if name in previous and (previous[name] is None or integer(previous[name]) is not None):
+            pairs[name] = previous[name]
+    if isinstance(previous.get("items"), dict):
+        items = subscription_items({"items": previous["items"]})
+        pairs["items"] = items_key(items)
+        start, end = subscription_period({}, items)  # basil+: the previous item periods
+        if start is not None:
+            pairs.setdefault("current_period_start", start)
+        if end is not None:
+            pairs.setdefault("current_period_end", end)
+    elif isinstance(previous.get("plan"), dict):
+        plan = line_item({"plan": previous["plan"]})
+        pairs["items"] = items_key((plan,) if plan else ())
+    return tuple(sorted(pairs.items()))
+
+
 def subscription_paused(sub: dict[str, Any]) -> bool:
     # Status `paused` (trial ended without payment method) or collection paused by the merchant.
     return sub.get("status") == "paused" or sub.get("pause_collection") is not None
@@ -280,13 +320,23 @@ def invoice_customid(invoice: dict[str, Any]) -> str | None:
 
 def invoice_payment(invoice: dict[str, Any]) -> tuple[str | None, str | None]:
     """(charge id, payment intent id). basil removed `charge`/`payment_intent`; its `payments`
-    list (InvoicePayment objects) is read when present, which webhooks rarely include."""
+    list (InvoicePayment objects, the first that names a payment) is read when present, which
+    webhooks rarely include: `invoice_payment.paid` events say the same."""
     charge_id, intent_id = id_of(invoice.get("charge")), id_of(invoice.get("payment_intent"))
     for payment in objects(invoice.get("payments")):
-        details = payment.get("payment")
-        charge_id = charge_id or id_of(dig(details, "charge"))
-        intent_id = intent_id or id_of(dig(details, "payment_intent"))
+        if charge_id is None and intent_id is None:
+            intent_id, charge_id = invoice_payment_ids(payment)
     return charge_id, intent_id
+
+
+def invoice_payment_ids(payment: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(payment intent id, charge id) of an InvoicePayment: `payment.payment_intent` /
+    `payment.charge` (basil, clover), or top-level `payment_intent` / `charge` (newer
+    previews). Stripe names the charge only when it has no payment intent."""
+    details = payment.get("payment")
+    intent = id_of(dig(details, "payment_intent")) or id_of(payment.get("payment_intent"))
+    charge = id_of(dig(details, "charge")) or id_of(payment.get("charge"))
+    return intent, charge
 
 
 # --- Payments -----------------------------------------------------------------------------------
@@ -308,6 +358,13 @@ def amount_refunded(charge: dict[str, Any]) -> int:
     if total is not None:
         return total
     return sum(integer(refund.get("amount")) or 0 for refund in objects(charge.get("refunds")))
+
+
+def credit_note_gives_back(note: dict[str, Any]) -> bool:
+    """Money goes back to the customer: a refund, or a credit note issued after the invoice
+    was paid (to the customer's balance or outside Stripe). A `pre_payment` note without a
+    refund only lowers what an unpaid invoice asks."""
+    return bool(credit_note_refunds(note)) or note.get("type") == "post_payment"
 
 
 def credit_note_refunds(note: dict[str, Any]) -> list[Any]:
