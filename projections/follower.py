@@ -38,7 +38,6 @@ TRACKING_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS projection_tracking ("
     "name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
 )
-GENERATION_SECONDS = 1.0  # how long a reader trusts the active generation it last read
 
 
 class Projection(Protocol):
@@ -73,27 +72,17 @@ class ReadModelReader:
         self.projection = projection
         self.generation = generation
         self.created: set[int] = set()  # generations whose tables this process has made
-        self._active: tuple[float, int] | None = None  # (monotonic time read, generation)
         self.create_tables(None)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[GenerationCursor]:
-        generation = self.generation or self._active_generation()
-        if generation not in self.created:
-            self.create_tables(generation)
+        """A snapshot of the generation that answers (read in the same snapshot: after a
+        rebuild's switch, the next read is on the new one)."""
         with self.store.reading() as raw:
+            generation = self.generation or active_generation(raw, self.projection.name)
+            if generation not in self.created:
+                self.create_tables(generation)
             yield on_generation(raw, self.projection, generation)
-
-    def _active_generation(self) -> int:
-        """The generation that answers, read at most every `GENERATION_SECONDS` (after a
-        rebuild's switch, a reader may read the one before for that long: it stays whole)."""
-        known = self._active
-        if known is not None and time.monotonic() - known[0] < GENERATION_SECONDS:
-            return known[1]
-        with self.store.reading() as raw:
-            generation = active_generation(raw, self.projection.name)
-        self._active = (time.monotonic(), generation)
-        return generation
 
     def create_tables(self, generation: int | None, attempts: int = 5) -> None:
         """Several processes starting at once may race on CREATE TABLE IF NOT EXISTS

@@ -207,6 +207,13 @@ def purchase_resolved(client: TestClient, customid: str) -> bool:
     return purchase["resolved"]
 
 
+def resolve_pass(engine: Engine, resolver: CheckoutResolver | None = None, **options):
+    """One pass of the resolver, then the projector applies what it recorded."""
+    summary = (resolver or engine.resolver).run_once(**options)
+    settle(engine)
+    return summary
+
+
 def resolutions(engine: Engine) -> list[Buyer.LineItemsResolved]:
     topic = Buyer.LineItemsResolved.TOPIC
     notifications = engine.log.recorder.select_notifications(0, 10_000, topics=[topic])
@@ -240,7 +247,7 @@ def test_a_checkout_without_line_items_grants_once_they_are_fetched(client, engi
     assert purchase_resolved(client, "buyer-1") is False
     assert fake_stripe.requests == []  # nothing is fetched on the webhook's request path
 
-    summary = engine.resolver.run_once()
+    summary = resolve_pass(engine)
 
     assert (summary.found, summary.resolved, summary.failed) == (1, 1, 0)
     (resolved,) = resolutions(engine)
@@ -263,7 +270,7 @@ def test_line_items_filled_in_later_are_seen_by_a_history_kept_between_questions
     at = str(int(time.time()) + 3600)
     assert premium(client, "buyer-1") == premium(client, "buyer-1", at=at) == -9
 
-    assert engine.resolver.run_once().resolved == 1
+    assert resolve_pass(engine).resolved == 1
 
     assert premium(client, "buyer-1") == premium(client, "buyer-1", at=at) == 3
 
@@ -275,7 +282,7 @@ def test_every_page_of_line_items_is_fetched(client, engine, fake_stripe):
     fake_stripe.page_size = 2
     deliver_checkout(client, "cs_pages", "buyer-2")
 
-    engine.resolver.run_once()
+    resolve_pass(engine)
 
     assert len(fake_stripe.requests) == 3
     (resolved,) = resolutions(engine)
@@ -297,8 +304,8 @@ def test_resolving_twice_appends_once(client, engine, fake_stripe):
     with engine.follower.reading() as cursor:
         (checkout,) = line_items.unresolved_checkouts(cursor, ["demo"])
 
-    assert engine.resolver.run_once().resolved == 1
-    assert engine.resolver.run_once().found == 0
+    assert resolve_pass(engine).resolved == 1
+    assert resolve_pass(engine).found == 0
     # Another process, whose read model has not applied the resolution yet, appends nothing.
     assert resolver_for(engine, Clock())._resolve_checkout(checkout) is False
     assert len(resolutions(engine)) == 1
@@ -324,12 +331,13 @@ def test_two_resolvers_racing_append_once(client, engine, fake_stripe):
     assert len(fake_stripe.requests) == 2
     assert sorted((s.resolved, s.already) for s in summaries) == [(0, 1), (1, 0)]
     assert len(resolutions(engine)) == 1
+    settle(engine)
     assert premium(client, "buyer-4") == 3
 
 
 def test_apps_without_a_stripe_key_are_left_unresolved(client, engine, fake_stripe):
     deliver_checkout(client, "cs_other", "buyer-5", app_id="other")
-    assert engine.resolver.run_once().found == 0
+    assert resolve_pass(engine).found == 0
     assert fake_stripe.requests == []
 
 
@@ -347,7 +355,7 @@ def test_stripe_down_delays_the_purchase_and_never_the_webhook(client, engine, f
     resolver = resolver_for(engine, clock, timeout=0.3)
 
     deliver_checkout(client, "cs_down", "buyer-6")  # answers 200: Stripe is not asked
-    failed = resolver.run_once()
+    failed = resolve_pass(engine, resolver)
 
     assert (failed.found, failed.resolved, failed.failed) == (1, 0, 1)
     assert "cs_down" in failed.errors[0]
@@ -360,10 +368,10 @@ def test_stripe_down_delays_the_purchase_and_never_the_webhook(client, engine, f
     if outage == "connection refused":
         fake_stripe.start()
     asked = len(fake_stripe.requests)
-    assert resolver.run_once().resolved == 0
+    assert resolve_pass(engine, resolver).resolved == 0
     assert len(fake_stripe.requests) == asked  # not retried before its backoff has run out
     clock.now += line_items.FIRST_RETRY * 1.5
-    assert resolver.run_once().resolved == 1
+    assert resolve_pass(engine, resolver).resolved == 1
     assert len(resolutions(engine)) == 1
     assert premium(client, "buyer-6") == 3
 
@@ -477,7 +485,7 @@ def test_a_checkout_stripe_refuses_for_good_is_recorded_once_and_not_retried(
     resolver = resolver_for(engine, clock)
     deliver_checkout(client, "cs_gone", "buyer-9")
 
-    refused = resolver.run_once()
+    refused = resolve_pass(engine, resolver)
 
     assert (refused.found, refused.resolved, refused.failed, refused.refused) == (1, 0, 0, 1)
     (recorded,) = refusals(engine)
@@ -493,7 +501,7 @@ def test_a_checkout_stripe_refuses_for_good_is_recorded_once_and_not_retried(
 
     asked = len(fake_stripe.requests)
     clock.now += line_items.LAST_RETRY * 10  # however long one waits
-    again = resolver.run_once()
+    again = resolve_pass(engine, resolver)
     assert (again.found, again.refused) == (0, 0)
     assert len(fake_stripe.requests) == asked
     assert len(refusals(engine)) == 1  # recorded once
@@ -501,8 +509,8 @@ def test_a_checkout_stripe_refuses_for_good_is_recorded_once_and_not_retried(
     # Fixed on Stripe's side: only an explicit retry asks again.
     fake_stripe.mode = "ok"
     fake_stripe.line_items["cs_gone"] = [real_line_item("li_1", "prod_LIFETIME")]
-    assert resolver.run_once().resolved == 0
-    assert resolver.run_once(retry_failed=True).resolved == 1
+    assert resolve_pass(engine, resolver).resolved == 0
+    assert resolve_pass(engine, resolver, retry_failed=True).resolved == 1
     settle(engine)
     assert premium(client, "buyer-9") == 3
     assert the_purchase(client, "buyer-9")["resolutionError"] is None
@@ -517,14 +525,14 @@ def test_a_rate_limit_keeps_its_backoff(client, engine, fake_stripe):
     resolver = resolver_for(engine, clock)
     deliver_checkout(client, "cs_busy", "buyer-10")
 
-    busy = resolver.run_once()
+    busy = resolve_pass(engine, resolver)
 
     assert (busy.failed, busy.refused) == (1, 0)
     assert "HTTP 429" in busy.errors[0]
     assert refusals(engine) == []
     fake_stripe.mode = "ok"
     clock.now += line_items.FIRST_RETRY * 1.5
-    assert resolver.run_once().resolved == 1
+    assert resolve_pass(engine, resolver).resolved == 1
 
 
 def test_the_cli_reports_a_refusal_and_retries_it_only_with_retry_failed(
@@ -552,7 +560,7 @@ def test_the_cli_reports_a_refusal_and_retries_it_only_with_retry_failed(
 
 def test_a_refusal_is_in_the_customers_history(client, engine, fake_stripe):
     deliver_checkout(client, "cs_no_such", "buyer-12")
-    engine.resolver.run_once()
+    resolve_pass(engine)
     settle(engine)
     history = client.get("/v1/customers/buyer-12/history", headers=AUTH).json()["events"]
     (refusal,) = [e for e in history if e["eventType"] == "LineItemsUnresolvable"]
