@@ -78,11 +78,14 @@ class ReadModelReader:
     def reading(self) -> Iterator[GenerationCursor]:
         """A snapshot of the generation that answers (read in the same snapshot: after a
         rebuild's switch, the next read is on the new one)."""
-        with self.store.reading() as raw:
-            generation = self.generation or active_generation(raw, self.projection.name)
-            if generation not in self.created:
-                self.create_tables(generation)
-            yield on_generation(raw, self.projection, generation)
+        while True:
+            with self.store.reading() as raw:
+                generation = self.generation or active_generation(raw, self.projection.name)
+                if generation in self.created:
+                    yield on_generation(raw, self.projection, generation)
+                    return
+            # Made before the snapshot that reads them: a snapshot sees the tables of its start.
+            self.create_tables(generation)
 
     def create_tables(self, generation: int | None, attempts: int = 5) -> None:
         """Several processes starting at once may race on CREATE TABLE IF NOT EXISTS
@@ -215,14 +218,17 @@ class Follower:
                 break
         return total
 
-    def seed(self) -> None:
-        """Make due what an older database or a configuration change left underived."""
+    def seed(self) -> bool:
+        """Make due what an older database or a configuration change left underived; False
+        when it could not be said yet (nothing applied yet: then on a later round)."""
         seed = getattr(self.projection, "seed", None)
         if seed is None:
-            return
+            return True
         with self._lock, self._holding_position() as cursor:
-            if cursor is not None:
-                seed(cursor, _tracked(cursor, self._tracking_name(cursor)))
+            if cursor is None:
+                return False
+            seed(cursor, _tracked(cursor, self._tracking_name(cursor)))
+            return True
 
     @contextlib.contextmanager
     def _holding_position(self) -> Iterator[GenerationCursor | None]:
@@ -263,10 +269,8 @@ class Follower:
         seeded = False
         while not self._stop.is_set():
             try:
-                if not seeded:
-                    self.seed()
-                    seeded = True
                 self.catch_up()
+                seeded = seeded or self.seed()
                 self.derive_due()
             except Exception:  # keep following; the next round retries the same batch
                 log.exception("projection %s failed; retrying", self.projection.name)
@@ -276,6 +280,8 @@ class Follower:
             self._wake.clear()
 
     def start_background(self, poll_interval: float = 0.25) -> threading.Thread:
+        """Run `run_forever` in a thread (again after `stop`)."""
+        self._stop.clear()
         thread = threading.Thread(
             target=self.run_forever, args=(poll_interval,), name=self.projection.name, daemon=True
         )
