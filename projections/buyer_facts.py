@@ -91,14 +91,6 @@ class Claim:
     position: int
 
 
-@dataclass(frozen=True)
-class StoredFact:
-    fact: Fact
-    buyer_key: str
-    recorded_at: float
-    position: int
-
-
 INSERT_FACT = "INSERT INTO buyer_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 INSERT_NAME = "INSERT INTO payment_names VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 INSERT_LINK = (
@@ -504,25 +496,23 @@ def checkouts_of_apps(
     ]
 
 
-# What `_fact_rows` reads of each row: the body and when it was recorded first, always; then
-# where a later read of the same buyers may resume (`_RECORDED`, for `CustomerFacts`), or what a
-# `StoredFact` needs (`_STORED`). Reading no more than used pays: for a history of 10,000 facts,
-# each further column costs ~0.5-1 ms.
+# What `_fact_rows` reads of each row: the body, when it was recorded, and where a later read of
+# the same buyers may resume (`CustomerFacts`). Reading no more than used pays: for a history of
+# 10,000 facts, each further column costs ~0.5-1 ms.
 _RECORDED = "body, recorded_at, position"
-_STORED = "body, recorded_at, buyer_key, position"
 _BODY, _RECORDED_AT = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def _fact_rows(
-    cursor: Cursor, app_id: str, buyer_keys: list[str], columns: str, after: int = 0
+    cursor: Cursor, app_id: str, buyer_keys: list[str], after: int = 0
 ) -> list[Row]:
-    """The buyers' fact rows (`_RECORDED` or `_STORED`) past position `after`, in the order
-    their events came."""
+    """The buyers' fact rows (`_RECORDED`) past position `after`, in the order their events
+    came."""
     if not buyer_keys:
         return []
     marks = placeholders(buyer_keys)
     cursor.execute(
-        f"SELECT {columns} FROM buyer_facts WHERE app_id = ? AND buyer_key IN ({marks}) "
+        f"SELECT {_RECORDED} FROM buyer_facts WHERE app_id = ? AND buyer_key IN ({marks}) "
         "AND position > ? ORDER BY position, seq",
         (app_id, *buyer_keys, after),
     )
@@ -569,13 +559,6 @@ class CustomerFacts:
     named: frozenset[str]  # the payment keys named by the linked buyers' facts
     checkouts: tuple[Fact, ...]  # the linked buyers' checkouts: the only rows updated in place
 
-    def depends_on(self) -> tuple[str, ...]:
-        """The buyer keys whose rows were read or looked for: the linked buyers and every guest
-        payment key considered, even one with no history yet (a later refund or dispute lands
-        there). An answer derived from these facts depends on nothing else of the buyers'
-        (`projections/answers.py`)."""
-        return (*self.buyers, *self.candidates)
-
 
 def customer_facts(
     cursor: Cursor, app_id: str, customid: str, since: CustomerFacts | None = None
@@ -597,7 +580,7 @@ def customer_facts(
     ):
         since = None
     after = 0 if since is None else since.last_position
-    rows = _fact_rows(cursor, app_id, buyers, _RECORDED, after)
+    rows = _fact_rows(cursor, app_id, buyers, after)
     # Loops over the rows of a long history run in C (`map`): per-row Python code showed in
     # profiles as much as the query itself.
     decoded = list(map(_decoded, map(_BODY, rows)))
@@ -643,7 +626,6 @@ def _guest_rows(
     buyers: list[str],
     named: Iterable[str],
     candidates: list[str] | None = None,
-    columns: str = _RECORDED,
 ) -> tuple[list[str], list[Row]]:
     """Every guest payment key considered (those the buyers' facts name, other than the buyers
     themselves; `candidates` when already known), and the fact rows of those that have a
@@ -652,19 +634,7 @@ def _guest_rows(
         candidates = sorted(set(named).difference(buyers))
     links = _links_of_buyers(cursor, app_id, candidates)
     guests = [key for key, linked in links.items() if linked in (None, customid)]
-    return candidates, _fact_rows(cursor, app_id, guests, columns)
-
-
-def facts_of_customid(cursor: Cursor, app_id: str, customid: str) -> list[StoredFact]:
-    """The facts of `customid` (as `customer_facts`), each with its buyer key and position."""
-    buyers = buyers_of_customid(cursor, app_id, customid)
-    rows = _fact_rows(cursor, app_id, buyers, _STORED)
-    named = set().union(*map(_PAYMENT_KEYS, map(_decoded, map(_BODY, rows))))
-    rows += _guest_rows(cursor, app_id, customid, buyers, named, columns=_STORED)[1]
-    return [
-        StoredFact(load_fact(body), key, recorded_at, position)
-        for body, recorded_at, key, position in rows
-    ]
+    return candidates, _fact_rows(cursor, app_id, guests)
 
 
 def payment_keys(fact: Fact) -> tuple[str, ...]:

@@ -84,8 +84,7 @@ def load(engine: Engine, client: TestClient, count: int) -> None:
         envelope, _ = parse_event(raw)
         engine.ingestor.record(Webhook("bench", envelope, raw))
     started = time.perf_counter()
-    engine.follower.catch_up()
-    engine.history.index.catch_up()
+    engine.project()
     print(f"projections caught up in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
@@ -129,7 +128,7 @@ def queries(engine: Engine, client: TestClient, count: int) -> dict[str, Callabl
             (raw,) = bodies(1, first=next(written))
             envelope, _ = parse_event(raw)
             engine.ingestor.record(Webhook("bench", envelope, raw))
-            engine.follower.catch_up()
+            engine.project()
 
         return Query(run, prepare=write)
 

@@ -60,15 +60,12 @@ RESULTS = PROJECT / "bench-results"
 
 
 def open_engine(url: str) -> Engine:
-    """An engine on `url` whose followers are stopped: nothing projects behind our back."""
+    """An engine on `url`; no projector runs: nothing projects behind our back."""
     doc = {
         "database": {"url": url},
         "apps": {APP_ID: {"webhook_secrets": ["whsec_x"], "rest_api_keys": ["k"]}},
     }
-    engine = bootstrap(settings_from_dict(doc, env={}))
-    for follower in engine.followers:
-        follower.stop()
-    return engine
+    return bootstrap(settings_from_dict(doc, env={}))
 
 
 def log_url(backend: str, work_dir: Path, size: int, pg_url: str | None) -> str:
@@ -173,8 +170,7 @@ def rebuild_all(url: str) -> list[dict[str, Any]]:
     engine = open_engine(url)
     tune_for_server()  # as `entitlements rebuild` does
     figures = [_figures("(open engine)", 0, 0.0)]
-    for follower in engine.followers:
-        figures.append(_timed_rebuild(engine, follower.projection))
+    figures.append(_timed_rebuild(engine, engine.follower.projection))
     engine.close()
     return figures
 
