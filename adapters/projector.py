@@ -21,7 +21,9 @@ import threading
 
 log = logging.getLogger("entitlements.projector")
 
-POLL_INTERVAL = 0.05  # seconds between the projector's looks at the log (it is not woken)
+# Seconds between the projector's looks at the log (it is not woken): what a webhook waits at
+# most before its projection starts (a look costs one indexed query).
+POLL_INTERVAL = 0.02
 # The projector yields the CPU to the server: a webhook is answered once durable, and its
 # projection can wait. On two cores, W1 PostgreSQL gained 1-10% (3 alternating pairs).
 NICENESS = 10

@@ -52,6 +52,9 @@ class SQLiteViewStore:
         self.path = path
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # Derived data: a commit lost to a power cut is applied again from the log (the tracking
+        # row is in the same transaction), so no fsync per batch.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._lock = threading.RLock()  # the writing connection, shared by this process's threads
         self._readers = threading.local()

@@ -1,12 +1,12 @@
-"""GET /v1/permissions about now, answered ahead of the application's routing.
+"""Questions about now (GET /v1/permissions, GET /v1/subscriber), answered ahead of routing.
 
-The question apps ask most ("what may user X do now?") is answered by one indexed read of the
-grants read model (`projections/grants.py`). This ASGI layer, outermost, serves it without
+The questions apps ask most ("what may user X do now?") are answered by one indexed read of the
+grants read model (`projections/grants.py`). This ASGI layer, outermost, serves them without
 Starlette's routing, middleware and thread pool: the key is checked and the app's rate limit
 spent exactly as on the full path, and the read runs here (on SQLite, a few microseconds on this
 thread's own read-only connection). Anything else (another route, `at` or `known_at`, a bad or
-missing key, a rate limit reached, an answer not derived yet, any error) goes on to the
-application unchanged, which answers it, errors included.
+missing key, a rate limit reached, a subscriber not found, an answer not derived yet, any
+error) goes on to the application unchanged, which answers it, errors included.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from adapters.http.auth import app_for_authorization
 from adapters.http.errors import ApiError
 from adapters.http.limits import ASGIApp, RateLimited, Receive, Scope, Send
 from adapters.http.params import flag, required_text
-from projections.grants import EXPLAINED, PERMISSIONS, NotDerivedYet
+from projections.grants import EXPLAINED, PERMISSIONS, SUBSCRIBER, NotDerivedYet
 
 log = logging.getLogger("entitlements.http")
 
-PATH = "/v1/permissions"
-FAST_PARAMS = {"customid", "explain"}
+# The routes served here, and the parameters each may take.
+ROUTES = {"/v1/permissions": {"customid", "explain"}, "/v1/subscriber": {"customid"}}
+FAST_PARAMS = ROUTES["/v1/permissions"]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -34,7 +35,7 @@ class PermissionsFastPath:
         self.limiters = limiters
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "GET":
+        if scope["type"] == "http" and scope["path"] in ROUTES and scope["method"] == "GET":
             try:
                 body = self._answer(scope)
             except Exception:  # never worse than the full path: it answers instead
@@ -48,7 +49,8 @@ class PermissionsFastPath:
         await self.app(scope, receive, send)
 
     def _answer(self, scope: Scope) -> bytes | None:
-        values = fast_params(scope["query_string"])
+        path = scope["path"]
+        values = fast_params(scope["query_string"], ROUTES[path])
         if values is None:
             return None
         try:
@@ -62,7 +64,10 @@ class PermissionsFastPath:
             self.limiters.rest.check(app.app_id)
         except RateLimited:
             return None  # the full path answers 429 with its Retry-After
-        kind = EXPLAINED if flag(values.get("explain")) else PERMISSIONS
+        if path == "/v1/subscriber":
+            kind = SUBSCRIBER
+        else:
+            kind = EXPLAINED if flag(values.get("explain")) else PERMISSIONS
         try:
             return self.engine.entitlements.now(app.app_id, customid, kind)
         except NotDerivedYet:
@@ -72,7 +77,7 @@ class PermissionsFastPath:
         return self.engine.settings.apps.values()
 
 
-def fast_params(query: bytes) -> dict[str, str] | None:
+def fast_params(query: bytes, taken: set[str] = FAST_PARAMS) -> dict[str, str] | None:
     """The query's parameters when each is one the fast path takes and given once; else None.
     Decoded as `parse_qsl` does (the full path's parser), which runs only when a value is
     encoded."""
@@ -86,7 +91,7 @@ def fast_params(query: bytes) -> dict[str, str] | None:
             if part
         ]
     values = dict(params)
-    if len(values) != len(params) or not values.keys() <= FAST_PARAMS:
+    if len(values) != len(params) or not values.keys() <= taken:
         return None
     return values
 
