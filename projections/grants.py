@@ -36,10 +36,13 @@ from domain.policy import AppPolicy
 from domain.rules import FactHistory, derive
 from projections.buyer_facts import (
     PAYMENT_PREFIX,
-    claims_of,
+    Claim,
+    Facts,
+    claims_of_buyers,
     conflicts,
-    customer_facts,
     customids_naming,
+    facts_of_customids,
+    json_keys,
 )
 from projections.shapes import LinkedCustomer, Subscriber, permission_json, subscriber_json
 from projections.store import Cursor
@@ -171,35 +174,46 @@ class GrantsProjection:
         """Derive the answers of these (app id, customid) now and write them; `revision` None:
         what they were derived from is unchanged (time, a catalogue or a policy changed)."""
         now = int(self.clock())
-        catalogues: dict[str, Catalogue] = {}
+        by_app: dict[str, list[str]] = {}
         for app_id, customid in customids:
-            if app_id not in catalogues:
-                catalogues[app_id] = catalogue_of(cursor, app_id)
-            self._derive_one(cursor, app_id, customid, catalogues[app_id], now, revision)
+            by_app.setdefault(app_id, []).append(customid)
+        for app_id, wanted in sorted(by_app.items()):
+            # Each read covers every customid of the app at once: a few queries per batch.
+            found = facts_of_customids(cursor, app_id, wanted)
+            claims = claims_of_buyers(cursor, app_id, {b for f in found.values() for b in f.buyers})
+            revisions = _revisions(cursor, app_id, wanted) if revision is None else {}
+            catalogue = catalogue_of(cursor, app_id)
+            rows, gone = [], []
+            for customid in sorted(found):
+                facts = found[customid]
+                if not facts.buyers:  # no Stripe customer (left): "never bought", like anyone
+                    gone.append((app_id, customid))
+                    continue
+                kept = revisions.get(customid, 0) if revision is None else revision
+                rows.append(self._row(app_id, customid, facts, claims, catalogue, now, kept))
+            if gone:
+                cursor.executemany(
+                    "DELETE FROM customer_grants WHERE app_id = ? AND customid = ?", gone
+                )
+            if rows:
+                cursor.executemany(UPSERT, rows)
 
-    def _derive_one(
+    def _row(
         self,
-        cursor: Cursor,
         app_id: str,
         customid: str,
+        found: Facts,
+        claims: dict[str, list[Claim]],
         catalogue: Catalogue,
         now: int,
-        revision: int | None,
-    ) -> None:
-        found = customer_facts(cursor, app_id, customid)
-        if not found.buyers:  # no Stripe customer (left): "never bought", like anyone unknown
-            cursor.execute(
-                "DELETE FROM customer_grants WHERE app_id = ? AND customid = ?", (app_id, customid)
-            )
-            return
+        revision: int,
+    ) -> tuple[Any, ...]:
         at = Instant(now)
         policy = self.policies.get(app_id, AppPolicy())
         derivation = derive(FactHistory.of(found.facts, found.recorded), catalogue, policy, at)
-        customers = tuple(_linked(cursor, app_id, key) for key in found.buyers)
+        customers = tuple(_linked(key, claims[key]) for key in found.buyers)
         subscriber = Subscriber(customid, customers, derivation)
-        if revision is None:
-            revision = _revision_of(cursor, app_id, customid)
-        row = (
+        return (
             app_id,
             customid,
             _text(_permissions(customid, derivation.permissions, False)),
@@ -209,7 +223,6 @@ class GrantsProjection:
             revision,
             now,
         )
-        cursor.execute(UPSERT, row)
 
     def derive_due(self, cursor: Cursor, limit: int = DUE_CHUNK) -> int:
         """Derive up to `limit` rows whose time has come (or that are due now); how many."""
@@ -262,18 +275,17 @@ def affected_customids(cursor: Cursor, touched: Iterable[Touched]) -> set[tuple[
     return out
 
 
-def _linked(cursor: Cursor, app_id: str, buyer_key: str) -> LinkedCustomer:
-    claims = claims_of(cursor, app_id, buyer_key)
+def _linked(buyer_key: str, claims: list[Claim]) -> LinkedCustomer:
     return LinkedCustomer(buyer_key, tuple(claims), tuple(conflicts(claims)))
 
 
-def _revision_of(cursor: Cursor, app_id: str, customid: str) -> int:
+def _revisions(cursor: Cursor, app_id: str, customids: list[str]) -> dict[str, int]:
     cursor.execute(
-        "SELECT revision FROM customer_grants WHERE app_id = ? AND customid = ?",
-        (app_id, customid),
+        "SELECT customid, revision FROM customer_grants WHERE app_id = ? "
+        "AND customid IN (SELECT key FROM json_each(?))",
+        (app_id, json_keys(customids)),
     )
-    row = cursor.fetchone()
-    return int(row[0]) if row else 0
+    return {customid: int(revision) for customid, revision in cursor.fetchall()}
 
 
 def _permissions(customid: str, permissions: Any, explain: bool) -> dict[str, Any]:
