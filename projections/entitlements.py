@@ -24,7 +24,14 @@ from domain.rules import Derivation, FactHistory, PermissionStatus, derive
 from projections.buyer_facts import CustomerFacts, customer_facts, customids_of_app
 from projections.follower import ReadModelReader
 from projections.generations import GenerationCursor
-from projections.grants import PERMISSIONS, answer_now, catalogue_of, revision_of
+from projections.grants import (
+    PERMISSIONS,
+    answer_of,
+    catalogue_of,
+    now_params,
+    now_statement,
+    revision_of,
+)
 
 HISTORY_KEPT_FROM = 500  # facts; a shorter history is read and sorted in about a millisecond
 KEPT_HISTORIES = 64  # long histories kept
@@ -66,9 +73,10 @@ class Entitlements:
         self._kept_lock = threading.Lock()
 
     def now(self, app_id: str, customid: str, kind: str = PERMISSIONS) -> bytes | None:
-        """The projected answer about now (`projections/grants.answer_now`)."""
-        with self.reader.reading() as cursor:
-            return answer_now(cursor, app_id, customid, kind)
+        """The projected answer about now (`projections/grants.answer_of`)."""
+        row = self.reader.statement(now_statement(kind), now_params(app_id, customid))
+        assert row is not None
+        return answer_of(row, customid, kind)
 
     def permissions(
         self, app_id: str, customid: str, at: int, known_at: float | None = None

@@ -30,10 +30,12 @@ class GenerationCursor(RewritingCursor):
         self.generation = generation
         names = tuple(names)
 
-        def rename(sql: str) -> str:
-            return _renamed(names, generation, sql) if generation != FIRST_GENERATION else sql
+        super().__init__(cursor, lambda sql: renamed(names, generation, sql))
 
-        super().__init__(cursor, rename)
+
+def renamed(names: tuple[str, ...], generation: int, sql: str) -> str:
+    """`sql` on generation `generation`'s tables."""
+    return _renamed(names, generation, sql) if generation != FIRST_GENERATION else sql
 
 
 @functools.lru_cache(maxsize=4096)  # a rebuild runs the same few statements millions of times
@@ -55,8 +57,11 @@ def tracking_name(projection: str, generation: int) -> str:
     return f"{projection}@g{generation}"
 
 
+ACTIVE_GENERATION = "SELECT generation FROM projection_generations WHERE name = ?"
+
+
 def active_generation(cursor: Cursor, name: str) -> int:
-    cursor.execute("SELECT generation FROM projection_generations WHERE name = ?", (name,))
+    cursor.execute(ACTIVE_GENERATION, (name,))
     row = cursor.fetchone()
     return int(row[0]) if row else FIRST_GENERATION
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,22 +315,32 @@ def _catalogue(text: str) -> Catalogue:
     return Catalogue.from_json(json.loads(text))
 
 
-def answer_now(cursor: Cursor, app_id: str, customid: str, kind: str = PERMISSIONS) -> bytes | None:
-    """The answer of this kind about `customid` now, as the body the API sends; for someone
-    with no Stripe customer, permissions say "never bought" and there is no subscriber (None).
-    Raises NotDerivedYet for a row not derived yet."""
-    cursor.execute(
-        f"SELECT {kind} FROM customer_grants WHERE app_id = ? AND customid = ?",
-        (app_id, customid),
+def now_statement(kind: str = PERMISSIONS) -> str:
+    """One statement for the answer of this kind now: the row, and the catalogue only when
+    there is no row (to say "never bought"). Its parameters: `now_params`."""
+    return (
+        f"SELECT c.{kind}, c.customid, a.catalogue FROM (SELECT 1) AS one "
+        "LEFT JOIN customer_grants c ON c.app_id = ? AND c.customid = ? "
+        "LEFT JOIN app_catalogues a ON a.app_id = ? AND c.customid IS NULL"
     )
-    row = cursor.fetchone()
-    if row is not None and row[0] is not None:
-        return row[0].encode()
-    if row is not None:  # due now and never derived (a first start on an older database)
+
+
+def now_params(app_id: str, customid: str) -> tuple[str, str, str]:
+    return (app_id, customid, app_id)
+
+
+def answer_of(row: Sequence[Any], customid: str, kind: str = PERMISSIONS) -> bytes | None:
+    """The answer of this kind about `customid` now, as the body the API sends, from the row
+    `now_statement` read; for someone with no Stripe customer, permissions say "never bought"
+    and there is no subscriber (None). Raises NotDerivedYet for a row not derived yet."""
+    answer, found, catalogue = row
+    if answer is not None:
+        return answer.encode()
+    if found is not None:  # due now and never derived (a first start on an older database)
         raise NotDerivedYet(customid)
     if kind == SUBSCRIBER:
         return None
-    never = _never_bought(catalogue_text(cursor, app_id), kind == EXPLAINED)
+    never = _never_bought(catalogue or EMPTY_CATALOGUE, kind == EXPLAINED)
     return orjson.dumps({"subscriberId": customid, "all": never})
 
 

@@ -37,6 +37,9 @@ class ViewStore(Protocol):
     # A read-only snapshot that never waits for a writer, nor makes one wait.
     def reading(self) -> contextlib.AbstractContextManager[Cursor]: ...
 
+    # One read-only statement in a snapshot of its own (one round trip); its first row.
+    def statement(self, sql: str, params: Sequence[Any]) -> Row | None: ...
+
     def close(self) -> None: ...
 
 
@@ -85,6 +88,12 @@ class SQLiteViewStore:
             yield cursor
         finally:
             cursor.execute("COMMIT")
+
+    def statement(self, sql: str, params: Sequence[Any]) -> Row | None:
+        if self.path == ":memory:":
+            with self.transaction() as cursor:
+                return cursor.execute(sql, params).fetchone()
+        return self._reader().execute(sql, params).fetchone()  # autocommit: its own snapshot
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._readers, "conn", None)
@@ -162,6 +171,10 @@ class PostgresViewStore:
         with self._read_pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
             yield RewritingCursor(cursor, _psycopg_placeholders)
 
+    def statement(self, sql: str, params: Sequence[Any]) -> Row | None:
+        with self._read_pool.connection() as conn:  # autocommit: no BEGIN, no COMMIT
+            return conn.execute(_psycopg_placeholders(sql), params).fetchone()
+
     def close(self) -> None:
         self._read_pool.close()
         self._pool.close()
@@ -184,8 +197,9 @@ def _pool(conninfo: str, options: str | None, max_size: int, configure: Any = No
 def _read_only(conn: Any) -> None:
     from psycopg import IsolationLevel
 
-    conn.isolation_level = IsolationLevel.REPEATABLE_READ
+    conn.isolation_level = IsolationLevel.REPEATABLE_READ  # of `reading()`'s transactions
     conn.read_only = True
+    conn.autocommit = True  # a lone statement needs no transaction of ours
 
 
 def split_schema(database_url: str) -> tuple[str, str | None]:
