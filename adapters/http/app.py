@@ -24,6 +24,7 @@ from adapters.http.limits import Limiters, RateLimited, protections, rate_limite
 from adapters.http.openapi import openapi_document
 from adapters.http.operations import healthz, metrics
 from adapters.http.queries import get_permissions, get_subscriber
+from adapters.http.shedding import LoadShedding
 from adapters.http.webhooks import receive_stripe_webhook
 
 log = logging.getLogger("entitlements.http")
@@ -72,7 +73,8 @@ def build_http_app(engine) -> Starlette:
             Exception: _unexpected,
         },
         middleware=[
-            fast_path,  # first: a cached answer skips everything below
+            fast_path,  # first: a question about now skips everything below
+            Middleware(LoadShedding, limit=engine.settings.limits.max_requests_in_progress),
             *protections(engine.settings.limits, engine.settings.max_body_bytes),
         ],
     )
