@@ -232,14 +232,15 @@ class Follower:
             _track(cursor, name, start, notifications[-1].id)
         return len(notifications), notifications[-1].id
 
-    def derive_due(self) -> int:
-        """Derive what the projection's schedule says is due, a chunk per transaction; how
-        many were derived."""
+    def derive_due(self, chunk: int | None = None) -> int:
+        """Derive what the projection's schedule says is due, a chunk per transaction (of the
+        projection's size, or `chunk` rows); how many were derived."""
         derive = getattr(self.projection, "derive_due", None)
+        limit = {} if chunk is None else {"limit": chunk}
         total = 0
         while derive is not None:
             with self._lock, self._holding_position() as cursor:
-                count = 0 if cursor is None else derive(cursor)
+                count = 0 if cursor is None else derive(cursor, **limit)
             total += count
             if not count:
                 break
