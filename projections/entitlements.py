@@ -27,15 +27,13 @@ from projections.generations import GenerationCursor
 from projections.grants import (
     PERMISSIONS,
     Answer,
+    NotDerivedYet,
     Question,
-    answer_of,
     answers_of,
     answers_statement,
     catalogue_of,
     catalogues_statement,
     never_asked,
-    now_params,
-    now_statement,
     revision_of,
 )
 
@@ -79,9 +77,12 @@ class Entitlements:
         self._kept_lock = threading.Lock()
 
     def now(self, app_id: str, customid: str, kind: str = PERMISSIONS) -> bytes | None:
-        """The projected answer about now (`projections/grants.answer_of`)."""
-        (row,) = self.reader.rows(now_statement(kind), now_params(app_id, customid))
-        return answer_of(row, customid, kind)
+        """The projected answer about now (`projections/grants.answers_of`); raises
+        NotDerivedYet for a row not derived yet."""
+        (answer,) = self.now_many([(app_id, customid, kind)])
+        if isinstance(answer, NotDerivedYet):
+            raise answer
+        return answer
 
     def now_many(self, questions: Sequence[Question]) -> list[Answer]:
         """Several answers about now in one statement (two when someone asked about has no

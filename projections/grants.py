@@ -316,37 +316,8 @@ def _catalogue(text: str) -> Catalogue:
     return Catalogue.from_json(json.loads(text))
 
 
-def now_statement(kind: str = PERMISSIONS) -> str:
-    """One statement for the answer of this kind now: the row, and the catalogue only when
-    there is no row (to say "never bought"). Its parameters: `now_params`."""
-    return (
-        f"SELECT c.{kind}, c.customid, a.catalogue FROM (SELECT 1) AS one "
-        "LEFT JOIN customer_grants c ON c.app_id = ? AND c.customid = ? "
-        "LEFT JOIN app_catalogues a ON a.app_id = ? AND c.customid IS NULL"
-    )
-
-
-def now_params(app_id: str, customid: str) -> tuple[str, str, str]:
-    return (app_id, customid, app_id)
-
-
-def answer_of(row: Sequence[Any], customid: str, kind: str = PERMISSIONS) -> bytes | None:
-    """The answer of this kind about `customid` now, as the body the API sends, from the row
-    `now_statement` read; for someone with no Stripe customer, permissions say "never bought"
-    and there is no subscriber (None). Raises NotDerivedYet for a row not derived yet."""
-    answer, found, catalogue = row
-    if answer is not None:
-        return answer.encode()
-    if found is not None:  # due now and never derived (a first start on an older database)
-        raise NotDerivedYet(customid)
-    if kind == SUBSCRIBER:
-        return None
-    never = _never_bought(catalogue or EMPTY_CATALOGUE, kind == EXPLAINED)
-    return orjson.dumps({"subscriberId": customid, "all": never})
-
-
 Question = tuple[str, str, str]  # app_id, customid, kind
-Answer = bytes | None | NotDerivedYet  # as `answer_of` returns or raises
+Answer = bytes | None | NotDerivedYet  # see `answers_of`
 
 
 def answers_statement(questions: Sequence[Question]) -> tuple[str, list[str]]:
@@ -363,17 +334,23 @@ def answers_statement(questions: Sequence[Question]) -> tuple[str, list[str]]:
 def answers_of(
     rows: Iterable[Sequence[Any]], questions: Sequence[Question], catalogues: Mapping[str, str]
 ) -> list[Answer]:
-    """Each question's answer from `answers_statement`'s rows; `catalogues` (by app) say
-    "never bought" to the questions about someone without a row."""
+    """Each question's answer, as the body the API sends, from `answers_statement`'s rows:
+    for someone with no Stripe customer (no row), permissions say "never bought" (from the
+    app's catalogue in `catalogues`) and there is no subscriber (None); a row not derived yet
+    (a first start on an older database) is NotDerivedYet."""
     found = {(row[0], row[1]): dict(zip(KINDS, row[2:], strict=True)) for row in rows if row[0]}
     answers: list[Answer] = []
     for app_id, customid, kind in questions:
         row = found.get((app_id, customid))
-        read = (None, None, catalogues.get(app_id)) if row is None else (row[kind], customid, None)
-        try:
-            answers.append(answer_of(read, customid, kind))
-        except NotDerivedYet as error:
-            answers.append(error)
+        if row is not None:
+            answer = row[kind]
+            answers.append(NotDerivedYet(customid) if answer is None else answer.encode())
+        elif kind == SUBSCRIBER:
+            answers.append(None)
+        else:
+            catalogue = catalogues.get(app_id) or EMPTY_CATALOGUE
+            never = _never_bought(catalogue, kind == EXPLAINED)
+            answers.append(orjson.dumps({"subscriberId": customid, "all": never}))
     return answers
 
 
