@@ -220,6 +220,20 @@ def test_an_expired_timestamp_is_refused(client, engine) -> None:
     assert_rejected(response, 400, "tolerance", engine)
 
 
+@pytest.mark.parametrize("ahead", [301, 3600, 10**9])
+def test_a_timestamp_beyond_the_tolerance_in_the_future_is_refused(
+    client, engine, ahead: int
+) -> None:
+    headers = signed_headers(VALID, timestamp=int(time.time()) + ahead)
+    response = post_webhook(client, VALID, headers=headers)
+    assert_rejected(response, 400, "tolerance", engine)
+
+
+def test_a_timestamp_slightly_ahead_is_accepted_as_clocks_drift(client) -> None:
+    headers = signed_headers(VALID, timestamp=int(time.time()) + 60)
+    assert post_webhook(client, VALID, headers=headers).status_code == 200
+
+
 def test_malformed_json_is_refused(client, engine) -> None:
     response = post_webhook(client, '{"id": "evt_1", "type": ')
     assert_rejected(response, 400, "malformed JSON", engine)
