@@ -265,6 +265,11 @@ def test_anything_shaped_like_a_secret_is_masked_in_a_log_line() -> None:
     assert log_config()["formatters"]["json"]["()"] is JsonFormatter
 
 
+@pytest.mark.parametrize("secret", ["whsec_ab-cd.ef+gh/ij=", "sk_live_a.b", "rk_test_x-y-z"])
+def test_a_secret_with_dashes_dots_or_pluses_is_masked_whole(secret: str) -> None:
+    assert redact(f'{{"message": "key {secret} used"}}') == '{"message": "key [redacted] used"}'
+
+
 # --- bad input is a 400, never a 500 (found by schemathesis and probing) -----------------------
 
 

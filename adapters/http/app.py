@@ -76,6 +76,9 @@ def build_http_app(engine) -> Starlette:
             *protections(engine.settings.limits, engine.settings.max_body_bytes),
         ],
     )
+    # No 307 to the path without its trailing slash: its Location would be built from the
+    # Host header (anyone's), and Stripe does not follow redirects anyway. Such a path is 404.
+    app.router.redirect_slashes = False
     app.state.engine = engine
     app.state.limits = limiters
     return app

@@ -22,6 +22,10 @@ WEBHOOKS = Counter(
     "Stripe webhooks received, by app, event type and outcome",
     ["app", "type", "outcome"],
 )
+UNKNOWN_APP_WEBHOOKS = Counter(
+    "entitlements_webhooks_unknown_app",
+    "Webhooks posted to an app id that is not configured (refused with 404)",
+)
 WEBHOOK_SECONDS = Histogram(
     "entitlements_webhook_seconds",
     "Time to verify and durably record a webhook",
