@@ -47,6 +47,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP API with uvicorn."""
     import uvicorn
 
+    from adapters.http.connections import GuardedHttpToolsProtocol
     from adapters.logging_setup import log_config, write_queued_lines_on_exit_signals
 
     settings = _settings()
@@ -59,6 +60,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         workers=workers or settings.workers,
         log_level="info",
         log_config=log_config("INFO"),  # one JSON object per line, uvicorn's lines included
+        http=GuardedHttpToolsProtocol,  # bounds header time and open connections
         timeout_keep_alive=int(settings.limits.keep_alive_timeout),
         timeout_graceful_shutdown=int(settings.limits.request_timeout) or None,
     )

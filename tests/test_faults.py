@@ -50,11 +50,20 @@ REQUEST_TIMEOUT = 4  # seconds before the server answers 503 to a request still 
 class Server:
     """`entitlements serve` on a free port, its output in a log file."""
 
-    def __init__(self, tmp_path: Path, database_url: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        database_url: str,
+        env: dict[str, str] | None = None,
+        server: dict[str, float] | None = None,
+    ):
         self.config = write_config(tmp_path, database_url)
+        settings = dict(server or {})
         if env:  # an outage test: answer 503 after a few seconds rather than the default 30
-            text = self.config.read_text()
-            self.config.write_text(f"{text}\n[server]\nrequest_timeout = {REQUEST_TIMEOUT}\n")
+            settings.setdefault("request_timeout", REQUEST_TIMEOUT)
+        if settings:
+            lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
+            self.config.write_text(f"{self.config.read_text()}\n[server]\n{lines}")
         self.log = tmp_path / f"server-{time.monotonic_ns()}.log"
         self.port = free_port()
         command = [sys.executable, "-m", "adapters.cli", "serve", "--port", str(self.port)]
