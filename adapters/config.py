@@ -60,6 +60,9 @@ class ServerLimits:
     webhook_rate_limit_burst: int = 1000
     request_timeout: float = 30.0  # seconds before a request is answered 503
     keep_alive_timeout: int = 5  # seconds an idle keep-alive connection stays open
+    # A webhook not recorded by then is answered 503 with Retry-After (Stripe retries): while
+    # the database is away, senders hear so at once and their bodies are not kept waiting.
+    webhook_write_timeout: float = 2.0
     # Connections that never finish their headers (slowloris) would otherwise stay open until
     # the process runs out of descriptors: adapters/http/connections.py closes them.
     header_timeout: float = 10.0  # seconds to receive a request's headers

@@ -17,7 +17,7 @@ from adapters.http.commands import (
     preview_catalogue,
     put_catalogue,
 )
-from adapters.http.errors import GENERIC, ApiError, error_response
+from adapters.http.errors import GENERIC, ApiError, StorageUnavailable, error_response
 from adapters.http.fast_path import PermissionsFastPath
 from adapters.http.history import get_history
 from adapters.http.limits import Limiters, RateLimited, protections, rate_limited_response
@@ -25,6 +25,7 @@ from adapters.http.openapi import openapi_document
 from adapters.http.operations import healthz, metrics
 from adapters.http.queries import get_permissions, get_subscriber
 from adapters.http.webhooks import receive_stripe_webhook
+from adapters.storage_errors import is_storage_error
 
 log = logging.getLogger("entitlements.http")
 
@@ -56,6 +57,10 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 
 async def _unexpected(request: Request, error: Exception) -> Response:
+    if is_storage_error(error):  # down, locked or full: it may serve again shortly
+        log.error("storage unavailable: %s", error, extra={"path": request.url.path})
+        unavailable = StorageUnavailable()
+        return error_response(503, unavailable.code, unavailable.description, unavailable.headers)
     log.exception("unhandled error")
     return error_response(500, GENERIC, "internal error")
 

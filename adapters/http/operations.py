@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+from pathlib import Path
 
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -10,12 +13,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from adapters.eventstore import sqlite_path
+
 log = logging.getLogger("entitlements.http")
 
 MAX_READY_LAG = 1000  # events; beyond this the read side is too stale to call "ready"
 # A health check must answer before the prober gives up; while the database is down the
 # store's own retries take far longer (10 attempts), so stop waiting and say unreachable.
 HEALTH_SECONDS = 3.0
+MIN_FREE_BYTES = 1024 * 1024  # below this, the next commit on SQLite may not fit
 
 WEBHOOKS = Counter(
     "entitlements_webhooks",
@@ -58,7 +64,25 @@ async def healthz(request: Request) -> JSONResponse:
         "database": "ok",
         "projections": {engine.follower.projection.name: {"lag": lag, "ready": ready}},
     }
+    failure = storage_failure(engine)
+    if failure is not None:  # reads may still be served; writes are not
+        body.update(status="unavailable", database="failing", storage_error=failure)
+        return JSONResponse(body, 503)
     return JSONResponse(body, 200 if ready else 503)
+
+
+def storage_failure(engine) -> str | None:
+    """Why webhooks cannot be recorded now, if they cannot: the last commit's error, or (on
+    SQLite) a disk with no room left for the next one."""
+    if engine.writer.last_error is not None:
+        return engine.writer.last_error
+    url = engine.settings.database_url
+    if url.startswith("sqlite:") and sqlite_path(url) != ":memory:":
+        folder = Path(sqlite_path(url)).resolve().parent
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(folder).free < MIN_FREE_BYTES:
+                return f"disk full: less than {MIN_FREE_BYTES} bytes free in {folder}"
+    return None
 
 
 async def metrics(request: Request) -> Response:

@@ -9,9 +9,16 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from adapters.group_commit import NotRecorded
 from adapters.http.body import read_limited
-from adapters.http.errors import GENERIC, ApiError, bad_request
-from adapters.http.limits import limit_webhook
+from adapters.http.errors import (
+    GENERIC,
+    ApiError,
+    StorageUnavailable,
+    bad_request,
+    error_response,
+)
+from adapters.http.limits import RateLimited, limit_webhook
 from adapters.http.operations import UNKNOWN_APP_WEBHOOKS, WEBHOOK_SECONDS, WEBHOOKS
 from adapters.ingest import Outcome, Webhook
 from adapters.stripe.envelope import NotAStripeEvent, StripeEnvelope, parse_event
@@ -45,7 +52,11 @@ async def receive_stripe_webhook(request: Request) -> JSONResponse:
                 "outcome": "rejected",
             },
         )
-        raise
+        if isinstance(error, RateLimited):
+            raise  # its handler adds Retry-After
+        # Answered here rather than raised on: an exception's traceback keeps this request's
+        # frames (and its body) alive until the cycle collector runs, rarely in a server.
+        return error_response(error.status, error.code, error.description, error.headers)
     WEBHOOKS.labels(app_id, envelope.type, outcome.value).inc()
     WEBHOOK_SECONDS.observe(time.perf_counter() - started)
     log.info(
@@ -88,14 +99,15 @@ async def _receive(request: Request, engine, app_id: str) -> tuple[StripeEnvelop
 
 
 async def _record(engine, webhook: Webhook) -> Outcome:
+    extra = {"app_id": webhook.app_id, "stripe_event_id": webhook.envelope.event_id}
     try:
-        return await engine.writer.record(webhook)
+        return await engine.writer.record(webhook, engine.settings.limits.webhook_write_timeout)
+    except NotRecorded as error:  # the database is slow or away: no traceback per webhook
+        log.warning("webhook not recorded: %s", error, extra=extra)
+        raise StorageUnavailable("event not stored, retry later") from error
     except Exception as error:  # storage failed: answer 5xx so that Stripe retries
-        log.exception(
-            "storage failure",
-            extra={"app_id": webhook.app_id, "stripe_event_id": webhook.envelope.event_id},
-        )
-        raise ApiError(503, GENERIC, "event not stored, retry later") from error
+        log.exception("storage failure", extra=extra)
+        raise StorageUnavailable("event not stored, retry later") from error
 
 
 def shortened(text: str, limit: int = SHOWN_ID_LENGTH) -> str:
