@@ -16,20 +16,30 @@ from adapters.gc_tuning import tune_for_server
 from adapters.logging_setup import configure_logging
 from adapters.replay import ReplaySummary, event_files, replay_file
 
+CONFIG_HELP = "TOML configuration (default: $ENTITLEMENTS_CONFIG, else the demo one)."
+
+
+def _use_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        os.environ["ENTITLEMENTS_CONFIG"] = str(Path(value).resolve())
+
+
+def config_option() -> click.Option:
+    """`--config FILE`, taken before the command (`entitlements --config F serve`) or after
+    it (`entitlements serve --config F`), where users type it first."""
+    return click.Option(
+        ["--config"],
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        is_eager=True,
+        callback=_use_config,
+        help=CONFIG_HELP,
+    )
+
 
 @click.group()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="TOML configuration (default: $ENTITLEMENTS_CONFIG, else the demo one).",
-)
-@click.pass_context
-def main(ctx: click.Context, config_path: str | None) -> None:
+def main() -> None:
     """Event-sourced entitlement engine for Stripe."""
-    if config_path:
-        os.environ["ENTITLEMENTS_CONFIG"] = str(Path(config_path).resolve())
-    ctx.obj = config_path
 
 
 def _settings() -> Settings:
@@ -109,6 +119,8 @@ def rebuild(app_id: str | None, projection: str) -> None:
     from projections.rebuild import rebuild as run_rebuild
 
     settings = _settings()
+    if app_id is not None:
+        _app_id(settings, app_id)  # an unknown app is refused before any work (or progress bar)
     engine = bootstrap(settings)
     tune_for_server()  # a long run that allocates per event, like the server
     try:
@@ -228,6 +240,16 @@ def catalogue_apply(file: str, app_id: str | None, dry_run: bool) -> None:
 
 for _command in (permissions, history, audit):  # adapters/cli_audit.py
     main.add_command(_command)
+
+
+def _accept_config(command: click.Command) -> None:
+    command.params.append(config_option())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_config(sub)
+
+
+_accept_config(main)
 
 
 if __name__ == "__main__":
