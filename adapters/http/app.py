@@ -24,6 +24,7 @@ from adapters.http.limits import Limiters, RateLimited, protections, rate_limite
 from adapters.http.openapi import openapi_document
 from adapters.http.operations import healthz, metrics
 from adapters.http.queries import get_permissions, get_subscriber
+from adapters.http.request_metrics import RequestMetrics
 from adapters.http.webhooks import receive_stripe_webhook
 from adapters.storage_errors import is_storage_error
 
@@ -44,6 +45,10 @@ def routes() -> list[Route]:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
     ]
+
+
+def static_paths() -> frozenset[str]:
+    return frozenset(route.path for route in routes() if "{" not in route.path)
 
 
 async def _api_error(request: Request, error: Exception) -> Response:
@@ -77,7 +82,8 @@ def build_http_app(engine) -> Starlette:
             Exception: _unexpected,
         },
         middleware=[
-            fast_path,  # first: a cached answer skips everything below
+            Middleware(RequestMetrics, static_paths=static_paths()),  # counts the fast path's
+            fast_path,  # then: a question about now skips everything below
             *protections(engine.settings.limits, engine.settings.max_body_bytes),
         ],
     )

@@ -42,6 +42,14 @@ PROJECTION_LAG = Gauge(
     "How many events the read model is behind the event log",
     ["projection"],
 )
+PROJECTION_POSITION = Gauge(
+    "entitlements_projection_position",
+    "The event log position the read model has applied up to",
+    ["projection"],
+)
+LOG_POSITION = Gauge(
+    "entitlements_event_log_position", "The position of the newest event in the event log"
+)
 CHECKOUTS_REFUSED = Gauge(
     "entitlements_checkouts_unresolvable",
     "Checkouts whose line items Stripe refused for good (404, 401, 403): they grant nothing "
@@ -88,8 +96,12 @@ def storage_failure(engine) -> str | None:
 async def metrics(request: Request) -> Response:
     engine = request.app.state.engine
     try:
-        lag = await run_in_threadpool(engine.follower.lag)
-        PROJECTION_LAG.labels(engine.follower.projection.name).set(lag)
+        name = engine.follower.projection.name
+        position = await run_in_threadpool(engine.follower.position)
+        head = await run_in_threadpool(engine.log.recorder.max_notification_id)
+        PROJECTION_POSITION.labels(name).set(position)
+        LOG_POSITION.set(head or 0)
+        PROJECTION_LAG.labels(name).set(max(0, (head or 0) - position))
     except Exception:
         log.exception("projection lag unavailable")
     try:
