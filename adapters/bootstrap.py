@@ -9,6 +9,7 @@ from adapters.catalogues import Catalogues
 from adapters.config import Settings
 from adapters.eventstore import EventLog, open_event_log
 from adapters.group_commit import GroupCommitWriter
+from adapters.grouped_reads import GroupedReads
 from adapters.history import CustomerHistory
 from adapters.ingest import Ingestor
 from adapters.line_items import CheckoutResolver
@@ -46,6 +47,8 @@ class Engine:
     resolver: CheckoutResolver
     writer: GroupCommitWriter  # webhooks from HTTP: batched into shared commits
     clock: Clock
+    # Questions about now from HTTP, read together (None: reads are local, ask directly).
+    grouped_reads: GroupedReads | None
 
     def wait_until_derived(
         self, position: int, app_id: str | None = None, timeout: float = WAIT_SECONDS
@@ -68,6 +71,8 @@ class Engine:
         return applied
 
     def close(self) -> None:
+        if self.grouped_reads is not None:
+            self.grouped_reads.close()
         self.writer.stop()
         self.resolver.stop()
         self.follower.stop()
@@ -86,6 +91,7 @@ def bootstrap(settings: Settings) -> Engine:
         if app.catalogue_file is not None:
             catalogues.seed(app.app_id, app.catalogue_file)
     ingestor = Ingestor(log, on_recorded=follower.poke)
+    entitlements = Entitlements(follower.reader, catalogues, settings.apps, clock)
     return Engine(
         settings=settings,
         log=log,
@@ -94,9 +100,10 @@ def bootstrap(settings: Settings) -> Engine:
         ingestor=ingestor,
         linker=Linker(log, follower),
         catalogues=catalogues,
-        entitlements=Entitlements(follower.reader, catalogues, settings.apps, clock),
+        entitlements=entitlements,
         history=CustomerHistory(log, follower.reader),
         resolver=CheckoutResolver(log, follower, settings.apps),
         writer=GroupCommitWriter(ingestor),
         clock=clock,
+        grouped_reads=GroupedReads(entitlements.now_many) if views.remote else None,
     )

@@ -12,9 +12,9 @@ from tqdm import tqdm
 from adapters.bootstrap import bootstrap
 from adapters.cli_audit import audit, history, permissions
 from adapters.config import ConfigError, Settings, load_settings
-from adapters.gc_tuning import tune_for_server
 from adapters.logging_setup import configure_logging
 from adapters.replay import ReplaySummary, event_files, replay_file
+from adapters.runtime_tuning import tune_for_server
 
 CONFIG_HELP = "TOML configuration (default: $ENTITLEMENTS_CONFIG, else the demo one)."
 

@@ -59,6 +59,7 @@ class ServerLimits:
     webhook_rate_limit_per_second: float = 0.0  # verified webhooks, per app: none by default
     webhook_rate_limit_burst: int = 1000
     request_timeout: float = 30.0  # seconds before a request is answered 503
+    max_requests_in_progress: int = 128  # REST requests, past which new ones are answered 503
     keep_alive_timeout: int = 5  # seconds an idle keep-alive connection stays open
     # A webhook not recorded by then is answered 503 with Retry-After (Stripe retries): while
     # the database is away, senders hear so at once and their bodies are not kept waiting.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adapters.catalogues import Catalogues
@@ -26,8 +26,14 @@ from projections.follower import ReadModelReader
 from projections.generations import GenerationCursor
 from projections.grants import (
     PERMISSIONS,
+    Answer,
+    Question,
     answer_of,
+    answers_of,
+    answers_statement,
     catalogue_of,
+    catalogues_statement,
+    never_asked,
     now_params,
     now_statement,
     revision_of,
@@ -74,9 +80,16 @@ class Entitlements:
 
     def now(self, app_id: str, customid: str, kind: str = PERMISSIONS) -> bytes | None:
         """The projected answer about now (`projections/grants.answer_of`)."""
-        row = self.reader.statement(now_statement(kind), now_params(app_id, customid))
-        assert row is not None
+        (row,) = self.reader.rows(now_statement(kind), now_params(app_id, customid))
         return answer_of(row, customid, kind)
+
+    def now_many(self, questions: Sequence[Question]) -> list[Answer]:
+        """Several answers about now in one statement (two when someone asked about has no
+        row and the catalogue must say "never bought"): a round trip for many questions."""
+        rows = self.reader.rows(*answers_statement(questions))
+        apps = sorted(never_asked(rows, questions))
+        catalogues = dict(self.reader.rows(catalogues_statement(apps), apps)) if apps else {}
+        return answers_of(rows, questions, catalogues)
 
     def permissions(
         self, app_id: str, customid: str, at: int, known_at: float | None = None

@@ -95,24 +95,23 @@ class ReadModelReader:
             # Made before the snapshot that reads them: a snapshot sees the tables of its start.
             self.create_tables(generation)
 
-    def statement(self, sql: str, params: Sequence[Any]) -> Row | None:
+    def rows(self, sql: str, params: Sequence[Any]) -> list[Row]:
         """One statement on the generation that answers, in a snapshot of its own: one round
         trip on PostgreSQL, where `reading()` takes four. The statement reads the generation
-        too, so a rebuild's switch is seen by the next one."""
+        too, so a rebuild's switch is seen by the next one. Its rows (NULLs for none)."""
         generation = self.generation or self._answering
         while True:
             if generation not in self.created:
                 self.create_tables(generation)
             names = self.projection.tables + self.projection.indexes
-            row = self.store.statement(
+            rows = self.store.rows(
                 f"SELECT ({ACTIVE_GENERATION}), q.* FROM (SELECT 1) AS one "
                 f"LEFT JOIN ({renamed(names, generation, sql)}) AS q ON TRUE",
                 (self.projection.name, *params),
             )
-            assert row is not None  # one row, from `one`
-            active = self.generation or (row[0] or FIRST_GENERATION)
+            active = self.generation or (rows[0][0] or FIRST_GENERATION)
             if active == generation:
-                return row[1:]
+                return [row[1:] for row in rows]
             generation = self._answering = active
 
     def create_tables(self, generation: int | None, attempts: int = 5) -> None:
@@ -233,14 +232,15 @@ class Follower:
             _track(cursor, name, start, notifications[-1].id)
         return len(notifications), notifications[-1].id
 
-    def derive_due(self) -> int:
-        """Derive what the projection's schedule says is due, a chunk per transaction; how
-        many were derived."""
+    def derive_due(self, chunk: int | None = None) -> int:
+        """Derive what the projection's schedule says is due, a chunk per transaction (of the
+        projection's size, or `chunk` rows); how many were derived."""
         derive = getattr(self.projection, "derive_due", None)
+        limit = {} if chunk is None else {"limit": chunk}
         total = 0
         while derive is not None:
             with self._lock, self._holding_position() as cursor:
-                count = 0 if cursor is None else derive(cursor)
+                count = 0 if cursor is None else derive(cursor, **limit)
             total += count
             if not count:
                 break

@@ -45,7 +45,7 @@ from projections.buyer_facts import (
     json_keys,
 )
 from projections.shapes import LinkedCustomer, Subscriber, permission_json, subscriber_json
-from projections.store import Cursor
+from projections.store import Cursor, placeholders
 from projections.touched import Touched
 
 SCHEMA = [
@@ -74,6 +74,7 @@ UPSERT = (
 
 # What a row serves: the column for each kind of answer.
 PERMISSIONS, EXPLAINED, SUBSCRIBER = "permissions", "explained", "subscriber"
+KINDS = (PERMISSIONS, EXPLAINED, SUBSCRIBER)  # the answers a row holds
 
 
 class NotDerivedYet(LookupError):
@@ -342,6 +343,48 @@ def answer_of(row: Sequence[Any], customid: str, kind: str = PERMISSIONS) -> byt
         return None
     never = _never_bought(catalogue or EMPTY_CATALOGUE, kind == EXPLAINED)
     return orjson.dumps({"subscriberId": customid, "all": never})
+
+
+Question = tuple[str, str, str]  # app_id, customid, kind
+Answer = bytes | None | NotDerivedYet  # as `answer_of` returns or raises
+
+
+def answers_statement(questions: Sequence[Question]) -> tuple[str, list[str]]:
+    """One statement for the rows of several questions (of any apps and kinds), and its
+    parameters; `answers_of` reads its rows."""
+    keys = sorted({(app_id, customid) for app_id, customid, _ in questions})
+    sql = (
+        f"SELECT app_id, customid, {', '.join(KINDS)} FROM customer_grants "
+        f"WHERE (app_id, customid) IN (VALUES {', '.join('(?, ?)' for _ in keys)})"
+    )
+    return sql, [value for key in keys for value in key]
+
+
+def answers_of(
+    rows: Iterable[Sequence[Any]], questions: Sequence[Question], catalogues: Mapping[str, str]
+) -> list[Answer]:
+    """Each question's answer from `answers_statement`'s rows; `catalogues` (by app) say
+    "never bought" to the questions about someone without a row."""
+    found = {(row[0], row[1]): dict(zip(KINDS, row[2:], strict=True)) for row in rows if row[0]}
+    answers: list[Answer] = []
+    for app_id, customid, kind in questions:
+        row = found.get((app_id, customid))
+        read = (None, None, catalogues.get(app_id)) if row is None else (row[kind], customid, None)
+        try:
+            answers.append(answer_of(read, customid, kind))
+        except NotDerivedYet as error:
+            answers.append(error)
+    return answers
+
+
+def never_asked(rows: Iterable[Sequence[Any]], questions: Sequence[Question]) -> set[str]:
+    """The apps whose catalogue `answers_of` needs: someone asked about has no row."""
+    found = {(row[0], row[1]) for row in rows if row[0]}
+    return {a for a, c, kind in questions if kind != SUBSCRIBER and (a, c) not in found}
+
+
+def catalogues_statement(app_ids: Sequence[str]) -> str:
+    return f"SELECT app_id, catalogue FROM app_catalogues WHERE app_id IN ({placeholders(app_ids)})"
 
 
 @functools.lru_cache(maxsize=256)

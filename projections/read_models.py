@@ -15,7 +15,7 @@ from typing import Any
 from domain.aggregates import WebhookReceipt
 from domain.policy import AppPolicy
 from projections.buyer_facts import BuyerFactsProjection
-from projections.grants import GrantsProjection
+from projections.grants import DUE_CHUNK, GrantsProjection
 from projections.history import HistoryProjection
 from projections.store import Cursor
 
@@ -54,9 +54,9 @@ class BuyerReadModels:
         self.history.apply(cursor, position, event)
         self.grants.apply(cursor, position, event, touched)
 
-    def derive_due(self, cursor: Cursor) -> int:
+    def derive_due(self, cursor: Cursor, limit: int = DUE_CHUNK) -> int:
         """Derive the answers whose time has come (`GrantsProjection.derive_due`)."""
-        return self.grants.derive_due(cursor)
+        return self.grants.derive_due(cursor, limit)
 
     def seed(self, cursor: Cursor, position: int) -> None:
         self.grants.seed(cursor, position)

@@ -29,7 +29,8 @@ from projections.generations import (
 )
 from projections.store import Cursor, ViewStore
 
-REBUILD_BATCH = 1000
+REBUILD_BATCH = 5000  # events per transaction: fewer commits (and checkpoints) than live
+DUE_CHUNK = 2000  # answers derived per transaction after the bulk pass (live: 200)
 
 
 class RebuildRaced(RuntimeError):
@@ -72,7 +73,7 @@ def rebuild(
             events += bounded.catch_up(on_batch)
         events += follower.catch_up(on_batch)
     follower.seed()  # every answer of the new rows is due now ...
-    follower.derive_due()  # ... and derived, each once
+    follower.derive_due(DUE_CHUNK)  # ... and derived, each once
     events += follower.catch_up(on_batch)  # what arrived meanwhile, derived batch by batch
     with store.transaction() as cursor:
         if not activate(cursor, projection.name, old, new):

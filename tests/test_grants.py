@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -23,6 +24,7 @@ from starlette.testclient import TestClient
 
 from adapters.bootstrap import Engine, bootstrap
 from adapters.config import settings_from_dict
+from adapters.grouped_reads import GroupedReads
 from adapters.http.app import build_http_app
 from adapters.http.fast_path import FAST_PARAMS, fast_params
 from domain.catalogue import Catalogue
@@ -30,7 +32,7 @@ from domain.facts import Fact, fact_from_dict
 from domain.rules import derive
 from projections import entitlements as entitlements_module
 from projections.buyer_facts import customer_facts
-from projections.grants import catalogue_of
+from projections.grants import EXPLAINED, PERMISSIONS, SUBSCRIBER, catalogue_of
 from projections.shapes import permissions_json
 from tests.conftest import API_KEYS, fresh_engine, ingest, post_webhook, settle
 from tests.lifecycles import CATALOGUE as LIFECYCLE_CATALOGUE
@@ -213,6 +215,96 @@ def test_someone_unknown_never_bought_anything(client, engine):
         "premium": -9,
         "course": -9,
     }
+
+
+# --- Questions read together (PostgreSQL: a round trip for all that wait) ------------------
+
+
+def test_questions_read_together_get_the_answers_each_would_get_alone(client, engine):
+    bought_a_pass(client, engine)
+    settle(engine)
+    questions = [
+        ("demo", "buyer", PERMISSIONS),
+        ("demo", "buyer", EXPLAINED),
+        ("demo", "buyer", SUBSCRIBER),
+        ("demo", "stranger", PERMISSIONS),  # never bought: the catalogue says so
+        ("demo", "stranger", SUBSCRIBER),  # no subscriber
+        ("other", "buyer", PERMISSIONS),  # another app: its own answer
+        ("demo", "buyer", PERMISSIONS),  # asked twice at once
+    ]
+    together = engine.entitlements.now_many(questions)
+    assert together == [engine.entitlements.now(*question) for question in questions]
+    assert together[4] is None and json.loads(together[5]) == {"subscriberId": "buyer", "all": []}
+
+
+def test_questions_waiting_beyond_the_bound_are_refused_with_503_and_retry_after(settings_doc):
+    release = threading.Event()
+
+    def slow_read(questions):  # the database, slow to answer
+        release.wait(10)
+        return [b'{"subscriberId":"x","all":[]}' for _ in questions]
+
+    with unprojected(settings_doc) as (engine, client):
+        engine.grouped_reads = GroupedReads(slow_read, max_waiting=2)
+        waiting = [threading.Thread(target=ask, args=(client, f"c{i}")) for i in range(3)]
+        for thread in waiting:
+            thread.start()
+        _until(lambda: len(engine.grouped_reads._waiting) == 2)
+        refused = ask(client, "one-too-many")
+        release.set()
+        for thread in waiting:
+            thread.join()
+        engine.grouped_reads.close()
+    assert (refused.status_code, refused.headers["Retry-After"]) == (503, "1")
+    assert refused.json()["error"]["code"] == 1005
+
+
+def test_a_failed_group_read_is_answered_by_the_full_path_for_each_question(settings_doc):
+    def failing_read(questions):
+        raise OSError("the database went away")
+
+    with unprojected(settings_doc) as (engine, client):
+        engine.catalogues.replace("demo", Catalogue.from_json(CATALOGUE))
+        engine.project()
+        expected = ask(client, "stranger").json()  # the direct read
+        assert len(expected["all"]) == 2
+        engine.grouped_reads = GroupedReads(failing_read)
+        assert ask(client, "stranger").json() == expected  # the full path read it instead
+        engine.grouped_reads.close()
+
+
+def test_past_the_bound_of_requests_in_progress_a_question_is_refused_at_once(settings_doc):
+    settings_doc["server"] = {"max_requests_in_progress": 1}
+    entered, release = threading.Event(), threading.Event()
+    with unprojected(settings_doc) as (engine, client):
+        derive_as_usual = engine.entitlements.derivation
+
+        def slow_derivation(*args, **kwargs):  # a long history, slow to derive
+            entered.set()
+            release.wait(10)
+            return derive_as_usual(*args, **kwargs)
+
+        engine.entitlements.derivation = slow_derivation
+        first: list = []
+        asking = threading.Thread(target=lambda: first.append(ask(client, "a", at="1700000000")))
+        asking.start()
+        assert entered.wait(10)
+        refused = ask(client, "b", at="1700000000")
+        event = real("customer.subscription.created__srm__1.json")
+        webhook = post_webhook(client, json.dumps(event))
+        release.set()
+        asking.join()
+    assert (refused.status_code, refused.headers["Retry-After"]) == (503, "1")
+    assert refused.json()["error"]["code"] == 1005
+    assert webhook.status_code == 200  # webhooks are never shed
+    assert first[0].status_code == 200
+
+
+def _until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
 
 
 # --- Keys, apps and limits on the fast path ------------------------------------------------

@@ -65,6 +65,7 @@ def follow(engine, projection, generation: int, batch_size: int) -> dict:
 def test_a_batch_stores_and_reports_what_one_event_at_a_time_does(database_url, batch_size) -> None:
     engine = bootstrap(settings_from_dict(config_doc(database_url), env={}))
     engine.clock.fixed = NOW
+    engine.follower.start_background(0.02)  # the projector that links wait for
     try:
         engine.catalogues.replace("demo", Catalogue.from_json(CATALOGUE))
         bodies = population(10)

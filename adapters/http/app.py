@@ -25,6 +25,7 @@ from adapters.http.openapi import openapi_document
 from adapters.http.operations import healthz, metrics
 from adapters.http.queries import get_permissions, get_subscriber
 from adapters.http.request_metrics import RequestMetrics
+from adapters.http.shedding import LoadShedding
 from adapters.http.webhooks import receive_stripe_webhook
 from adapters.storage_errors import is_storage_error
 
@@ -84,6 +85,7 @@ def build_http_app(engine) -> Starlette:
         middleware=[
             Middleware(RequestMetrics, static_paths=static_paths()),  # counts the fast path's
             fast_path,  # then: a question about now skips everything below
+            Middleware(LoadShedding, limit=engine.settings.limits.max_requests_in_progress),
             *protections(engine.settings.limits, engine.settings.max_body_bytes),
         ],
     )

@@ -9,12 +9,12 @@ from starlette.applications import Starlette
 
 from adapters.bootstrap import bootstrap
 from adapters.config import load_settings
-from adapters.gc_tuning import tune_for_server
 from adapters.http import connections
 from adapters.http.app import build_http_app
 from adapters.logging_setup import configure_logging
 from adapters.projector import POLL_INTERVAL as POLL_SECONDS
 from adapters.projector import ProjectorProcess, can_run_apart
+from adapters.runtime_tuning import tune_for_server
 
 
 def create_app() -> Starlette:

@@ -4,9 +4,11 @@ The questions apps ask most ("what may user X do now?") are answered by one inde
 grants read model (`projections/grants.py`). This ASGI layer, outermost, serves them without
 Starlette's routing, middleware and thread pool: the key is checked and the app's rate limit
 spent exactly as on the full path, and the read runs here (on SQLite, a few microseconds on this
-thread's own read-only connection). Anything else (another route, `at` or `known_at`, a bad or
-missing key, a rate limit reached, a subscriber not found, an answer not derived yet, any
-error) goes on to the application unchanged, which answers it, errors included.
+thread's own read-only connection; on PostgreSQL, grouped with the other questions waiting,
+`adapters/grouped_reads.py`, and refused with 503 when too many wait). Anything else (another
+route, `at` or `known_at`, a bad or missing key, a rate limit reached, a subscriber not found,
+an answer not derived yet, any error) goes on to the application unchanged, which answers it,
+errors included.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import logging
 from urllib.parse import parse_qsl
 
+from adapters.grouped_reads import Overloaded
 from adapters.http.auth import app_for_authorization
-from adapters.http.errors import ApiError
+from adapters.http.errors import GENERIC, ApiError, error_response
 from adapters.http.limits import ASGIApp, RateLimited, Receive, Scope, Send
 from adapters.http.params import flag, required_text
 from projections.grants import EXPLAINED, PERMISSIONS, SUBSCRIBER, NotDerivedYet
@@ -26,6 +29,7 @@ log = logging.getLogger("entitlements.http")
 ROUTES = {"/v1/permissions": {"customid", "explain"}, "/v1/subscriber": {"customid"}}
 FAST_PARAMS = ROUTES["/v1/permissions"]
 JSON_HEADERS = [(b"content-type", b"application/json")]
+OVERLOADED_HEADERS = {"Retry-After": "1"}
 
 
 class PermissionsFastPath:
@@ -37,7 +41,10 @@ class PermissionsFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in ROUTES and scope["method"] == "GET":
             try:
-                body = self._answer(scope)
+                body = await self._answer(scope)
+            except Overloaded:
+                await _overloaded(send)
+                return
             except Exception:  # never worse than the full path: it answers instead
                 log.exception("permission fast path failed")
                 body = None
@@ -48,7 +55,7 @@ class PermissionsFastPath:
                 return
         await self.app(scope, receive, send)
 
-    def _answer(self, scope: Scope) -> bytes | None:
+    async def _answer(self, scope: Scope) -> bytes | None:
         path = scope["path"]
         values = fast_params(scope["query_string"], ROUTES[path])
         if values is None:
@@ -69,12 +76,27 @@ class PermissionsFastPath:
         else:
             kind = EXPLAINED if flag(values.get("explain")) else PERMISSIONS
         try:
-            return self.engine.entitlements.now(app.app_id, customid, kind)
+            grouped = self.engine.grouped_reads
+            if grouped is None:  # a local read: a few microseconds, on this thread
+                return self.engine.entitlements.now(app.app_id, customid, kind)
+            answer = await grouped.answer((app.app_id, customid, kind))
+            if isinstance(answer, NotDerivedYet):
+                return None
+            return answer
         except NotDerivedYet:
             return None  # the full path answers 503 with its Retry-After
 
     def _apps(self):
         return self.engine.settings.apps.values()
+
+
+async def _overloaded(send: Send) -> None:
+    """503 with Retry-After: more questions are waiting than the server reads in a moment."""
+    response = error_response(503, GENERIC, "overloaded; retry shortly", OVERLOADED_HEADERS)
+    await send(
+        {"type": "http.response.start", "status": 503, "headers": response.raw_headers}
+    )
+    await send({"type": "http.response.body", "body": response.body})
 
 
 def fast_params(query: bytes, taken: set[str] = FAST_PARAMS) -> dict[str, str] | None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from adapters.bootstrap import bootstrap
 from adapters.config import settings_from_dict
-from adapters.gc_tuning import tune_for_server
 from adapters.ingest import Webhook
+from adapters.runtime_tuning import tune_for_server
 from adapters.stripe.envelope import parse_event
 from adapters.stripe.signature import verify_signature
 from benchlib.client import percentile

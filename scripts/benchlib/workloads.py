@@ -138,8 +138,9 @@ class EngineRun:
     sent: int
     w3: LoadResult | None
     w3_status: str
-    w3_first: LoadResult | None = None  # each customer asked once: answers derived, not cached
+    w3_first: LoadResult | None = None  # each customer asked once, after a start
     w3_mixed: tuple[LoadResult, LoadResult] | None = None  # (queries, webhooks) at once
+    w3_second_first: LoadResult | None = None  # the same, from a second server (PostgreSQL)
 
 
 def w1_engine(bench: Bench, backend: str) -> EngineRun:
@@ -162,11 +163,22 @@ def w1_engine(bench: Bench, backend: str) -> EngineRun:
         w3, first, status = w3_queries(
             bench, backend, server, bench.stream.customids_before(cursor)
         )
-        mixed = None
+        mixed = second = None
         if w3 is not None:
             say(f"W3 {backend}: GET /v1/permissions while {bench.rate:.0f} webhooks/s arrive")
             mixed = w3_under_writes(bench, server, cursor, paced_count)
-    return EngineRun(loop, at_rate, exhausted, cursor, w3, status, first, mixed)
+    if w3 is not None and backend == "postgres":
+        second = w3_second_server(bench, backend, config)
+    return EngineRun(loop, at_rate, exhausted, cursor, w3, status, first, mixed, second)
+
+
+def w3_second_server(bench: Bench, backend: str, config: Path) -> LoadResult:
+    """A second server on the same PostgreSQL, just started: its first answer to each customer
+    (a host added to a cluster must answer as fast as the first)."""
+    say(f"W3 {backend}: a second server's first answers")
+    with start_engine(config, bench.workers, bench.log(f"engine-{backend}-second")) as second:
+        first = bench.work / "w3-first.records"
+        return run_client(second.base_url, first, 60, bench.connections, None, once=True)
 
 
 def _send_once(
