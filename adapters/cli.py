@@ -16,20 +16,30 @@ from adapters.logging_setup import configure_logging
 from adapters.replay import ReplaySummary, event_files, replay_file
 from adapters.runtime_tuning import tune_for_server
 
+CONFIG_HELP = "TOML configuration (default: $ENTITLEMENTS_CONFIG, else the demo one)."
+
+
+def _use_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        os.environ["ENTITLEMENTS_CONFIG"] = str(Path(value).resolve())
+
+
+def config_option() -> click.Option:
+    """`--config FILE`, taken before the command (`entitlements --config F serve`) or after
+    it (`entitlements serve --config F`), where users type it first."""
+    return click.Option(
+        ["--config"],
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        is_eager=True,
+        callback=_use_config,
+        help=CONFIG_HELP,
+    )
+
 
 @click.group()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="TOML configuration (default: $ENTITLEMENTS_CONFIG, else the demo one).",
-)
-@click.pass_context
-def main(ctx: click.Context, config_path: str | None) -> None:
+def main() -> None:
     """Event-sourced entitlement engine for Stripe."""
-    if config_path:
-        os.environ["ENTITLEMENTS_CONFIG"] = str(Path(config_path).resolve())
-    ctx.obj = config_path
 
 
 def _settings() -> Settings:
@@ -47,6 +57,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP API with uvicorn."""
     import uvicorn
 
+    from adapters.http.connections import GuardedHttpToolsProtocol
     from adapters.logging_setup import log_config, write_queued_lines_on_exit_signals
 
     settings = _settings()
@@ -59,6 +70,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         workers=workers or settings.workers,
         log_level="info",
         log_config=log_config("INFO"),  # one JSON object per line, uvicorn's lines included
+        http=GuardedHttpToolsProtocol,  # bounds header time and open connections
         timeout_keep_alive=int(settings.limits.keep_alive_timeout),
         timeout_graceful_shutdown=int(settings.limits.request_timeout) or None,
     )
@@ -107,6 +119,8 @@ def rebuild(app_id: str | None, projection: str) -> None:
     from projections.rebuild import rebuild as run_rebuild
 
     settings = _settings()
+    if app_id is not None:
+        _app_id(settings, app_id)  # an unknown app is refused before any work (or progress bar)
     engine = bootstrap(settings)
     tune_for_server()  # a long run that allocates per event, like the server
     try:
@@ -226,6 +240,16 @@ def catalogue_apply(file: str, app_id: str | None, dry_run: bool) -> None:
 
 for _command in (permissions, history, audit):  # adapters/cli_audit.py
     main.add_command(_command)
+
+
+def _accept_config(command: click.Command) -> None:
+    command.params.append(config_option())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_config(sub)
+
+
+_accept_config(main)
 
 
 if __name__ == "__main__":

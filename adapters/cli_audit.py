@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import click
 from tqdm import tqdm
@@ -22,7 +23,7 @@ from adapters.bootstrap import Engine, bootstrap
 from adapters.config import ConfigError, Settings, load_settings
 from adapters.history import entry_json
 from adapters.http.errors import ApiError
-from adapters.http.params import instant
+from adapters.http.params import instant, required_text
 from projections.history import HistoryFilter
 from projections.shapes import permissions_json
 
@@ -51,6 +52,14 @@ def _engine(settings: Settings) -> Iterator[Engine]:
         yield engine
     finally:
         engine.close()
+
+
+def _customid(value: str) -> str:
+    """Refused as the HTTP API refuses it (empty, too long, NUL)."""
+    try:
+        return required_text(value, "customid")
+    except ApiError as error:
+        raise click.BadParameter(error.description, param_hint="CUSTOMID") from error
 
 
 def _instant(value: str | None, name: str) -> float | None:
@@ -82,12 +91,19 @@ def permissions(
     as_json: bool,
 ) -> None:
     """What CUSTOMID may do at an instant, as known at an instant, and why."""
+    customid = _customid(customid)
     settings = _settings()
     app_id = _app_id(settings, app_id)
     at = int(_instant(at_text, "at") or time.time())
     known_at = _instant(known_text, "known_at")
     with _engine(settings) as engine:
         result = engine.entitlements.permissions(app_id, customid, at, known_at)
+        known = bool(engine.history.buyer_keys(app_id, customid))
+    if not known:  # answered as GET /v1/permissions does; `history` says "no customer"
+        click.echo(
+            f"no customer {customid!r} in app {app_id!r}: every permission is never bought",
+            err=True,
+        )
     doc = permissions_json(customid, result, explain)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
@@ -119,6 +135,7 @@ def _permission_rows(perms: list[dict[str, Any]], explain: bool) -> Iterator[str
 @click.option("--raw", is_flag=True, help="Include each raw payload exactly as received.")
 def history(customid: str, app_id: str | None, as_json: bool, raw: bool) -> None:
     """Every recorded event of CUSTOMID, oldest first."""
+    customid = _customid(customid)
     settings = _settings()
     app_id = _app_id(settings, app_id)
     with _engine(settings) as engine:
@@ -155,17 +172,33 @@ def audit_export(app_id: str | None, customid: str | None, out_path: str) -> Non
     """Write a hash-chained JSON Lines export (raw payloads included) to --out."""
     settings = _settings()
     app_id = _app_id(settings, app_id)
-    with _engine(settings) as engine, open(out_path, "w", encoding="utf-8", newline="\n") as out:
+    target = Path(out_path)
+    if not target.parent.is_dir():
+        raise click.ClickException(f"no folder {str(target.parent)!r} to write {out_path!r} in")
+    with _engine(settings) as engine, _replaced_on_success(target) as out:
+        if customid and not engine.history.buyer_keys(app_id, customid):
+            raise click.ClickException(f"no customer {customid!r} in app {app_id!r}")
         total = engine.log.recorder.max_notification_id() or 0
         with tqdm(total=None if customid else total, unit="event", file=sys.stderr) as bar:
             if customid:
-                if not engine.history.buyer_keys(app_id, customid):
-                    raise click.ClickException(f"no customer {customid!r} in app {app_id!r}")
                 records = customer_records(engine.history, app_id, customid)
             else:
                 records = app_records(engine.log, engine.follower, app_id, bar.update)
             count, last = write_chain((_tick(event_record(r), bar, customid) for r in records), out)
     click.echo(f"exported {count} events to {out_path}; last hash {last}")
+
+
+@contextmanager
+def _replaced_on_success(target: Path) -> Iterator[TextIO]:
+    """A file written beside `target` that becomes it only once complete: a failed export
+    leaves neither an empty file nor a partial chain (nor replaces an earlier export)."""
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="\n") as out:
+            yield out
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _tick(record: dict[str, Any], bar: tqdm, customid: str | None) -> dict[str, Any]:

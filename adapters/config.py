@@ -61,6 +61,14 @@ class ServerLimits:
     request_timeout: float = 30.0  # seconds before a request is answered 503
     max_requests_in_progress: int = 128  # REST requests, past which new ones are answered 503
     keep_alive_timeout: int = 5  # seconds an idle keep-alive connection stays open
+    # A webhook not recorded by then is answered 503 with Retry-After (Stripe retries): while
+    # the database is away, senders hear so at once and their bodies are not kept waiting.
+    webhook_write_timeout: float = 2.0
+    # Connections that never finish their headers (slowloris) would otherwise stay open until
+    # the process runs out of descriptors: adapters/http/connections.py closes them.
+    header_timeout: float = 10.0  # seconds to receive a request's headers
+    max_connections: int = 0  # open at once in a worker; 0: what its descriptor limit allows
+    max_connections_per_address: int = 256  # open at once from one client address
 
 
 @dataclass(frozen=True)

@@ -19,30 +19,60 @@ from adapters.ingest import Ingestor, Outcome, Webhook
 log = logging.getLogger("entitlements.ingest")
 
 MAX_BATCH = 256
+# Webhooks waiting for the writer, at most: while the database is away the writer is stuck in
+# one commit, and each request beyond this is refused at once rather than kept in memory.
+MAX_WAITING = 4096
+
+
+class NotRecorded(RuntimeError):
+    """The webhook was not recorded in time (the database is slow or away) or the writer has too
+    many waiting: the caller answers 503 and Stripe retries."""
 
 
 @dataclass
 class _Pending:
-    webhook: Webhook
+    webhook: Webhook | None  # None once its request gave up: skipped, its body freed
     future: asyncio.Future[Outcome]
     loop: asyncio.AbstractEventLoop
 
 
 class GroupCommitWriter:
-    def __init__(self, ingestor: Ingestor, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, ingestor: Ingestor, max_batch: int = MAX_BATCH, max_waiting: int = MAX_WAITING
+    ) -> None:
         self.ingestor = ingestor
         self.max_batch = max_batch
+        self.max_waiting = max_waiting
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        # Set by a failed commit, cleared by one that succeeds. Meanwhile one webhook at a time
+        # tries the database (the others hear 503 at once), so bodies are not held by the
+        # hundred in a batch that waits for a database that is away.
+        self._failing = False
+        self.last_error: str | None = None  # of the last commit, while it failed (/healthz)
         self._start_lock = threading.Lock()
 
-    async def record(self, webhook: Webhook) -> Outcome:
-        """Resolves once the webhook's event is durable (or raises the storage error)."""
+    async def record(self, webhook: Webhook, timeout: float = 0) -> Outcome:
+        """Resolves once the webhook's event is durable (or raises the storage error). With a
+        `timeout` (seconds), raises NotRecorded after it: the event is then recorded only if
+        its commit had already begun (a retry from Stripe is then a duplicate)."""
+        waiting = self._queue.qsize()
+        if waiting >= self.max_waiting:
+            raise NotRecorded(f"{self.max_waiting} webhooks already wait for the database")
+        if self._failing and waiting:
+            raise NotRecorded("the database is unavailable (another webhook is trying it)")
         self._ensure_started()
         loop = asyncio.get_running_loop()
         pending = _Pending(webhook, loop.create_future(), loop)
         self._queue.put(pending)
-        return await pending.future
+        # `asyncio.wait`, not `wait_for`: a timeout raises nothing whose traceback would keep
+        # this frame (and the body) alive in the queue, which holds the future till drained.
+        done, _ = await asyncio.wait({pending.future}, timeout=timeout or None)
+        if not done:
+            pending.webhook = None
+            pending.future.cancel()
+            raise NotRecorded(f"not recorded within {timeout} s")
+        return pending.future.result()
 
     def _ensure_started(self) -> None:
         with self._start_lock:
@@ -55,10 +85,13 @@ class GroupCommitWriter:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first, *self._drain()]
+            batch = [first] if self._failing else [first, *self._drain()]
             stop = None in batch
-            batch = [p for p in batch if p is not None]
-            self._commit(batch)
+            # Those whose request gave up were answered 503: Stripe sends them again.
+            # Read once: a request may give up (and clear its webhook) at any moment.
+            live = [(p, w) for p in batch if p is not None and (w := p.webhook) is not None]
+            if live:
+                self._commit(live)
             if stop:
                 return
 
@@ -71,12 +104,19 @@ class GroupCommitWriter:
                 break
         return waiting
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, live: list[tuple[_Pending, Webhook]]) -> None:
+        batch = [pending for pending, _ in live]
         try:
-            outcomes = self.ingestor.record_many([p.webhook for p in batch])
+            outcomes = self.ingestor.record_many([webhook for _, webhook in live])
         except Exception as error:  # never let the writer thread die
             log.exception("group commit failed")
             outcomes = [error] * len(batch)
+            self._failing = True
+            self.last_error = f"{type(error).__name__}: {error}"
+        else:
+            self._failing = False
+            self.last_error = None
+        self.last_error: str | None = None  # of the last commit, while it failed (/healthz)
         # One wake-up of each event loop for the whole batch, not one per request: each costs
         # the loop an iteration (and the writer a syscall).
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
+from prometheus_client import Counter
+
 from adapters.appending import save_retrying
 from adapters.config import AppConfig
 from adapters.eventstore import EventLog
@@ -68,6 +70,20 @@ class Pending:
     checkout: UnresolvedCheckout
     failures: int = 0
     next_try: float = 0.0
+
+
+CHECKOUT_RESOLUTIONS = Counter(
+    "entitlements_checkout_resolutions",
+    "Checkouts whose line items the background resolver looked up, by outcome",
+    ["outcome"],
+)
+
+
+def count_pass(summary: PassSummary) -> None:
+    """A background pass's outcomes, for /metrics (`resolve-checkouts` prints its own)."""
+    for outcome in ("resolved", "already", "failed", "refused"):
+        if count := getattr(summary, outcome):
+            CHECKOUT_RESOLUTIONS.labels(outcome).inc(count)
 
 
 @dataclass
@@ -285,7 +301,7 @@ class CheckoutResolver:
     def run_forever(self, poll_interval: float | None = None) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                count_pass(self.run_once())
             except Exception:  # e.g. the database is briefly unreachable: the next pass retries
                 log.exception("resolving checkouts failed; retrying")
             self._wake.wait(POLL_INTERVAL if poll_interval is None else poll_interval)

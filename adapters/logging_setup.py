@@ -29,7 +29,9 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 SECRET_SHAPES = re.compile(
-    r"(?:whsec|sk_live|sk_test|rk_live|rk_test)_[A-Za-z0-9]+|(?i:bearer)\s+[^\s\"',]+"
+    # A secret runs to the next character no secret has: keys with `-`, `.`, `+`, `/`, `=`
+    # (a configured plain key, a base64 one) are masked whole, not up to their first `-`.
+    r"(?:whsec|sk_live|sk_test|rk_live|rk_test)_[A-Za-z0-9_\-.+/=]+|(?i:bearer)\s+[^\s\"',]+"
 )
 REDACTED = "[redacted]"
 

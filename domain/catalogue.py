@@ -116,6 +116,19 @@ def _text(raw: dict[str, Any], key: str, where: str, required: bool = True) -> s
         return None
     if not isinstance(value, str) or not value.strip():
         raise InvalidCatalogue(f"{where}: '{key}' must be a non-empty string")
+    return _storable(value, f"{where}: '{key}'")
+
+
+def _storable(value: str, what: str) -> str:
+    """Ids are stored and compared as text on every backend: PostgreSQL refuses NUL, and a
+    lone surrogate cannot be encoded as UTF-8 at all (a catalogue file may hold either)."""
+    if "\x00" in value:
+        raise InvalidCatalogue(f"{what} must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidCatalogue(f"{what} is not valid Unicode (a lone surrogate)") from error
     return value
 
 
@@ -149,6 +162,8 @@ def _parse_permission(index: int, raw: Any, known_skus: set[str]) -> Permission:
     sku_ids = raw.get("skuIds", [])
     if not isinstance(sku_ids, list) or not all(isinstance(s, str) for s in sku_ids):
         raise InvalidCatalogue(f"{where}: 'skuIds' must be a list of strings")
+    for sku_id in sku_ids:
+        _storable(sku_id, f"{where}: 'skuIds'")
     unknown = [s for s in sku_ids if s not in known_skus]
     if unknown:
         raise InvalidCatalogue(f"{where}: unknown skuIds {unknown}")

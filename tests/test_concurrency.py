@@ -118,3 +118,34 @@ def test_two_server_processes_on_one_postgres_record_each_event_once(
         assert sorted(recorded_ids(engine)) == sorted(json.loads(b)["id"] for b in bodies)
     finally:
         engine.close()
+
+
+def test_concurrent_relinks_each_name_the_owner_they_really_replaced(
+    engine: Engine, settings_doc
+) -> None:
+    """Many relinks of one customer at once, from two engines (two hosts) on one database:
+    read in history order, each link event's `previous_customid` is the customid of the link
+    before it, so the transfer history is a chain."""
+    other_host = bootstrap(settings_from_dict(settings_doc, env={}))
+    for each in (engine, other_host):
+        each.follower.start_background(poll_interval=0.02)
+    try:
+        linkers = [engine.linker, other_host.linker]
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            changed = list(
+                pool.map(
+                    lambda n: linkers[n % 2].link("demo", f"owner-{n}", "cus_relinked"),
+                    range(48),
+                )
+            )
+    finally:
+        other_host.close()
+    assert all(changed)
+    links = [
+        e
+        for e in engine.log.history(buyer_id("demo", "cus_relinked"))
+        if isinstance(e, Buyer.CustomidLinked)
+    ]
+    assert len(links) == 48
+    owners = [link.customid for link in links]
+    assert [link.previous_customid for link in links] == [None, *owners[:-1]]

@@ -265,6 +265,11 @@ def test_anything_shaped_like_a_secret_is_masked_in_a_log_line() -> None:
     assert log_config()["formatters"]["json"]["()"] is JsonFormatter
 
 
+@pytest.mark.parametrize("secret", ["whsec_ab-cd.ef+gh/ij=", "sk_live_a.b", "rk_test_x-y-z"])
+def test_a_secret_with_dashes_dots_or_pluses_is_masked_whole(secret: str) -> None:
+    assert redact(f'{{"message": "key {secret} used"}}') == '{"message": "key [redacted] used"}'
+
+
 # --- bad input is a 400, never a 500 (found by schemathesis and probing) -----------------------
 
 
@@ -285,6 +290,51 @@ def test_unusable_parameters_are_400_1010(client, path: str, params: dict[str, s
     connect(client, "a", "cus_A")
     response = client.get(path, params=params, headers=AUTH)
     assert (response.status_code, response.json()["error"]["code"]) == (400, 1010)
+
+
+DEEP = b"[" * 100_000
+LONE = "\\ud800"  # as JSON writes it: a lone UTF-16 surrogate, not encodable as UTF-8
+
+
+def catalogue_body(sku_id: str = "premium_monthly", permission_id: str = "premium") -> bytes:
+    skus = f'[{{"skuId": "{sku_id}", "productId": "prod_A"}}]'
+    perms = f'[{{"permissionId": "{permission_id}", "skuIds": ["{sku_id}"]}}]'
+    return f'{{"skus": {skus}, "permissions": {perms}}}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/connect_stripe", DEEP),
+        ("PUT", "/v1/catalogue", DEEP),
+        ("POST", "/v1/catalogue/preview", DEEP),
+        ("POST", "/v1/connect_stripe", f'{{"customid": "a{LONE}", "customerid": "cus_A"}}'),
+        ("POST", "/v1/connect_stripe", f'{{"customid": "a", "customerid": "cus_{LONE}"}}'),
+        ("PUT", "/v1/catalogue", catalogue_body(sku_id=f"sku{LONE}")),
+        ("POST", "/v1/catalogue/preview", catalogue_body(sku_id=f"sku{LONE}")),
+        ("PUT", "/v1/catalogue", catalogue_body(permission_id="pre\\u0000mium")),
+    ],
+)
+def test_bodies_no_store_can_hold_are_400_1010_and_write_nothing(
+    client, engine, method: str, path: str, body: bytes | str
+) -> None:
+    before = engine.log.recorder.max_notification_id()
+    response = client.request(method, path, content=body, headers=AUTH)
+    assert response.status_code == 400, response.text
+    assert response.json() == {"status": 400, "error": response.json()["error"]}
+    assert response.json()["error"]["code"] == 1010
+    assert engine.log.recorder.max_notification_id() == before
+
+
+def test_a_catalogue_file_with_a_nul_or_a_lone_surrogate_is_refused() -> None:
+    from domain.catalogue import Catalogue, InvalidCatalogue
+
+    for doc in (
+        json.loads(catalogue_body(permission_id="pre\\u0000mium")),
+        json.loads(catalogue_body(sku_id=f"sku{LONE}")),
+    ):
+        with pytest.raises(InvalidCatalogue):
+            Catalogue.from_json(doc)
 
 
 @pytest.mark.parametrize("duration", ["P99999999999D", "P5000Y"])

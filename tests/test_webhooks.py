@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
-from adapters.bootstrap import Engine
+from adapters.bootstrap import Engine, bootstrap
+from adapters.config import settings_from_dict
+from adapters.http.app import build_http_app
 from domain.aggregates import Buyer, buyer_id
-from tests.conftest import fixture_files, make_event, post_webhook, signed_headers
+from tests.conftest import config_doc, fixture_files, make_event, post_webhook, signed_headers
 
 
 def stored_events(engine: Engine) -> list[Any]:
@@ -220,6 +223,20 @@ def test_an_expired_timestamp_is_refused(client, engine) -> None:
     assert_rejected(response, 400, "tolerance", engine)
 
 
+@pytest.mark.parametrize("ahead", [301, 3600, 10**9])
+def test_a_timestamp_beyond_the_tolerance_in_the_future_is_refused(
+    client, engine, ahead: int
+) -> None:
+    headers = signed_headers(VALID, timestamp=int(time.time()) + ahead)
+    response = post_webhook(client, VALID, headers=headers)
+    assert_rejected(response, 400, "tolerance", engine)
+
+
+def test_a_timestamp_slightly_ahead_is_accepted_as_clocks_drift(client) -> None:
+    headers = signed_headers(VALID, timestamp=int(time.time()) + 60)
+    assert post_webhook(client, VALID, headers=headers).status_code == 200
+
+
 def test_malformed_json_is_refused(client, engine) -> None:
     response = post_webhook(client, '{"id": "evt_1", "type": ')
     assert_rejected(response, 400, "malformed JSON", engine)
@@ -254,6 +271,54 @@ def test_an_unknown_app_is_refused(client, engine) -> None:
     response = client.post("/v1/stripe/webhooks/nope", content=VALID, headers=signed_headers(VALID))
     assert response.status_code == 404
     assert "unknown app" in response.json()["error"]["description"]
+
+
+def test_an_unknown_apps_404_echoes_only_the_start_of_its_id(client) -> None:
+    app_id = "x" * 10_000
+    response = client.post(f"/v1/stripe/webhooks/{app_id}", content=VALID)
+    assert response.status_code == 404 and len(response.content) < 300
+    assert "x" * 64 in response.json()["error"]["description"]
+
+
+def test_an_unknown_app_is_never_counted_as_a_configured_app_named_unknown(tmp_path) -> None:
+    doc = config_doc(f"sqlite:///{tmp_path / 'e.sqlite'}")
+    doc["apps"]["unknown"] = {"webhook_secrets": ["whsec_u"], "rest_api_keys": ["u-key"]}
+    engine = bootstrap(settings_from_dict(doc, env={}))
+    try:
+        with TestClient(build_http_app(engine), raise_server_exceptions=False) as test_client:
+            before = test_client.get("/metrics").text
+            test_client.post("/v1/stripe/webhooks/nobody", content=VALID)
+            after = test_client.get("/metrics").text
+    finally:
+        engine.close()
+    assert _sample(after, 'app="unknown"') == _sample(before, 'app="unknown"')
+    assert _sample(after, "entitlements_webhooks_unknown_app_total") == (
+        _sample(before, "entitlements_webhooks_unknown_app_total") + 1
+    )
+
+
+def _sample(metrics: str, *marks: str) -> float:
+    """The sum of the samples whose line has every mark."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if not line.startswith("#") and all(mark in line for mark in marks)
+    )
+
+
+@pytest.mark.parametrize("path", ["/v1/stripe/webhooks/demo/", "/v1/permissions/"])
+def test_a_trailing_slash_is_404_in_the_envelope_never_a_redirect_built_from_host(
+    client, path: str
+) -> None:
+    response = client.request(
+        "POST" if "webhooks" in path else "GET",
+        path,
+        content=VALID,
+        headers={**signed_headers(VALID), "Host": "evil.example"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 404 and "location" not in response.headers
+    assert response.json()["error"]["code"] == 1005
 
 
 def test_an_oversized_body_is_refused(client, engine) -> None:

@@ -17,15 +17,17 @@ from adapters.http.commands import (
     preview_catalogue,
     put_catalogue,
 )
-from adapters.http.errors import GENERIC, ApiError, error_response
+from adapters.http.errors import GENERIC, ApiError, StorageUnavailable, error_response
 from adapters.http.fast_path import PermissionsFastPath
 from adapters.http.history import get_history
 from adapters.http.limits import Limiters, RateLimited, protections, rate_limited_response
 from adapters.http.openapi import openapi_document
 from adapters.http.operations import healthz, metrics
 from adapters.http.queries import get_permissions, get_subscriber
+from adapters.http.request_metrics import RequestMetrics
 from adapters.http.shedding import LoadShedding
 from adapters.http.webhooks import receive_stripe_webhook
+from adapters.storage_errors import is_storage_error
 
 log = logging.getLogger("entitlements.http")
 
@@ -46,6 +48,10 @@ def routes() -> list[Route]:
     ]
 
 
+def static_paths() -> frozenset[str]:
+    return frozenset(route.path for route in routes() if "{" not in route.path)
+
+
 async def _api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)
     return error_response(error.status, error.code, error.description, error.headers)
@@ -57,6 +63,10 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 
 async def _unexpected(request: Request, error: Exception) -> Response:
+    if is_storage_error(error):  # down, locked or full: it may serve again shortly
+        log.error("storage unavailable: %s", error, extra={"path": request.url.path})
+        unavailable = StorageUnavailable()
+        return error_response(503, unavailable.code, unavailable.description, unavailable.headers)
     log.exception("unhandled error")
     return error_response(500, GENERIC, "internal error")
 
@@ -73,11 +83,15 @@ def build_http_app(engine) -> Starlette:
             Exception: _unexpected,
         },
         middleware=[
-            fast_path,  # first: a question about now skips everything below
+            Middleware(RequestMetrics, static_paths=static_paths()),  # counts the fast path's
+            fast_path,  # then: a question about now skips everything below
             Middleware(LoadShedding, limit=engine.settings.limits.max_requests_in_progress),
             *protections(engine.settings.limits, engine.settings.max_body_bytes),
         ],
     )
+    # No 307 to the path without its trailing slash: its Location would be built from the
+    # Host header (anyone's), and Stripe does not follow redirects anyway. Such a path is 404.
+    app.router.redirect_slashes = False
     app.state.engine = engine
     app.state.limits = limiters
     return app

@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 
 from adapters.bootstrap import bootstrap
 from adapters.config import load_settings
+from adapters.http import connections
 from adapters.http.app import build_http_app
 from adapters.logging_setup import configure_logging
 from adapters.projector import POLL_INTERVAL as POLL_SECONDS
@@ -20,6 +21,7 @@ def create_app() -> Starlette:
     """Reads ENTITLEMENTS_CONFIG (or the demo configuration) in each worker process."""
     configure_logging()  # JSON lines, also when started as `uvicorn --factory ...`
     engine = bootstrap(load_settings())
+    connections.install(engine.settings.limits)  # used by `serve`'s protocol, in this worker
     app = build_http_app(engine)
 
     @contextlib.asynccontextmanager

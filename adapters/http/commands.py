@@ -8,9 +8,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from adapters.appending import WriteConflict
 from adapters.http.auth import authenticated_app
-from adapters.http.errors import bad_request
+from adapters.http.errors import GENERIC, ApiError, bad_request
 from adapters.http.params import json_body, required_text
+from adapters.linking import LinkNotSettled
 from domain.catalogue import Catalogue, InvalidCatalogue
 
 
@@ -24,7 +26,10 @@ async def connect_stripe(request: Request) -> JSONResponse:
     customer_id = required_text(body.get("customerid"), "customerid")
     if not customer_id.startswith("cus_"):
         raise bad_request("'customerid' must be a Stripe customer id (cus_...)")
-    changed = await run_in_threadpool(engine.linker.link, app.app_id, customid, customer_id)
+    try:
+        changed = await run_in_threadpool(engine.linker.link, app.app_id, customid, customer_id)
+    except (LinkNotSettled, WriteConflict) as error:
+        raise ApiError(503, GENERIC, f"link not recorded, retry shortly: {error}") from error
     return JSONResponse(
         {"status": 200, "customid": customid, "customerid": customer_id, "changed": changed}
     )

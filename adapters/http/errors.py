@@ -10,6 +10,8 @@ INVALID_PARAMETER = 1010
 TOO_MANY_REQUESTS = 1200
 INVALID_API_KEY = 1202
 
+RETRY_AFTER_SECONDS = "1"  # what a 503 asks a client to wait
+
 
 class ApiError(Exception):
     headers: dict[str, str] = {}
@@ -19,6 +21,15 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.description = description
+
+
+class StorageUnavailable(ApiError):
+    """503 with Retry-After: the database cannot serve this now (down, locked, full)."""
+
+    headers = {"Retry-After": RETRY_AFTER_SECONDS}
+
+    def __init__(self, description: str = "storage unavailable, retry later") -> None:
+        super().__init__(503, GENERIC, description)
 
 
 def error_response(

@@ -27,7 +27,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from adapters.config import ServerLimits
-from adapters.http.errors import GENERIC, TOO_MANY_REQUESTS, ApiError, error_response
+from adapters.http.errors import (
+    GENERIC,
+    RETRY_AFTER_SECONDS,
+    TOO_MANY_REQUESTS,
+    ApiError,
+    error_response,
+)
 
 log = logging.getLogger("entitlements.http")
 
@@ -188,7 +194,12 @@ class TimeoutMiddleware:
         async def answer() -> None:
             try:
                 if not state["started"]:
-                    response = error_response(503, GENERIC, "request timed out, retry later")
+                    response = error_response(
+                        503,
+                        GENERIC,
+                        "request timed out, retry later",
+                        {"Retry-After": RETRY_AFTER_SECONDS},
+                    )
                     await response(scope, receive, send)
             finally:
                 if state["running"]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+from pathlib import Path
 
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -10,17 +13,24 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from adapters.eventstore import sqlite_path
+
 log = logging.getLogger("entitlements.http")
 
 MAX_READY_LAG = 1000  # events; beyond this the read side is too stale to call "ready"
 # A health check must answer before the prober gives up; while the database is down the
 # store's own retries take far longer (10 attempts), so stop waiting and say unreachable.
 HEALTH_SECONDS = 3.0
+MIN_FREE_BYTES = 1024 * 1024  # below this, the next commit on SQLite may not fit
 
 WEBHOOKS = Counter(
     "entitlements_webhooks",
     "Stripe webhooks received, by app, event type and outcome",
     ["app", "type", "outcome"],
+)
+UNKNOWN_APP_WEBHOOKS = Counter(
+    "entitlements_webhooks_unknown_app",
+    "Webhooks posted to an app id that is not configured (refused with 404)",
 )
 WEBHOOK_SECONDS = Histogram(
     "entitlements_webhook_seconds",
@@ -31,6 +41,14 @@ PROJECTION_LAG = Gauge(
     "entitlements_projection_lag_events",
     "How many events the read model is behind the event log",
     ["projection"],
+)
+PROJECTION_POSITION = Gauge(
+    "entitlements_projection_position",
+    "The event log position the read model has applied up to",
+    ["projection"],
+)
+LOG_POSITION = Gauge(
+    "entitlements_event_log_position", "The position of the newest event in the event log"
 )
 CHECKOUTS_REFUSED = Gauge(
     "entitlements_checkouts_unresolvable",
@@ -54,14 +72,36 @@ async def healthz(request: Request) -> JSONResponse:
         "database": "ok",
         "projections": {engine.follower.projection.name: {"lag": lag, "ready": ready}},
     }
+    failure = storage_failure(engine)
+    if failure is not None:  # reads may still be served; writes are not
+        body.update(status="unavailable", database="failing", storage_error=failure)
+        return JSONResponse(body, 503)
     return JSONResponse(body, 200 if ready else 503)
+
+
+def storage_failure(engine) -> str | None:
+    """Why webhooks cannot be recorded now, if they cannot: the last commit's error, or (on
+    SQLite) a disk with no room left for the next one."""
+    if engine.writer.last_error is not None:
+        return engine.writer.last_error
+    url = engine.settings.database_url
+    if url.startswith("sqlite:") and sqlite_path(url) != ":memory:":
+        folder = Path(sqlite_path(url)).resolve().parent
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(folder).free < MIN_FREE_BYTES:
+                return f"disk full: less than {MIN_FREE_BYTES} bytes free in {folder}"
+    return None
 
 
 async def metrics(request: Request) -> Response:
     engine = request.app.state.engine
     try:
-        lag = await run_in_threadpool(engine.follower.lag)
-        PROJECTION_LAG.labels(engine.follower.projection.name).set(lag)
+        name = engine.follower.projection.name
+        position = await run_in_threadpool(engine.follower.position)
+        head = await run_in_threadpool(engine.log.recorder.max_notification_id)
+        PROJECTION_POSITION.labels(name).set(position)
+        LOG_POSITION.set(head or 0)
+        PROJECTION_LAG.labels(name).set(max(0, (head or 0) - position))
     except Exception:
         log.exception("projection lag unavailable")
     try:

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from adapters.http.errors import bad_request
+from adapters.stripe.sanity import UnstorableJson, load_json
 
 MAX_ID_LENGTH = 255
 
@@ -47,6 +48,11 @@ def no_nul(value: str, name: str) -> str:
     """PostgreSQL cannot store NUL characters: refused on every backend alike."""
     if "\x00" in value:
         raise bad_request(f"{name!r} must not contain NUL characters")
+    if not value.isascii():  # a lone surrogate cannot be stored (nor encoded as UTF-8)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise bad_request(f"{name!r} is not valid Unicode") from error
     return value
 
 
@@ -55,10 +61,14 @@ def flag(value: str | None) -> bool:
 
 
 async def json_body(request: Request, max_bytes: int) -> Any:
+    """The body as JSON, parsed as webhooks are (`load_json`): nesting too deep for the stack,
+    lone surrogates and NULs are refused here, with nothing written, not a 500 later."""
     from adapters.http.body import read_limited
 
     body = await read_limited(request, max_bytes)
     try:
-        return json.loads(body)
+        return load_json(body.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise bad_request(f"malformed JSON body: {error}") from error
+    except UnstorableJson as error:
+        raise bad_request(f"unusable JSON body: {error}") from error

@@ -9,15 +9,24 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from adapters.group_commit import NotRecorded
 from adapters.http.body import read_limited
-from adapters.http.errors import GENERIC, ApiError, bad_request
-from adapters.http.limits import limit_webhook
-from adapters.http.operations import WEBHOOK_SECONDS, WEBHOOKS
+from adapters.http.errors import (
+    GENERIC,
+    ApiError,
+    StorageUnavailable,
+    bad_request,
+    error_response,
+)
+from adapters.http.limits import RateLimited, limit_webhook
+from adapters.http.operations import UNKNOWN_APP_WEBHOOKS, WEBHOOK_SECONDS, WEBHOOKS
 from adapters.ingest import Outcome, Webhook
 from adapters.stripe.envelope import NotAStripeEvent, StripeEnvelope, parse_event
 from adapters.stripe.signature import BadSignature, verify_signature
 
 log = logging.getLogger("entitlements.webhooks")
+
+SHOWN_ID_LENGTH = 64  # characters of an unknown app id echoed in its 404
 
 
 async def receive_stripe_webhook(request: Request) -> JSONResponse:
@@ -28,15 +37,26 @@ async def receive_stripe_webhook(request: Request) -> JSONResponse:
     try:
         envelope, outcome = await _receive(request, engine, app_id)
     except ApiError as error:
-        # Never label by unverified input: unknown apps and types would be unbounded labels.
-        app_label = app_id if known_app else "unknown"
-        WEBHOOKS.labels(app_label, "unverified", f"rejected_{error.status}").inc()
+        # Never label by unverified input: unknown apps and types would be unbounded labels,
+        # and an unknown app is counted apart (a label "unknown" could be a real app's name).
+        if known_app:
+            WEBHOOKS.labels(app_id, "unverified", f"rejected_{error.status}").inc()
+        else:
+            UNKNOWN_APP_WEBHOOKS.inc()
         log.warning(
             "webhook rejected: %s",
             error.description,
-            extra={"app_id": app_label, "status": error.status, "outcome": "rejected"},
+            extra={
+                "app_id": app_id if known_app else None,
+                "status": error.status,
+                "outcome": "rejected",
+            },
         )
-        raise
+        if isinstance(error, RateLimited):
+            raise  # its handler adds Retry-After
+        # Answered here rather than raised on: an exception's traceback keeps this request's
+        # frames (and its body) alive until the cycle collector runs, rarely in a server.
+        return error_response(error.status, error.code, error.description, error.headers)
     WEBHOOKS.labels(app_id, envelope.type, outcome.value).inc()
     WEBHOOK_SECONDS.observe(time.perf_counter() - started)
     log.info(
@@ -56,7 +76,7 @@ async def _receive(request: Request, engine, app_id: str) -> tuple[StripeEnvelop
     """Verify, parse and record; raises ApiError for anything refused."""
     app = engine.settings.apps.get(app_id)
     if app is None:
-        raise ApiError(404, GENERIC, f"unknown app {app_id!r}")
+        raise ApiError(404, GENERIC, f"unknown app {shortened(app_id)!r}")
     body = await read_limited(request, engine.settings.max_body_bytes)
     raw = _text(body)
     try:
@@ -79,14 +99,21 @@ async def _receive(request: Request, engine, app_id: str) -> tuple[StripeEnvelop
 
 
 async def _record(engine, webhook: Webhook) -> Outcome:
+    extra = {"app_id": webhook.app_id, "stripe_event_id": webhook.envelope.event_id}
     try:
-        return await engine.writer.record(webhook)
+        return await engine.writer.record(webhook, engine.settings.limits.webhook_write_timeout)
+    except NotRecorded as error:  # the database is slow or away: no traceback per webhook
+        log.warning("webhook not recorded: %s", error, extra=extra)
+        raise StorageUnavailable("event not stored, retry later") from error
     except Exception as error:  # storage failed: answer 5xx so that Stripe retries
-        log.exception(
-            "storage failure",
-            extra={"app_id": webhook.app_id, "stripe_event_id": webhook.envelope.event_id},
-        )
-        raise ApiError(503, GENERIC, "event not stored, retry later") from error
+        log.exception("storage failure", extra=extra)
+        raise StorageUnavailable("event not stored, retry later") from error
+
+
+def shortened(text: str, limit: int = SHOWN_ID_LENGTH) -> str:
+    """What an error may echo of an unverified id: enough to recognise a typo, not a 10 KB
+    path."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _text(body: bytes) -> str:
