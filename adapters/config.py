@@ -40,6 +40,8 @@ class AppConfig:
     stripe_api_key: str | None = None
     stripe_api_base: str | None = None
     catalogue_file: Path | None = None
+    stripe_max_requests_per_second: float = 20.0  # Stripe's test mode allows 25
+    reconcile_every: float = 0.0  # seconds between reconciles inside `serve`; 0 disables
 
     def accepts_key_digest(self, digest: bytes) -> bool:
         """Constant-time comparison of a key's digest with every configured digest."""
@@ -170,7 +172,24 @@ def _app_config(app_id: str, raw: Any, base_dir: Path) -> AppConfig:
         stripe_api_key=raw.get("stripe_api_key"),
         stripe_api_base=raw.get("stripe_api_base"),
         catalogue_file=(base_dir / catalogue) if isinstance(catalogue, str) else None,
+        stripe_max_requests_per_second=_positive(raw, "stripe_max_requests_per_second", where),
+        reconcile_every=_every(raw, "reconcile_every", where),
     )
+
+
+def _positive(raw: dict[str, Any], key: str, where: str, default: float = 20.0) -> float:
+    value = raw.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{where}.{key} must be a number > 0")
+    return float(value)
+
+
+def _every(raw: dict[str, Any], key: str, where: str) -> float:
+    """An ISO 8601 duration in seconds ("PT0S", the default, disables what it times)."""
+    try:
+        return float(duration_seconds(raw.get(key, "PT0S")))
+    except InvalidDuration as error:
+        raise ConfigError(f"{where}.{key}: {error}") from error
 
 
 def _policy(raw: dict[str, Any], where: str) -> AppPolicy:

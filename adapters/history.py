@@ -18,6 +18,7 @@ import orjson
 
 from adapters.eventstore import EventLog
 from adapters.stripe.facts import facts_from_event
+from adapters.stripe.observations import facts_from_observation
 from domain.aggregates import Buyer, buyer_id
 from projections.buyer_facts import buyers_of_customid
 from projections.follower import ReadModelReader
@@ -161,6 +162,10 @@ def _details(event: Any) -> dict[str, Any]:
         }
     if isinstance(event, Buyer.LineItemsResolved):
         return {"checkoutSessionId": event.session_id}
+    if isinstance(event, Buyer.StripeObjectObserved):
+        return {"objectType": event.object_type, "objectId": event.object_id,
+                "observedAt": event.observed_at, "source": event.command,
+                "facts": observed_facts(event)}  # fmt: skip
     if isinstance(event, Buyer.LineItemsUnresolvable):
         return {"checkoutSessionId": event.session_id, "status": event.status,
                 "reason": event.reason}  # fmt: skip
@@ -173,4 +178,15 @@ def _raw(event: Any) -> str | None:
         return event.raw
     if isinstance(event, Buyer.LineItemsResolved):
         return event.line_items
+    if isinstance(event, Buyer.StripeObjectObserved):
+        return event.raw
     return None
+
+
+def observed_facts(event: Buyer.StripeObjectObserved) -> list[dict[str, Any]]:
+    """The facts the engine reads from an observed object today."""
+    try:
+        obj = orjson.loads(event.raw)
+    except ValueError:
+        return []
+    return [fact.to_dict() for fact in facts_from_observation(obj, event.observed_at)]

@@ -131,6 +131,19 @@ class Buyer(Aggregate):
         status: int | None  # Stripe's HTTP status
         reason: str  # Stripe's message, as the resolver received it
 
+    class StripeObjectObserved(Event):
+        """A Stripe object as read from Stripe's API (import, reconcile), not from a webhook.
+
+        The rules read it as a snapshot of the object at the instant it was read: a newer
+        snapshot (a later webhook or observation) still wins, whatever order they arrive in."""
+
+        TOPIC = "entitlements.buyer.stripe_object_observed"
+        object_type: str  # Stripe's `object`: subscription, invoice, charge, ...
+        object_id: str
+        observed_at: float  # epoch seconds, our clock, when Stripe answered
+        command: str  # which command read it: import | reconcile
+        raw: str  # the object's JSON exactly as fetched (text, never a dict)
+
 
 class WebhookReceipt(Aggregate):
     """Proof that a Stripe event id was recorded for an app: saved with the buyer's event, in

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from adapters.stripe.facts import facts_from_event, line_items_from_stripe
+from adapters.stripe.observations import facts_from_observation, observation_id
 from domain.aggregates import AppCatalogue, Buyer, WebhookReceipt
 from domain.facts import CheckoutCompleted, Fact, LineItemsUnresolvable, fact_from_dict
 from projections.store import Cursor, Row, placeholders
@@ -172,7 +173,14 @@ class BuyerFactsProjection:
         if isinstance(event, Buyer.Created):
             return self._register(cursor, event)
         if isinstance(event, Buyer.StripeEventRecorded):
-            return self._record_facts(cursor, position, event)
+            facts = facts_from_event(orjson.loads(event.raw))
+            stamp = (event.stripe_created, event.stripe_event_id, event.received_at)
+            return self._record_facts(cursor, position, event, facts, stamp)
+        if isinstance(event, Buyer.StripeObjectObserved):
+            facts = facts_from_observation(orjson.loads(event.raw), event.observed_at)
+            observed = observation_id(event.object_id, event.observed_at)
+            stamp = (int(event.observed_at), observed, event.observed_at)
+            return self._record_facts(cursor, position, event, facts, stamp)
         if isinstance(event, Buyer.CustomidLinked):
             buyer = self._buyer(cursor, event.originator_id)
             claim = Claim(event.customid, CONNECT, 0, f"link:{position}", position)
@@ -202,10 +210,17 @@ class BuyerFactsProjection:
         return touched(buyer, customid, self._claim(cursor, buyer, Claim(customid, KEY, 0, "", 0)))
 
     def _record_facts(
-        self, cursor: Cursor, position: int, event: Buyer.StripeEventRecorded
+        self,
+        cursor: Cursor,
+        position: int,
+        event: Buyer.Event,
+        facts: list[Fact],
+        stamp: tuple[int, str, float],
     ) -> Touched:
+        """The facts of a Stripe event or observation; `stamp` is (Stripe's clock for its
+        metadata claims, the id they name, when it was recorded)."""
+        created, source_id, received_at = stamp
         buyer = self._buyer(cursor, event.originator_id)
-        facts = facts_from_event(orjson.loads(event.raw))
         rows = [
             (
                 buyer.app_id,
@@ -214,7 +229,7 @@ class BuyerFactsProjection:
                 seq,
                 fact.event_id,
                 fact.at,
-                event.received_at,
+                received_at,
                 fact.kind,
                 fact_text(fact),
             )
@@ -238,7 +253,7 @@ class BuyerFactsProjection:
         claimed = _claimed_customids(facts)
         linked = []
         for customid in claimed:
-            claim = Claim(customid, METADATA, event.stripe_created, event.stripe_event_id, position)
+            claim = Claim(customid, METADATA, created, source_id, position)
             linked.append(self._claim(cursor, buyer, claim))
         return touched(buyer, *claimed, *linked)
 

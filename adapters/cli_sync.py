@@ -1,0 +1,93 @@
+"""Commands that read Stripe as a second source: backfill, import (and reconcile).
+
+Registered on the main group by `adapters/cli.py`. Each reads with the app's restricted key
+(`stripe_api_key`, `stripe_api_base`) within `stripe_max_requests_per_second`, shows a progress
+bar, ends with a summary line, and turns what Stripe refuses into one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from tqdm import tqdm
+
+from adapters.backfill import Backfill
+from adapters.bootstrap import Engine, bootstrap
+from adapters.cli_audit import _app_id, _instant, _settings
+from adapters.config import AppConfig
+from adapters.importing import Importer
+from adapters.stripe.listing import StripeAccessError, StripeLister, StripeUnavailable
+
+
+def lister_of(app: AppConfig) -> StripeLister:
+    if not app.stripe_api_key:
+        raise click.ClickException(
+            f"app {app.app_id!r} has no stripe_api_key: a restricted key (read-only) is needed"
+        )
+    return StripeLister(app.stripe_api_key, app.stripe_api_base, app.stripe_max_requests_per_second)
+
+
+@contextmanager
+def _stripe_errors() -> Iterator[None]:
+    """What Stripe refuses, or keeps failing at, as one line and exit 1."""
+    try:
+        yield
+    except (StripeAccessError, StripeUnavailable) as error:
+        raise click.ClickException(str(error)) from error
+
+
+@contextmanager
+def _engine_of(app_id: str | None) -> Iterator[tuple[Engine, AppConfig]]:
+    settings = _settings()
+    app = settings.apps[_app_id(settings, app_id)]
+    lister_of(app)  # a missing key is said before anything is opened
+    engine = bootstrap(settings)
+    try:
+        yield engine, app
+    finally:
+        engine.close()
+
+
+@click.command()
+@click.option("--app", "app_id", help="App whose Stripe account to read (default: the first).")
+@click.option("--since", "since_text", help="Only events created at or after this instant.")
+@click.option("--until", "until_text", help="Only events created at or before this instant.")
+def backfill(app_id: str | None, since_text: str | None, until_text: str | None) -> None:
+    """Record the events Stripe still keeps (30 days) that no webhook brought."""
+    since, until = _instant(since_text, "since"), _instant(until_text, "until")
+    if since is not None and until is not None and since > until:
+        raise click.BadParameter("--since is after --until", param_hint="--since")
+    with _engine_of(app_id) as (engine, app), _stripe_errors():
+        run = Backfill(engine.log, engine.ingestor, lister_of(app), app.app_id)
+        with tqdm(desc="backfill", unit="event", file=sys.stderr) as bar:
+            summary = run.run(
+                None if since is None else int(since),
+                None if until is None else int(until),
+                on_page=bar.update,
+            )
+        engine.project()  # the answers derived from what was recorded
+    for error in summary.errors:
+        click.echo(f"failed: {error}", err=True)
+    click.echo(summary.render())
+    if summary.failed:
+        sys.exit(1)
+
+
+@click.command("import")
+@click.option("--app", "app_id", help="App whose Stripe account to read (default: the first).")
+def import_objects(app_id: str | None) -> None:
+    """Record Stripe's current objects as observations (moving in: day one)."""
+    with _engine_of(app_id) as (engine, app), _stripe_errors():
+        importer = Importer(engine.log, lister_of(app), app.app_id)
+        with tqdm(desc="import", unit="object", file=sys.stderr) as bar:
+
+            def on_page(path: str, count: int) -> None:
+                bar.set_postfix_str(path, refresh=False)
+                bar.update(count)
+
+            summary = importer.run(on_page=on_page)
+        engine.project()
+    click.echo(summary.render())
