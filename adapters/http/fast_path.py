@@ -79,10 +79,7 @@ class PermissionsFastPath:
             grouped = self.engine.grouped_reads
             if grouped is None:  # a local read: a few microseconds, on this thread
                 return self.engine.entitlements.now(app.app_id, customid, kind)
-            answer = await grouped.answer((app.app_id, customid, kind))
-            if isinstance(answer, NotDerivedYet):
-                return None
-            return answer
+            return await grouped.answer((app.app_id, customid, kind))  # raises NotDerivedYet
         except NotDerivedYet:
             return None  # the full path answers 503 with its Retry-After
 
