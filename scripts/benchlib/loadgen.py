@@ -143,7 +143,10 @@ def _child(argv: list[str], env: dict[str, str]) -> tuple[str, float]:
     """Run the generator; its stdout and the CPU seconds it used (servers are never reaped
     while a measurement runs, so the children's usage grows by the generator's alone)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if done.returncode != 0:  # the generator's own traceback, not only its exit status
+        raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    out = done.stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return out, cpu
