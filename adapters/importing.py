@@ -69,15 +69,18 @@ class Observer:
         # buyer key -> object id -> its last observed content (read once per buyer per run)
         self._last_seen: dict[str, dict[str, Any]] = {}
 
-    def observe(self, listed: Listed, observed_at: float | None = None) -> bool:
-        """Record the object unless its last observation says the same; True if recorded."""
+    def observe(
+        self, listed: Listed, observed_at: float | None = None, force: bool = False
+    ) -> bool:
+        """Record the object unless its last observation says the same (`force`: even then);
+        True if recorded."""
         obj = listed.obj
         object_id, object_type = obj.get("id"), obj.get("object")
         if not isinstance(object_id, str) or not isinstance(object_type, str):
             return False
         buyer_key = buyer_key_of(obj)
         seen = self._observed(buyer_key)
-        if seen.get(object_id) == obj:
+        if seen.get(object_id) == obj and not force:
             return False
         at = self.clock() if observed_at is None else observed_at
 

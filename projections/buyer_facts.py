@@ -755,3 +755,14 @@ def _links_of_buyers(cursor: Cursor, app_id: str, keys: list[str]) -> dict[str, 
         (app_id, json_keys(keys)),
     )
     return dict(cursor.fetchall())
+
+
+def links_of_buyers(cursor: Cursor, app_id: str, keys: list[str]) -> dict[str, str | None]:
+    """The link of each of these buyer keys that has a buyer (reconcile: whose objects are
+    whose)."""
+    return _links_of_buyers(cursor, app_id, keys)
+
+
+def claimed_customids(facts: Iterable[Fact]) -> set[str]:
+    """The customids facts claim (metadata, client_reference_id), as the projection reads them."""
+    return _claimed_customids(facts)
