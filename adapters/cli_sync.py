@@ -23,6 +23,7 @@ from adapters.drift import Difference
 from adapters.importing import Importer
 from adapters.reconcile import Reconciler
 from adapters.stripe.listing import StripeAccessError, StripeLister, StripeUnavailable
+from adapters.sync_runs import SyncRuns, recorded
 
 
 def lister_of(app: AppConfig) -> StripeLister:
@@ -65,12 +66,16 @@ def backfill(app_id: str | None, since_text: str | None, until_text: str | None)
         raise click.BadParameter("--since is after --until", param_hint="--since")
     with _engine_of(app_id) as (engine, app), _stripe_errors():
         run = Backfill(engine.log, engine.ingestor, lister_of(app), app.app_id)
-        with tqdm(desc="backfill", unit="event", file=sys.stderr) as bar:
+        with (
+            recorded(SyncRuns(engine.log), app.app_id, "backfill") as notes,
+            tqdm(desc="backfill", unit="event", file=sys.stderr) as bar,
+        ):
             summary = run.run(
                 None if since is None else int(since),
                 None if until is None else int(until),
                 on_page=bar.update,
             )
+            notes.counts = summary.counts()
         engine.project()  # the answers derived from what was recorded
     for error in summary.errors:
         click.echo(f"failed: {error}", err=True)
@@ -85,13 +90,17 @@ def import_objects(app_id: str | None) -> None:
     """Record Stripe's current objects as observations (moving in: day one)."""
     with _engine_of(app_id) as (engine, app), _stripe_errors():
         importer = Importer(engine.log, lister_of(app), app.app_id)
-        with tqdm(desc="import", unit="object", file=sys.stderr) as bar:
+        with (
+            recorded(SyncRuns(engine.log), app.app_id, "import") as notes,
+            tqdm(desc="import", unit="object", file=sys.stderr) as bar,
+        ):
 
             def on_page(path: str, count: int) -> None:
                 bar.set_postfix_str(path, refresh=False)
                 bar.update(count)
 
             summary = importer.run(on_page=on_page)
+            notes.counts = summary.counts()
         engine.project()
     click.echo(summary.render())
 
@@ -105,7 +114,10 @@ def reconcile(app_id: str | None, fix: bool, as_json: bool) -> None:
     differences remain."""
     with _engine_of(app_id) as (engine, app), _stripe_errors():
         run = Reconciler(engine, lister_of(app), app.app_id)
-        with tqdm(desc="reconcile: list", unit="object", file=sys.stderr) as bar:
+        with (
+            recorded(SyncRuns(engine.log), app.app_id, "reconcile") as notes,
+            tqdm(desc="reconcile: list", unit="object", file=sys.stderr) as bar,
+        ):
 
             def on_page(path: str, count: int) -> None:
                 bar.set_postfix_str(path, refresh=False)
@@ -116,6 +128,8 @@ def reconcile(app_id: str | None, fix: bool, as_json: bool) -> None:
                 return tqdm(customids, desc="reconcile: compare", unit="customid", file=sys.stderr)
 
             report = run.run(fix, on_page, progress)
+            notes.counts = report.counts()
+            notes.differences = [d.to_json() for d in report.differences]
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
         click.echo(report.render(), err=True)

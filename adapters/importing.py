@@ -48,6 +48,10 @@ class ImportSummary:
     skipped: int = 0  # not an object the engine keeps (e.g. a subscription-mode checkout)
     by_type: dict[str, int] = field(default_factory=dict)
 
+    def counts(self) -> dict[str, int]:
+        return {"seen": self.seen, "recorded": self.recorded,
+                "unchanged": self.unchanged, "skipped": self.skipped}  # fmt: skip
+
     def render(self) -> str:
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.by_type.items()))
         return (

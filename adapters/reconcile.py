@@ -73,6 +73,15 @@ class ReconcileReport:
             f"recorded {self.recorded}, remaining {len(self.remaining)}"
         )
 
+    def counts(self) -> dict[str, int]:
+        return {
+            "objects": self.objects,
+            "customids": self.customids,
+            "differences": len(self.differences),
+            "recorded": self.recorded,
+            "remaining": len(self.remaining),
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "objects": self.objects,
@@ -141,11 +150,15 @@ class Reconciler:
         lister: StripeLister,
         app_id: str,
         clock: Callable[[], float] = time.time,
+        settle: Callable[[], object] | None = None,
     ) -> None:
         self.engine = engine
         self.lister = lister
         self.app_id = app_id
         self.clock = clock
+        # How the read models catch up with the log before a comparison: by projecting here
+        # (a command), or by waiting for the projector (inside `serve`).
+        self.settle = settle or engine.project
 
     def run(
         self,
@@ -157,7 +170,7 @@ class Reconciler:
         record what settles the differences and compare those customids again."""
         observed = read_objects(self.lister, self.clock, on_page)
         at = int(max([self.clock(), *(o.at for o in observed)]))
-        self.engine.project()  # compared with everything recorded so far
+        self.settle()  # compared with everything recorded so far
         snapshot = Snapshot(observed, self._owners(observed), at)
         customids = sorted(set(self._linked()) | set(snapshot.owners.values()))
         report = ReconcileReport(objects=len(observed), customids=len(customids))
@@ -167,7 +180,7 @@ class Reconciler:
         if fix and report.differences:
             drifting = sorted({d.customid for d in report.differences})
             report.recorded = self._record(drifting, snapshot)
-            self.engine.project()
+            self.settle()
             report.remaining = [d for c in drifting for d in self._compare(c, snapshot)]
         return report
 

@@ -28,7 +28,7 @@ import orjson
 
 from adapters.stripe.facts import facts_from_event, line_items_from_stripe
 from adapters.stripe.observations import facts_from_observation, observation_id
-from domain.aggregates import AppCatalogue, Buyer, WebhookReceipt
+from domain.aggregates import AppCatalogue, AppSync, Buyer, WebhookReceipt
 from domain.facts import CheckoutCompleted, Fact, LineItemsUnresolvable, fact_from_dict
 from projections.store import Cursor, Row, placeholders
 from projections.touched import EVERYTHING, Touched
@@ -191,8 +191,8 @@ class BuyerFactsProjection:
             return self._unresolvable(cursor, position, event)
         if isinstance(event, AppCatalogue.Event):  # answers use the catalogue of their app
             return Touched(catalogue=event.originator_id)
-        if isinstance(event, WebhookReceipt.Event):
-            return None  # proof of receipt only: no row here
+        if isinstance(event, WebhookReceipt.Event | AppSync.Event):
+            return None  # proof of receipt, a sync run's record: no row here
         return EVERYTHING  # unknown to this projection: assume it changed anything
 
     def _register(self, cursor: Cursor, event: Buyer.Created) -> Touched:
