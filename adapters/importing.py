@@ -129,11 +129,11 @@ class Importer:
 
     def run(
         self,
-        lists: Iterable[tuple[str, dict[str, Any]]] = LISTS,
+        lists: Iterable[tuple[str, dict[str, Any]]] | None = None,
         on_page: Callable[[str, int], None] = lambda path, count: None,
     ) -> ImportSummary:
         summary = ImportSummary()
-        for path, query in lists:
+        for path, query in LISTS if lists is None else lists:
             for page in self.lister.pages(path, query):
                 for listed in page:
                     self._one(listed, summary)
