@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from adapters import cli
 from adapters.bootstrap import bootstrap
 from adapters.config import settings_from_dict
-from adapters.http.app import build_http_app
+from adapters.http.asgi import create_app
 from adapters.reconcile_schedule import PeriodicReconcile, lock_for
 from adapters.stripe import listing
 from adapters.sync_runs import SyncRun, SyncRuns, recorded
@@ -162,18 +162,23 @@ def test_an_app_without_reconcile_every_is_never_reconciled(engine):
     assert PeriodicReconcile(engine).start() is None
 
 
-def test_serve_starts_with_a_periodic_reconcile_and_stops_it(reconciling, stripe_api):
+def test_serve_reconciles_on_its_own(reconciling, stripe_api, database_url, tmp_path, monkeypatch):
+    """Through the server's own start-up (`adapters/http/asgi.create_app`)."""
     drift(reconciling, stripe_api)
-    schedule = PeriodicReconcile(reconciling)
-    assert schedule.start() is not None
-    with TestClient(build_http_app(reconciling)) as client:
-        for _ in range(400):
-            reconcile = client.get("/v1/sync", headers=HEADERS).json()["reconcile"]
-            if reconcile is not None:
-                break
+    config = config_file(tmp_path, database_url, stripe_api)
+    text = config.read_text().replace(
+        "[apps.demo]", '[server]\nprojector = "thread"\n\n[apps.demo]'
+    )
+    config.write_text(text + 'reconcile_every = "PT6H"\n')
+    monkeypatch.setenv("ENTITLEMENTS_CONFIG", str(config))
+    with TestClient(create_app()) as client:
+        deadline = time.monotonic() + 30
+        while (found := client.get("/v1/sync", headers=HEADERS).json())["reconcile"] is None:
+            assert time.monotonic() < deadline, "no reconcile on record"
             time.sleep(0.05)
-    schedule.stop()
-    assert reconcile is not None and reconcile["counts"]["recorded"] == 1
+    assert found["reconcileEvery"] == 6 * HOUR
+    assert found["reconcile"]["counts"]["recorded"] == 1
+    assert [e.command for e in observations(reconciling)] == ["reconcile"]
 
 
 @pytest.mark.parametrize("app_id", [None, "demo"])
