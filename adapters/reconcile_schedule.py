@@ -48,7 +48,9 @@ class AdvisoryLock:
 
     def __init__(self, database_url: str, name: str) -> None:
         self.conninfo = libpq_url(database_url)
-        digest = hashlib.sha256(f"{database_url}|{name}".encode()).digest()
+        # Named by the schema, never by the host: hosts may reach one database by other names.
+        schema = dict(parse_qsl(urlsplit(database_url).query)).get("schema", "public")
+        digest = hashlib.sha256(f"{schema}|{name}".encode()).digest()
         self.key = int.from_bytes(digest[:8], "big", signed=True)
         self._conn: psycopg.Connection | None = None
 

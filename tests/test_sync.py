@@ -195,3 +195,17 @@ def test_a_rebuild_passes_over_the_sync_record(engine, app_id):
     settle(engine)
     assert engine.entitlements.permissions("demo", "user_cus_a", T0 + 10) == before
     assert SyncRuns(engine.log).latest("demo")["import"].counts == {"seen": 1}
+
+
+def test_hosts_naming_one_database_differently_share_its_lock(postgres_url):
+    other_name = postgres_url.replace("127.0.0.1", "localhost")
+    held = lock_for(postgres_url, "demo")
+    assert held.acquire()
+    try:
+        assert not lock_for(other_name, "demo").acquire()
+        other_app = lock_for(postgres_url, "other")
+        assert other_app.acquire()  # another app: another lock
+        other_app.release()
+    finally:
+        held.release()
+    assert lock_for(other_name, "demo").acquire()
