@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from adapters.console.routes import console_mount
 from adapters.http.commands import (
     connect_stripe,
     get_catalogue,
@@ -24,6 +25,7 @@ from adapters.http.limits import Limiters, RateLimited, protections, rate_limite
 from adapters.http.openapi import openapi_document
 from adapters.http.operations import healthz, metrics
 from adapters.http.queries import get_permissions, get_subscriber
+from adapters.http.recent import RecentRejections
 from adapters.http.request_metrics import RequestMetrics
 from adapters.http.shedding import LoadShedding
 from adapters.http.webhooks import receive_stripe_webhook
@@ -74,8 +76,10 @@ async def _unexpected(request: Request, error: Exception) -> Response:
 def build_http_app(engine) -> Starlette:
     limiters = Limiters.from_settings(engine.settings.limits)
     fast_path = Middleware(PermissionsFastPath, engine=engine, limiters=limiters)
+    rejections = RecentRejections()
     app = Starlette(
-        routes=routes(),
+        # The console is HTML for people, apart from the API (not in its OpenAPI document).
+        routes=[*routes(), console_mount(engine, rejections)],
         exception_handlers={
             ApiError: _api_error,
             RateLimited: rate_limited_response,
@@ -94,4 +98,5 @@ def build_http_app(engine) -> Starlette:
     app.router.redirect_slashes = False
     app.state.engine = engine
     app.state.limits = limiters
+    app.state.rejections = rejections  # webhooks refused lately, for the console's app page
     return app

@@ -1,0 +1,53 @@
+"""The bands of the console's customer page: a permission's code over time, exact for short
+histories, within a budget (and honest about it) for long ones."""
+
+from __future__ import annotations
+
+from adapters.console.bands import MAX_EVALUATIONS, WIDTH, permission_bands
+from domain.rules import PermissionStatus
+
+
+def status(code: int, expire: int | None = None) -> tuple[PermissionStatus, ...]:
+    return (PermissionStatus("premium", code, expire, (), "rule", ()),)
+
+
+def test_codes_change_at_the_facts_instants_and_are_labelled() -> None:
+    def evaluate(t: int):
+        return status(5 if t < 200 else -5)
+
+    bands = permission_bands([100, 150, 200, 250], evaluate, end=300, leeway=0, facts=4)
+    (band,) = bands.bands
+    assert bands.exact and (bands.start, bands.end) == (100, 300)
+    assert [(s.start, s.end, s.code) for s in band.segments] == [(100, 200, 5), (200, 300, -5)]
+    assert [(t.at, t.before, t.after) for t in band.transitions] == [(200, 5, -5)]
+    assert band.segments[0].x == 0 and band.segments[-1].x + band.segments[-1].width == WIDTH
+
+
+def test_a_code_that_changes_with_time_alone_is_found_after_its_date() -> None:
+    """A period ends at 500 and, with no renewal, the code drops after the leeway (50)."""
+
+    def evaluate(t: int):
+        return status(5, 500) if t <= 550 else status(0, 500)
+
+    bands = permission_bands([100], evaluate, end=1000, leeway=50, facts=1)
+    (band,) = bands.bands
+    assert [(t.at, t.before, t.after) for t in band.transitions] == [(551, 5, 0)]
+
+
+def test_a_long_history_is_sampled_within_budget_and_bisected_to_the_transition() -> None:
+    instants = list(range(0, 100_000, 10))  # 10,000 facts
+    calls: list[int] = []
+
+    def evaluate(t: int):
+        calls.append(t)
+        return status(5 if t < 70_010 else -2)
+
+    bands = permission_bands(instants, evaluate, end=100_000, leeway=0, facts=len(instants))
+    (band,) = bands.bands
+    assert not bands.exact
+    assert len(calls) == bands.evaluations <= MAX_EVALUATIONS
+    assert len(calls) < 40  # what one render of a 10,000-fact customer may afford
+    ((at, before, after),) = [(t.at, t.before, t.after) for t in band.transitions]
+    assert (before, after) == (5, -2)
+    assert 70_010 <= at <= 70_010 + 1000  # bisected to within 1% of the customer's life
+    assert 5 in [s.code for s in band.segments] and at in calls  # drawn where it was seen
