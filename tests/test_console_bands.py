@@ -3,7 +3,7 @@ histories, within a budget (and honest about it) for long ones."""
 
 from __future__ import annotations
 
-from adapters.console.bands import MAX_EVALUATIONS, WIDTH, permission_bands
+from adapters.console.bands import WIDTH, permission_bands
 from domain.rules import PermissionStatus
 
 
@@ -15,7 +15,7 @@ def test_codes_change_at_the_facts_instants_and_are_labelled() -> None:
     def evaluate(t: int):
         return status(5 if t < 200 else -5)
 
-    bands = permission_bands([100, 150, 200, 250], evaluate, end=300, leeway=0, facts=4)
+    bands = permission_bands([100, 150, 200, 250], evaluate, end=300, leeway=0, seconds=60)
     (band,) = bands.bands
     assert bands.exact and (bands.start, bands.end) == (100, 300)
     assert [(s.start, s.end, s.code) for s in band.segments] == [(100, 200, 5), (200, 300, -5)]
@@ -29,7 +29,8 @@ def test_a_code_that_changes_with_time_alone_is_found_after_its_date() -> None:
     def evaluate(t: int):
         return status(5, 500) if t <= 550 else status(0, 500)
 
-    bands = permission_bands([100], evaluate, end=1000, leeway=50, facts=1)
+    bands = permission_bands([100], evaluate, end=1000, leeway=50, seconds=60)
+    assert bands.exact
     (band,) = bands.bands
     assert [(t.at, t.before, t.after) for t in band.transitions] == [(551, 5, 0)]
 
@@ -42,12 +43,17 @@ def test_a_long_history_is_sampled_within_budget_and_bisected_to_the_transition(
         calls.append(t)
         return status(5 if t < 70_010 else -2)
 
-    bands = permission_bands(instants, evaluate, end=100_000, leeway=0, facts=len(instants))
+    bands = permission_bands(
+        instants, evaluate, end=100_000, leeway=0, seconds=60, max_evaluations=20
+    )
     (band,) = bands.bands
     assert not bands.exact
-    assert len(calls) == bands.evaluations <= MAX_EVALUATIONS
-    assert len(calls) < 40  # what one render of a 10,000-fact customer may afford
-    ((at, before, after),) = [(t.at, t.before, t.after) for t in band.transitions]
-    assert (before, after) == (5, -2)
-    assert 70_010 <= at <= 70_010 + 1000  # bisected to within 1% of the customer's life
-    assert 5 in [s.code for s in band.segments] and at in calls  # drawn where it was seen
+    assert len(calls) == bands.evaluations == 20
+    # the interval whose ends differ is bisected first: 18 halvings find the very fact
+    assert [(t.at, t.before, t.after) for t in band.transitions] == [(70_010, 5, -2)]
+
+
+def test_a_spent_time_budget_still_draws_the_ends() -> None:
+    bands = permission_bands(list(range(100)), lambda t: status(5), end=200, leeway=0, seconds=0)
+    assert not bands.exact and bands.evaluations == 2
+    assert [(s.start, s.end, s.code) for s in bands.bands[0].segments] == [(0, 200, 5)]

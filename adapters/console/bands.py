@@ -1,25 +1,26 @@
 """A band per permission: its entitlement code over a customer's life, for the console's SVG.
 
 Codes change when a fact arrives (at the fact's instant) or when time passes a date the answer
-names (a period end, the leeway after it, a grace end, a pass running out). Small histories are
-evaluated at every such instant: the band is exact. A long history (each evaluation derives from
-all its facts) is evaluated within a budget: evenly spaced samples, then bisection over the facts'
-instants between samples that differ, so a transition is placed at the instant it happened as
-long as the budget lasts; the page then says the band is sampled.
+names (a period end, the leeway after it, a grace or a pass ending). Each evaluation derives the
+answer from every fact known by then, so a long history cannot be evaluated at each of its
+instants within one render: instants are evaluated coarse to fine within a time budget, an
+interval whose ends differ first (bisection places its transition at the fact where it
+happened), then the widest interval. A short history is thus evaluated at every instant and at
+the dates its answers name (exact); a long one is sampled, and the page says so.
 """
 
 from __future__ import annotations
 
+import heapq
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 
 from domain.rules import Entitlement, PermissionStatus
 
 WIDTH = 1000  # the SVG's user units across
-FACTS_PER_RENDER = 150_000  # facts derived from per render: ~150 ms at ~1 us per fact
-MAX_EVALUATIONS = 300
-MIN_EVALUATIONS = 8
+BUDGET_SECONDS = 0.1  # per band computation; kept (`BandCache`) until the history changes
+MAX_EVALUATIONS = 2000
 
 Evaluate = Callable[[int], Sequence[PermissionStatus]]
 
@@ -82,66 +83,66 @@ class Bands:
 
 
 def permission_bands(
-    instants: Sequence[int], evaluate: Evaluate, end: int, leeway: int, facts: int
-) -> Bands:
-    """Bands from the facts' instants (sorted) up to `end`; `facts`: how many the history
-    holds (what one evaluation costs)."""
-    budget = max(MIN_EVALUATIONS, min(MAX_EVALUATIONS, FACTS_PER_RENDER // max(1, facts)))
-    points = sorted({t for t in instants if t <= end} | {end})
-    answers: dict[int, dict[str, int]] = {}
-    if len(points) <= budget:
-        exact = _every_instant(points, evaluate, end, leeway, budget, answers)
-    else:
-        exact = False
-        _sample_and_bisect(points, evaluate, budget, answers)
-    return _bands(answers, points[0], end, len(answers), exact)
-
-
-def _codes(statuses: Sequence[PermissionStatus]) -> dict[str, int]:
-    return {s.permission_id: s.entitlement for s in statuses}
-
-
-def _every_instant(
-    points: list[int],
+    instants: Sequence[int],
     evaluate: Evaluate,
     end: int,
     leeway: int,
-    budget: int,
-    answers: dict[int, dict[str, int]],
-) -> bool:
-    """Evaluate at every fact's instant, then just after each date an answer names (the code
-    may change then with no new fact: a period end, its leeway, a grace or a pass ending).
-    False when the budget ran out first."""
+    seconds: float = BUDGET_SECONDS,
+    max_evaluations: int = MAX_EVALUATIONS,
+) -> Bands:
+    """Bands from the facts' instants up to `end`, evaluated for about `seconds` at most."""
+    points = sorted({t for t in instants if t <= end} | {end})
+    deadline = time.perf_counter() + seconds
+    answers: dict[int, dict[str, int]] = {}
     dates: set[int] = set()
-    for t in points:
+
+    def spent() -> bool:
+        return len(answers) >= max_evaluations or time.perf_counter() >= deadline
+
+    def run(t: int) -> None:
         statuses = evaluate(t)
-        answers[t] = _codes(statuses)
+        answers[t] = {s.permission_id: s.entitlement for s in statuses}
         for status in statuses:
             if status.expire_date is not None:
                 expiry = status.expire_date
-                dates |= {d for d in (expiry + 1, expiry + leeway + 1) if t < d < end}
-    for t in sorted(dates - answers.keys()):
-        if len(answers) >= budget:
+                dates.update(d for d in (expiry + 1, expiry + leeway + 1) if t < d < end)
+
+    run(points[0])
+    run(points[-1])
+    exact = _refine(points, answers, run, spent)
+    for t in sorted(dates - answers.keys()):  # time alone may change a code then
+        if spent():
+            exact = False
+            break
+        run(t)
+    return _bands(answers, points[0], end, len(answers), exact)
+
+
+def _refine(
+    points: list[int],
+    answers: dict[int, dict[str, int]],
+    run: Callable[[int], None],
+    spent: Callable[[], bool],
+) -> bool:
+    """Evaluate the instants between the ends, an interval whose ends differ first, then the
+    widest; True once every instant is evaluated."""
+    gaps: list[tuple[bool, int, int, int]] = []
+
+    def push(a: int, b: int) -> None:
+        if b - a > 1:
+            same = answers[points[a]] == answers[points[b]]
+            heapq.heappush(gaps, (same, a - b, a, b))
+
+    push(0, len(points) - 1)
+    while gaps:
+        if spent():
             return False
-        answers[t] = _codes(evaluate(t))
-    return True
-
-
-def _sample_and_bisect(
-    points: list[int], evaluate: Evaluate, budget: int, answers: dict[int, dict[str, int]]
-) -> None:
-    count = max(2, budget // 2)
-    chosen = sorted({round(i * (len(points) - 1) / (count - 1)) for i in range(count)})
-    for i in chosen:
-        answers[points[i]] = _codes(evaluate(points[i]))
-    gaps = [(a, b) for a, b in pairwise(chosen) if b - a > 1]
-    while gaps and len(answers) < budget:
-        a, b = gaps.pop(0)
-        if answers[points[a]] == answers[points[b]]:
-            continue
+        _, _, a, b = heapq.heappop(gaps)
         middle = (a + b) // 2
-        answers[points[middle]] = _codes(evaluate(points[middle]))
-        gaps += [(lo, hi) for lo, hi in ((a, middle), (middle, b)) if hi - lo > 1]
+        run(points[middle])
+        push(a, middle)
+        push(middle, b)
+    return True
 
 
 def _bands(

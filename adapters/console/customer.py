@@ -3,7 +3,9 @@ its explanation, a band per permission over time, and one page of the timeline."
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from projections.history import HistoryFilter
 from projections.shapes import permissions_json
 
 TIMELINE_PAGE = 50  # events per page: a 10,000-event customer renders one page at a time
+KEPT_BANDS = 256  # customers whose bands are kept between renders
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,37 @@ class CustomerPage:
     next_after: int | None
 
 
+class BandCache:
+    """Bands kept between renders (the instant picker, the timeline's pages), until the
+    customer's facts, the catalogue or the minute change: a long history's bands cost a whole
+    time budget to compute (`bands.py`)."""
+
+    def __init__(self, size: int = KEPT_BANDS) -> None:
+        self._kept: OrderedDict[tuple, Bands] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Bands | None:
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+            return found
+
+    def put(self, key: tuple, bands: Bands) -> None:
+        with self._lock:
+            self._kept[key] = bands
+            while len(self._kept) > self._size:
+                self._kept.popitem(last=False)
+
+
 def customer_page(
-    engine, app_id: str, customid: str, instant: Instant, after: int = 0
+    engine,
+    app_id: str,
+    customid: str,
+    instant: Instant,
+    after: int = 0,
+    bands: BandCache | None = None,
 ) -> CustomerPage | None:
     """None when no Stripe customer of the app is linked to `customid`."""
     page = engine.history.page(app_id, customid, HistoryFilter(after=after, limit=TIMELINE_PAGE))
@@ -60,7 +92,7 @@ def customer_page(
         instant=instant,
         evaluated_at=evaluated_at,
         permissions=_answer(engine, app_id, customid, instant, evaluated_at),
-        bands=_bands(engine, app_id, customid, instant, max(now, evaluated_at)),
+        bands=_bands(engine, app_id, customid, instant, max(now, evaluated_at), bands),
         timeline=[timeline_row(entry_json(entry)) for entry in page.entries],
         after=after,
         next_after=page.next_after,
@@ -78,16 +110,27 @@ def _answer(engine, app_id: str, customid: str, instant: Instant, at: int) -> li
     return permissions_json(customid, statuses, explain=True)["all"]
 
 
-def _bands(engine, app_id: str, customid: str, instant: Instant, end: int) -> Bands:
+def _bands(
+    engine, app_id: str, customid: str, instant: Instant, end: int, cache: BandCache | None
+) -> Bands:
     history = engine.entitlements.history(app_id, customid).known_by(instant.known_at)
     catalogue = engine.catalogues.as_of(app_id, instant.known_at)  # None: the current one
     policy = engine.settings.apps[app_id].policy
+    end = -(-end // 60) * 60  # to the next minute: what the cache keeps is good that long
+    facts = history.facts
+    key = (app_id, customid, instant.known_at, end, len(facts), facts[-1] if facts else None,
+           orjson.dumps(catalogue.to_json()))  # fmt: skip
+    kept = cache.get(key) if cache is not None else None
+    if kept is not None:
+        return kept
 
     def evaluate(t: int):
         return derive(history, catalogue, policy, t).permissions
 
-    instants = [fact.at for fact in history]
-    return permission_bands(instants, evaluate, end, policy.renewal_leeway, len(instants))
+    found = permission_bands([fact.at for fact in facts], evaluate, end, policy.renewal_leeway)
+    if cache is not None:
+        cache.put(key, found)
+    return found
 
 
 def timeline_row(entry: dict[str, Any]) -> dict[str, Any]:

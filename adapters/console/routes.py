@@ -26,7 +26,7 @@ from adapters.audit import customer_records, event_record, write_chain
 from adapters.console import session as sessions
 from adapters.console.app_page import app_page
 from adapters.console.bands import CODE_COLOURS, CODE_NAMES, WIDTH
-from adapters.console.customer import Instant, customer_page, timeline_row
+from adapters.console.customer import BandCache, Instant, customer_page, timeline_row
 from adapters.console.forms import form_fields, iso
 from adapters.console.lookup import find_customer
 from adapters.history import entry_json
@@ -182,7 +182,10 @@ async def customer(request: Request) -> Response:
     picked = Instant(_instant(params.get("at"), "at"), _instant(params.get("known_at"), "known_at"))
     after = _position(params.get("after"))
     engine = request.app.state.engine
-    page = await run_in_threadpool(customer_page, engine, session.app_id, customid, picked, after)
+    bands = request.app.state.bands
+    page = await run_in_threadpool(
+        customer_page, engine, session.app_id, customid, picked, after, bands
+    )
     if page is None:
         raise Refused(404, f"No Stripe customer of this app is linked to {customid!r}.")
     return render(request, "customer.html", page=page, url=customer_url(customid))
@@ -355,6 +358,7 @@ def build_console(engine, rejections: RecentRejections) -> Starlette:
     console.router.redirect_slashes = False
     console.state.engine = engine
     console.state.rejections = rejections
+    console.state.bands = BandCache()
     console.state.secret = sessions.session_secret(engine.settings)
     return console
 
