@@ -24,16 +24,28 @@ from adapters.console import customer as customer_pages
 from adapters.console.forms import iso
 from adapters.http.app import build_http_app
 from tests import console_scenario as scenario
+from tests import recorded_stripe
 from tests.conftest import API_KEYS, config_doc, post_webhook, settle
+from tests.lifecycles import T0
 
 PAGE = f"/console/customers/{scenario.CUSTOMID}"
 ADMIN = {"Authorization": f"Bearer {scenario.KEYS['admin']}"}
 
 
 @pytest.fixture
-def console_engine(database_url: str) -> Iterator[Engine]:
+def stripe() -> Iterator[recorded_stripe.RecordedStripe]:
+    """Stripe's API as the console's search by email asks it."""
+    yield from recorded_stripe.running()
+
+
+@pytest.fixture
+def console_engine(
+    database_url: str, stripe: recorded_stripe.RecordedStripe
+) -> Iterator[Engine]:
     doc = config_doc(database_url, server={"rate_limit_per_second": 0})
-    doc["apps"]["demo"]["rest_api_keys"] = scenario.api_keys()
+    demo = doc["apps"]["demo"]
+    demo["rest_api_keys"] = scenario.api_keys()
+    demo.update(stripe_api_key=recorded_stripe.KEY, stripe_api_base=stripe.url)
     engine = bootstrap(settings_from_dict(doc, env={}))
     yield engine
     engine.close()
@@ -211,6 +223,35 @@ def test_a_customer_is_found_by_customid_stripe_customer_or_event(
     assert (response.status_code, response.headers["location"]) == (303, PAGE)
 
 
+def test_a_customer_is_found_by_email_as_stripe_knows_it(
+    signed_in: TestClient, stripe: recorded_stripe.RecordedStripe
+) -> None:
+    """Bob is a customer of Stripe's, but not of this app's: not found."""
+    for customer_id, email in [("cus_Other", "bob@example.com"), (scenario.CUSTOMER, "ada@x.io")]:
+        stripe.add_object("/v1/customers", {"id": customer_id, "email": email, "created": T0})
+    response = signed_in.get("/console/search", params={"q": "ada@x.io"})
+    assert (response.status_code, response.headers["location"]) == (303, PAGE)
+    assert signed_in.get("/console/search", params={"q": "bob@example.com"}).status_code == 404
+    assert signed_in.get("/console/search", params={"q": "eve@example.com"}).status_code == 404
+
+
+def test_search_by_email_says_why_when_stripe_cannot_be_asked(
+    signed_in: TestClient, stripe: recorded_stripe.RecordedStripe
+) -> None:
+    stripe.forbidden.add("/v1/customers")
+    response = signed_in.get("/console/search", params={"q": "ada@example.com"})
+    assert response.status_code == 503
+    assert "Stripe could not be asked" in response.text
+    assert recorded_stripe.KEY not in response.text
+
+
+def test_search_by_email_needs_the_apps_stripe_key(web: TestClient) -> None:
+    token = csrf_of(web.get("/console").text)
+    assert web.post("/console/sign-in", data={"csrf": token, "key": API_KEYS["other"]}).is_redirect
+    response = web.get("/console/search", params={"q": "ada@example.com"})
+    assert response.status_code == 503 and "app other has none" in response.text
+
+
 @pytest.mark.parametrize("query", ["nobody", "cus_Unknown", "evt_unknown"])
 def test_nothing_found_says_so(signed_in: TestClient, query: str) -> None:
     response = signed_in.get("/console/search", params={"q": query})
@@ -278,6 +319,7 @@ def test_each_code_links_to_the_events_it_rests_on_and_their_raw_payload(
     assert raw is not None
     body = raw.group(1).replace("&#34;", '"').replace("&quot;", '"')
     assert json.loads(body)["id"] == "evt_console_cancel"
+    assert '<pre id="formatted">{\n  &#34;id&#34;: &#34;evt_console_cancel&#34;' in shown.text
 
 
 def test_every_timeline_row_links_to_its_payload(signed_in: TestClient) -> None:

@@ -1,10 +1,13 @@
 """Finding a customer from what a support agent has at hand: the app's own user id (customid),
-a Stripe customer id, or a Stripe event id. Each is one indexed read."""
+a Stripe customer id, a Stripe event id (each one indexed read), or an email, which Stripe is
+asked about (`GET /v1/customers?email=`, with the app's restricted key): the engine keeps no
+index of emails, and Stripe's customer is where an email is kept up to date."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapters.stripe.api import StripeApi, StripeApiError
 from domain.aggregates import receipt_id
 from projections.buyer_facts import buyers_of_customid, link_of_buyer
 
@@ -22,6 +25,8 @@ def find_customer(engine, app_id: str, query: str) -> Found | None:
             return Found(query, "customid")
         if query.startswith("cus_"):
             return _of_buyer(cursor, app_id, query, "Stripe customer")
+    if "@" in query:
+        return _by_email(engine, app_id, query)
     if query.startswith("evt_"):
         buyer_key = _buyer_of_event(engine, app_id, query)
         if buyer_key is not None:
@@ -45,3 +50,30 @@ def _buyer_of_event(engine, app_id: str, event_id: str) -> str | None:
     if not stored:
         return None
     return engine.log.mapper.to_domain_event(stored[0]).buyer_key
+
+
+class EmailSearchUnavailable(Exception):
+    """Stripe cannot be asked: the app has no `stripe_api_key`, or Stripe refused or failed
+    (the message says which, never the key)."""
+
+
+def _by_email(engine, app_id: str, email: str) -> Found | None:
+    app = engine.settings.apps[app_id]
+    if not app.stripe_api_key:
+        raise EmailSearchUnavailable(
+            f"Search by email asks Stripe, with the app's stripe_api_key: app {app_id} has none."
+        )
+    try:
+        customer_ids = StripeApi(app.stripe_api_key, app.stripe_api_base).customer_ids_by_email(
+            email
+        )
+    except StripeApiError as error:
+        raise EmailSearchUnavailable(f"Stripe could not be asked: {error}") from error
+    unlinked = None
+    with engine.follower.reading() as cursor:
+        for customer_id in customer_ids:
+            found = _of_buyer(cursor, app_id, customer_id, "Stripe customer with this email")
+            if found is not None and found.customid is not None:
+                return found
+            unlinked = unlinked or found
+    return unlinked

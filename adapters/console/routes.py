@@ -7,6 +7,7 @@ CSRF token; the key travels only in the sign-in form's body, never in a URL, and
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -28,7 +29,7 @@ from adapters.console.app_page import app_page
 from adapters.console.bands import CODE_COLOURS, CODE_NAMES, WIDTH
 from adapters.console.customer import BandCache, Instant, customer_page, timeline_row
 from adapters.console.forms import form_fields, iso
-from adapters.console.lookup import find_customer
+from adapters.console.lookup import EmailSearchUnavailable, find_customer
 from adapters.history import entry_json
 from adapters.http.errors import ApiError
 from adapters.http.params import instant, required_text
@@ -167,7 +168,11 @@ async def search(request: Request) -> Response:
     if not query:
         return render(request, "home.html")
     query = _text(query, "q")
-    found = await run_in_threadpool(find_customer, request.app.state.engine, session.app_id, query)
+    engine = request.app.state.engine
+    try:
+        found = await run_in_threadpool(find_customer, engine, session.app_id, query)
+    except EmailSearchUnavailable as error:
+        return render(request, "home.html", 503, query=query, unavailable=str(error))
     if found is None:
         return render(request, "home.html", 404, query=query, not_found=True)
     if found.customid is None:
@@ -202,7 +207,18 @@ async def event(request: Request) -> Response:
     if not entries:
         raise Refused(404, f"{customid!r} has no event at position {position}.")
     row = timeline_row(entry_json(entries[0], include_raw=True))
-    return render(request, "event.html", customid=customid, event=row, url=customer_url(customid))
+    return render(
+        request, "event.html", customid=customid, event=row, url=customer_url(customid),
+        formatted=_formatted(row.get("raw")),
+    )  # fmt: skip
+
+
+def _formatted(raw: str | None) -> str | None:
+    """The payload indented for reading (the raw text stays what is shown as the record)."""
+    try:
+        return json.dumps(json.loads(raw), indent=2, ensure_ascii=False) if raw else None
+    except ValueError:
+        return None
 
 
 async def stripe_event(request: Request) -> Response:
