@@ -57,3 +57,17 @@ def test_a_spent_time_budget_still_draws_the_ends() -> None:
     bands = permission_bands(list(range(100)), lambda t: status(5), end=200, leeway=0, seconds=0)
     assert not bands.exact and bands.evaluations == 2
     assert [(s.start, s.end, s.code) for s in bands.bands[0].segments] == [(0, 200, 5)]
+
+
+def test_a_date_found_on_a_date_is_followed_too() -> None:
+    """The period ends at 500; after the leeway a grace runs to 700; then the code drops."""
+
+    def evaluate(t: int):
+        if t <= 550:
+            return status(5, 500)
+        return status(1, 700) if t <= 700 else status(-1, 700)
+
+    bands = permission_bands([100], evaluate, end=1000, leeway=50, seconds=60)
+    (band,) = bands.bands
+    assert bands.exact
+    assert [(t.at, t.before, t.after) for t in band.transitions] == [(551, 5, 1), (701, 1, -1)]

@@ -110,11 +110,14 @@ def permission_bands(
     run(points[0])
     run(points[-1])
     exact = _refine(points, answers, run, spent)
-    for t in sorted(dates - answers.keys()):  # time alone may change a code then
-        if spent():
-            exact = False
-            break
-        run(t)
+    # Time alone may change a code just after a date an answer names (and the answer then may
+    # name another date: a grace after a period end).
+    while exact and (pending := sorted(dates - answers.keys())):
+        for t in pending:
+            if spent():
+                exact = False
+                break
+            run(t)
     return _bands(answers, points[0], end, len(answers), exact)
 
 
