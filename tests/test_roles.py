@@ -219,3 +219,10 @@ def test_an_unknown_role_stops_the_command_line_with_one_line(tmp_path: Path) ->
         "Error: apps.demo.rest_api_keys[0].role must be one of read, audit, admin "
         "(got 'superuser')"
     ]
+
+
+def test_the_demo_configuration_has_a_key_of_each_role() -> None:
+    from adapters.config import DEMO_CONFIG, load_settings
+
+    demo = load_settings(DEMO_CONFIG, environ={}).apps["demo"]
+    assert sorted(key.role for key in demo.rest_api_keys) == sorted(ROLES)
