@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 
 from adapters.config import AppConfig, Settings, api_key_digest
-from adapters.roles import AUDIT, allows
+from adapters.http.route_roles import CONSOLE_ROLE
+from adapters.roles import allows
 
 COOKIE = "console_session"
 SIGN_IN_COOKIE = "console_sign_in"  # the sign-in form's CSRF nonce (no session exists yet)
@@ -58,7 +59,7 @@ def sign_in(
     if len(matches) != 1:
         return None
     app, role = matches[0]
-    if not allows(role, AUDIT):
+    if not allows(role, CONSOLE_ROLE):
         raise ReadOnlyKey(role)
     session = ConsoleSession(app.app_id, role, secrets.token_urlsafe(16))
     payload = {
@@ -94,7 +95,7 @@ def session_of(
         roles = [k.role for k in app.rest_api_keys if _mac(secret, "key", k.digest) == payload["k"]]
     except (ValueError, KeyError, TypeError):
         return None
-    if not roles or not allows(roles[0], AUDIT):
+    if not roles or not allows(roles[0], CONSOLE_ROLE):
         return None
     return ConsoleSession(app.app_id, roles[0], str(payload["n"]))
 

@@ -1,5 +1,5 @@
 """The role each REST route needs: one table, read by the routes' key check
-(`adapters/http/auth.py`), the fast path and the OpenAPI document.
+(`adapters/http/auth.py`), the fast path and the OpenAPI document; and the console's.
 
 A route missing from the table needs `admin`: a new route is closed to read and audit keys until
 it is named here. Adding a route's role is one line.
@@ -8,6 +8,9 @@ it is named here. Adding a route's role is one line.
 from __future__ import annotations
 
 from adapters.roles import ADMIN, AUDIT, READ
+
+# Signing in to the console (/console, adapters/console/) and every page of it.
+CONSOLE_ROLE = AUDIT
 
 ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/v1/permissions"): READ,
