@@ -21,6 +21,8 @@ from adapters.http.errors import (
     TOO_MANY_REQUESTS,
 )
 from adapters.http.params import MAX_ID_LENGTH
+from adapters.http.route_roles import role_needed
+from adapters.roles import ROLES
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -41,13 +43,15 @@ def document() -> dict[str, Any]:
             'Glassfy\'s envelope: {"status": 401, "error": {"code": 1202, '
             '"description": "Invalid APIKEY"}}.',
         },
-        "paths": _paths(),
+        "paths": _with_roles(_paths()),
         "components": {
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An app's REST API key; it names the app and reads only it.",
+                    "description": "An app's REST API key; it names the app and reads only it. "
+                    f"Its role ({', '.join(ROLES)}; each may do what those before it may) "
+                    "must allow the operation: see each operation's x-role.",
                 }
             },
             "schemas": _schemas(),
@@ -73,6 +77,22 @@ def _paths() -> dict[str, Any]:
         "/metrics": {"get": _metrics()},
         "/openapi.json": {"get": _openapi()},
     }
+
+
+def _with_roles(paths: dict[str, Any]) -> dict[str, Any]:
+    """Each operation behind a key states the role it needs (`adapters/http/route_roles.py`)
+    and documents the 403 a key of a lesser role gets."""
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if not operation.get("security"):
+                continue
+            role = role_needed(method.upper(), path)
+            operation["x-role"] = role
+            operation["description"] = f"Needs a key of role {role} or above. " + operation.get(
+                "description", ""
+            )
+            operation["responses"].update(_errors("403"))
+    return paths
 
 
 def _webhook() -> dict[str, Any]:
@@ -306,6 +326,7 @@ def _instant_query(name: str, description: str) -> dict[str, Any]:
 _ERRORS: dict[str, tuple[str, tuple[int, ...]]] = {
     "400": ("Invalid parameter or body (1010)", (INVALID_PARAMETER,)),
     "401": ("Missing or invalid API key (1202)", (INVALID_API_KEY,)),
+    "403": ("The API key's role does not allow this operation (1202)", (INVALID_API_KEY,)),
     "404": ("Subscriber (1001) or app (1005) not found", (SUBSCRIBER_NOT_FOUND, GENERIC)),
     "413": ("Request body too large (1005)", (GENERIC,)),
     "429": ("Too many requests (1200); see Retry-After", (TOO_MANY_REQUESTS,)),
