@@ -44,6 +44,7 @@ class RebuildReport:
     new_generation: int
     events: int
     seconds: float
+    deriving_seconds: float = 0.0  # of which deriving every answer after the bulk pass
 
 
 def rebuild(
@@ -75,12 +76,15 @@ def rebuild(
             events += bounded.catch_up(on_batch)
         events += follower.catch_up(on_batch)
     follower.seed()  # every answer of the new rows is due now ...
+    deriving = time.monotonic()
     derive_everyone(follower, store, workers)  # ... and derived, each once, on every core
+    deriving = time.monotonic() - deriving
     events += follower.catch_up(on_batch)  # what arrived meanwhile, derived batch by batch
     with store.transaction() as cursor:
         if not activate(cursor, projection.name, old, new):
             raise RebuildRaced(projection.name)
-    return RebuildReport(projection.name, old, new, events, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    return RebuildReport(projection.name, old, new, events, seconds, deriving)
 
 
 def _copy_other_apps(
