@@ -115,23 +115,35 @@ def timeline(result: dict[str, Any], step: float = 1.0) -> list[list[Any]]:
     return [[t * step, *rows[t]] for t in sorted(rows)]
 
 
-def answers(host: net.Host, customids: list[str]) -> dict[str, bytes]:
-    def ask() -> dict[str, bytes]:
+def answers(app_hosts: list[net.Host], customids: list[str]) -> dict[str, dict[str, bytes]]:
+    """Each question asked of every host in turn, one right after the other (so that answers
+    differ only if the hosts do, not because the log moved on between two rounds)."""
+
+    def ask() -> dict[str, dict[str, bytes]]:
         import httpx
 
-        found = {}
+        found: dict[str, dict[str, bytes]] = {h.name: {} for h in app_hosts}
         headers = {"Authorization": f"Bearer {hosts.REST_KEY}"}
-        with httpx.Client(
-            base_url=f"http://{host.address}:{hosts.ENGINE_PORT}", timeout=5, headers=headers
-        ) as http:
+        clients = {
+            h.name: httpx.Client(
+                base_url=f"http://{h.address}:{hosts.ENGINE_PORT}", timeout=5, headers=headers
+            )
+            for h in app_hosts
+        }
+        try:
             for customid in customids:
                 for path in ("/v1/permissions", "/v1/subscriber"):
-                    try:
-                        response = http.get(path, params={"customid": customid})
-                        body = response.content if response.status_code == 200 else b""
-                    except httpx.HTTPError:
-                        body = b""
-                    found[f"{path}?{customid}"] = body
+                    for name, http in clients.items():
+                        try:
+                            response = http.get(path, params={"customid": customid})
+                            ok = response.status_code == 200
+                            body = response.content if ok else b""
+                        except httpx.HTTPError:
+                            body = b""
+                        found[name][f"{path}?{customid}"] = body
+        finally:
+            for http in clients.values():
+                http.close()
         return found
 
     return hosts.in_netns(net.SWITCH, ask)
@@ -153,7 +165,7 @@ def agreement(
     first_differences = None
     while True:
         look = time.monotonic() - start
-        seen = {h.name: answers(h, customids) for h in app_hosts}
+        seen = answers(app_hosts, customids)
         keys = next(iter(seen.values())).keys()
         differing = [
             k

@@ -334,8 +334,12 @@ frontend webhooks_and_queries
 backend engines
     balance roundrobin
     option httpchk GET /healthz
-    http-check expect status 200
-    default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2 maxconn 64
+    # A host is in service while it can record webhooks: /healthz says "database":"ok". Not
+    # only on 200: the read models are shared by every host, so a host catching up (503,
+    # "catching_up") is no further behind than the others, and taking them all out at once
+    # would refuse every webhook for as long as the backlog lasts.
+    http-check expect rstring \\"database\\":\\"ok\\"
+    default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2 maxconn 256
 {servers}
 """
 
