@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     fault.add_argument("host", nargs="?", default="app2")
-    capacity = sub.add_parser("capacity")
-    capacity.add_argument("--seconds", type=float, default=10.0)
-    capacity.add_argument("--hosts", default="1,2,3")
-    capacity.add_argument("--connections", type=int, default=32)
+    cap = sub.add_parser("capacity")
+    cap.add_argument("--seconds", type=float, default=10.0)
+    cap.add_argument("--hosts", default="1,2,3")
+    cap.add_argument("--connections", type=int, default=32)
     args = parser.parse_args(argv)
 
     if args.command != "report" and (why := net.can_make_namespaces()):
