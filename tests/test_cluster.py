@@ -105,3 +105,20 @@ def test_postgres_stopped_under_load_webhooks_hear_503_within_2_s_then_all_recor
         assert memory["peak_mb_during"][host] < before + 50, memory
     assert_nothing_lost_none_twice_hosts_agree(report, sent=800)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_queries_read_a_hot_standby_and_the_apps_own_writes_are_read_at_once(cluster_dir: Path):
+    """`[database] read_url` naming a streaming replica (made with pg_basebackup): the engine
+    hosts' queries read it, and a `connect_stripe` answered by one host is seen at once by the
+    next query, whichever host answers it."""
+    report, done = run_cluster(
+        cluster_dir, "--replica",
+        "--seconds", "8", "--rate", "40", "--query-rate", "20", "--drain", "30",
+    )  # fmt: skip
+    replica = report["replica"]
+    assert replica["standby_in_recovery"] is True
+    assert replica["engine_connections_on_standby"] >= 3, replica  # each host's read pool
+    ryw = replica["read_your_writes"]
+    assert ryw["links"] == 40 and ryw["seen_at_once"] == 40, ryw
+    assert_nothing_lost_none_twice_hosts_agree(report, sent=320)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -149,6 +149,41 @@ def answers(app_hosts: list[net.Host], customids: list[str]) -> dict[str, dict[s
     return hosts.in_netns(net.SWITCH, ask)
 
 
+def read_your_writes(customers: list[list[str]], count: int = 40) -> dict[str, Any]:
+    """The app's own write, then its read, through the load balancer (so usually on two
+    different hosts): link a new customid to a customer with `connect_stripe`, then at once ask
+    `/v1/subscriber` about it; the answer must show the link."""
+
+    def run() -> dict[str, Any]:
+        import httpx
+
+        seen, missing, write_ms = 0, [], []
+        headers = {"Authorization": f"Bearer {hosts.REST_KEY}"}
+        base = f"http://{net.LB.address}:{hosts.LB_PORT}"
+        with httpx.Client(base_url=base, timeout=10, headers=headers) as http:
+            for number, (_, customer) in enumerate(customers[:count]):
+                customid = f"ryw_{time.time_ns()}_{number}"
+                started = time.monotonic()
+                linked = http.post(
+                    "/v1/connect_stripe", json={"customid": customid, "customerid": customer}
+                )
+                write_ms.append((time.monotonic() - started) * 1000)
+                answer = http.get("/v1/subscriber", params={"customid": customid})
+                if linked.status_code == 200 and customer.encode() in answer.content:
+                    seen += 1
+                else:
+                    missing.append([customid, linked.status_code, answer.status_code])
+        return {
+            "links": min(count, len(customers)),
+            "seen_at_once": seen,
+            "missing": missing[:5],
+            "connect_p50_ms": round(percentile(write_ms, 50), 1),
+            "connect_max_ms": round(max(write_ms, default=0.0), 1),
+        }
+
+    return hosts.in_netns(net.SWITCH, run)
+
+
 def normalised(body: bytes) -> Any:
     try:
         return json.loads(body)

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up")
     up.add_argument("--apps", type=int, default=3, help="engine hosts (default 3)")
+    up.add_argument("--replica", action="store_true", help="queries read a hot standby")
     sub.add_parser("down")
     sub.add_parser("status")
     sub.add_parser("report")
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         if name == "run":
             p.add_argument("--apps", type=int, default=3)
+            p.add_argument("--replica", action="store_true", help="queries read a hot standby")
         load_options(p)
     fault = sub.add_parser("fault")
     fault.add_argument(
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "report" and (why := net.can_make_namespaces()):
         print(f"scripts/cluster: {why}", file=sys.stderr)
         return 2
-    cluster = Cluster(args.dir, getattr(args, "apps", 3))
+    cluster = Cluster(args.dir, getattr(args, "apps", 3), getattr(args, "replica", False))
     if args.command == "up":
         try:
             cluster.up()
@@ -332,6 +334,8 @@ def build_report(cluster, args, result, plan, samples, cpu_before, settled) -> d
             "memory": checks.memory(samples, t["fault"], t["restore"] + 1),
         }
     report["settled_after_s"] = round(settled - result["start_epoch"], 2)
+    if cluster.replica:
+        report["replica"] = replica_figures(cluster, result)
     failures = []
     if webhooks["lost"]:
         failures.append(f"{len(webhooks['lost'])} acknowledged webhooks lost")
@@ -341,6 +345,9 @@ def build_report(cluster, args, result, plan, samples, cpu_before, settled) -> d
         failures.append(
             f"{webhooks['never_acknowledged']} webhooks never acknowledged (retries ran out)"
         )
+    ryw = report.get("replica", {}).get("read_your_writes")
+    if ryw and ryw["seen_at_once"] != ryw["links"]:
+        failures.append(f"read-your-writes broken: {ryw['missing']}")
     if not agree["agreed"]:
         failures.append(f"hosts disagree: {agree['example']}")
     if plan and plan.kind == "stop-postgres":
@@ -352,6 +359,27 @@ def build_report(cluster, args, result, plan, samples, cpu_before, settled) -> d
     report["failures"] = failures
     report["passed"] = not failures
     return report
+
+
+def replica_figures(cluster: Cluster, result: dict[str, Any]) -> dict[str, Any]:
+    """Whether the queries really read the standby, how far behind it is, and read-your-writes
+    for the app's own writes (connect_stripe) across hosts."""
+    engines = ", ".join(f"'{h.address}'" for h in cluster.app_hosts)
+    reads = cluster.standby.sql(
+        f"SELECT count(*) FROM pg_stat_activity WHERE client_addr IN ({engines})"
+    )[0][0]
+    commits = cluster.standby.sql("SELECT sum(xact_commit) FROM pg_stat_database")[0][0]
+    lag = cluster.standby.sql(
+        "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), "
+        "pg_is_in_recovery()"
+    )[0]
+    return {
+        "engine_connections_on_standby": reads,
+        "standby_transactions": int(commits or 0),
+        "standby_replay_behind_bytes": int(lag[0] or 0),
+        "standby_in_recovery": lag[1],
+        "read_your_writes": checks.read_your_writes(result.get("customers", [])),
+    }
 
 
 def save(cluster: Cluster, report: dict[str, Any], extra: Path | None) -> None:

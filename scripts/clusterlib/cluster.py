@@ -19,11 +19,14 @@ from clusterlib.hosts import LB_PORT
 class Cluster:
     home: Path = hosts.DEFAULT_DIR
     apps: int = 3
+    replica: bool = False  # a hot standby the engine hosts' queries read ([database] read_url)
 
     def __post_init__(self) -> None:
         state = hosts.read_state(self.home)
         self.apps = state.get("apps", self.apps)
+        self.replica = state.get("replica", self.replica)
         self.pg = hosts.Postgres(self.home / "db", net.DB)
+        self.standby = hosts.Postgres(self.home / "replica", net.REPLICA)
         self.haproxy_sock = self.home / "haproxy.sock"
 
     @property
@@ -53,17 +56,24 @@ class Cluster:
         if self.home.exists():  # a fresh database each time; earlier logs go too
             shutil.rmtree(self.home)
         self.home.mkdir(parents=True)
-        hosts.write_state(self.home, {"apps": self.apps, "up_since": time.time()})
+        state = {"apps": self.apps, "replica": self.replica, "up_since": time.time()}
+        hosts.write_state(self.home, state)
         started = time.monotonic()
         net.make_switch()
-        for host in [net.LB, net.DB, *self.app_hosts]:
+        for host in [net.LB, net.DB, *self.app_hosts, *([net.REPLICA] if self.replica else [])]:
             net.make_host(host)
         log(f"network: {net.SUBNET}.0/24, namespaces {', '.join(net.namespaces())}")
         self.pg.init()
         self.pg.start()
         log(f"postgresql: {self.pg.url} (data {self.pg.data})")
+        read_url = None
+        if self.replica:
+            self.standby.init_standby(self.pg)
+            self.standby.start()
+            read_url = self.standby.url
+            log(f"hot standby: {read_url} (pg_basebackup -R of the primary)")
         for host in self.app_hosts:
-            hosts.engine_config(self.home / f"{host.name}.toml", self.pg.url, host)
+            hosts.engine_config(self.home / f"{host.name}.toml", self.pg.url, host, read_url)
         # The first host creates the tables; the others then start together.
         self.start_engine(self.app_hosts[0])
         hosts.wait_healthy(self.app_hosts[0])
@@ -98,8 +108,8 @@ class Cluster:
     def down(self, log=print) -> None:
         """Stop everything and delete the namespaces; safe to run any number of times."""
         made = net.namespaces()
-        if (self.pg.data / "postmaster.pid").exists():
-            self.pg.stop("fast")
+        for server in (self.standby, self.pg):
+            server.stop("fast")
         for netns in made:  # only processes inside namespaces this script made
             for pid in net.pids_in(netns):
                 with contextlib.suppress(ProcessLookupError):

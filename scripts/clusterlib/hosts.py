@@ -233,6 +233,29 @@ class Postgres:
                 hba.write(f"host all all {net.SUBNET}.0/24 trust\n")
                 hba.write(f"host replication all {net.SUBNET}.0/24 trust\n")
 
+    def init_standby(self, primary: Postgres) -> None:
+        """A streaming replica of `primary` (hot standby), from a base backup taken over the
+        network from the standby's own namespace."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.sock.mkdir(exist_ok=True)
+        for path in (self.home, self.sock):
+            shutil.chown(path, "postgres", "postgres")
+        subprocess.run(
+            net.in_netns(self.host.netns, as_postgres([
+                str(pg_bin() / "pg_basebackup"), "-h", primary.host.address, "-p", str(PG_PORT),
+                "-U", "postgres", "-D", str(self.data), "-R", "-X", "stream", "-c", "fast",
+            ])),
+            check=True, capture_output=True,
+        )  # fmt: skip
+        self.data.chmod(0o700)
+
+    def sql(self, statement: str) -> list[tuple]:
+        """One statement over the Unix socket (root namespace, no network)."""
+        import psycopg
+
+        with psycopg.connect(self.local_url, autocommit=True, connect_timeout=3) as conn:
+            return conn.execute(statement).fetchall()
+
     def start(self) -> None:
         options = (
             f"-c listen_addresses={self.host.address} -p {PG_PORT} "
@@ -273,10 +296,13 @@ class Postgres:
 # --- Engine hosts and HAProxy ----------------------------------------------------------------
 
 
-def engine_config(path: Path, database_url: str, host: net.Host) -> Path:
+def engine_config(
+    path: Path, database_url: str, host: net.Host, read_url: str | None = None
+) -> Path:
     catalogue = PROJECT_ROOT / "adapters" / "demo-catalogue.json"
+    reads = f'read_url = "{read_url}"\n' if read_url else ""
     path.write_text(
-        f'[database]\nurl = "{database_url}"\n\n'
+        f'[database]\nurl = "{database_url}"\n{reads}\n'
         f'[server]\nhost = "{host.address}"\nport = {ENGINE_PORT}\nworkers = 1\n'
         # What the cluster measures is capacity, not the per-key REST limit (100/s).
         "rate_limit_per_second = 0\n\n"

@@ -135,6 +135,7 @@ class Client:
         self.queries: list[tuple[float, float, int]] = []
         self.events: list[Event] = []
         self.customids: list[str] = []
+        self.stripe_customers: list[str] = []
         self.acked_owners: list[int] = []
         self.start = 0.0
         self.retrying: set[asyncio.Task] = set()
@@ -218,6 +219,7 @@ class Client:
         count = int(args.seconds * args.webhook_rate) + args.preload
         stream = build_stream(Path(args.project_root), int(count / EVENTS_PER_CUSTOMER) + 64)
         self.customids = stream.customids
+        self.stripe_customers = [c.id_for("cus_x") for c, _ in stream.people]
         self.events = [
             Event(body, json.loads(body)["id"], owner)
             for body, owner in zip(stream.bodies[:count], stream.owners, strict=False)
@@ -282,6 +284,11 @@ class Client:
             "attempts": self.attempts,
             "queries": self.queries,
             "customids": sorted({self.customids[o] for o in self.acked_owners}),
+            # (customid, its Stripe customer) of some customers written to
+            "customers": [
+                [self.customids[o], self.stripe_customers[o]]
+                for o in sorted(set(self.acked_owners))[:200]
+            ],
         }
 
 
