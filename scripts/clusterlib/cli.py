@@ -79,12 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     cap.add_argument("--seconds", type=float, default=10.0)
     cap.add_argument("--hosts", default="1,2,3")
     cap.add_argument("--connections", type=int, default=32)
+    cap.add_argument(
+        "--one-projector",
+        action="store_true",
+        help="pause (SIGSTOP) every projector but app1's: what the hosts' duplicate projection "
+        "work costs",
+    )
     args = parser.parse_args(argv)
 
     if args.command != "report" and (why := net.can_make_namespaces()):
         print(f"scripts/cluster: {why}", file=sys.stderr)
         return 2
-    cluster = Cluster(args.dir, getattr(args, "apps", 3), getattr(args, "replica", False))
+    if args.command in ("up", "run"):
+        cluster = Cluster(args.dir, args.apps, args.replica)
+    else:
+        cluster = Cluster.existing(args.dir)
     if args.command == "up":
         try:
             cluster.up()
@@ -396,16 +405,41 @@ def capacity(args: argparse.Namespace) -> int:
     rows = []
     for count in [int(n) for n in args.hosts.split(",")]:
         cluster = Cluster(args.dir, count)
-        cluster.apps = count
         try:
             cluster.up()
+            if args.one_projector:
+                paused = pause_projectors(cluster)
             rows.append(measure(cluster, count, args))
+            if args.one_projector:
+                rows[-1]["paused_projectors"] = paused
         finally:
             cluster.down()
     text = json.dumps(rows, indent=2)
     (args.dir.parent / "ent-cluster-capacity.json").write_text(text)
     print(text)
     return 0
+
+
+def primary_commits(cluster: Cluster) -> int:
+    rows = cluster.pg.sql("SELECT sum(xact_commit) FROM pg_stat_database")
+    return int(rows[0][0] or 0)
+
+
+def pause_projectors(cluster: Cluster) -> list[int]:
+    """SIGSTOP the `entitlements project` processes of every host but the first."""
+    import signal
+
+    paused = []
+    for host in cluster.app_hosts[1:]:
+        for pid in net.pids_in(host.netns):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"project" in argv:
+                os.kill(pid, signal.SIGSTOP)
+                paused.append(pid)
+    return paused
 
 
 def measure(cluster: Cluster, count: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -425,8 +459,10 @@ def measure(cluster: Cluster, count: int, args: argparse.Namespace) -> dict[str,
         client = client_process(cluster, spec)
         line = client.stdout.readline() if client.stdout else ""
         before = host_cpu(cluster)
+        commits_before = primary_commits(cluster)
         client.wait(timeout=args.seconds + 180)
         after = host_cpu(cluster)
+        commits = primary_commits(cluster) - commits_before
         result = json.loads(Path(spec["out"]).read_text())
         statuses = (
             [a[2] for a in result["attempts"]]
@@ -445,6 +481,7 @@ def measure(cluster: Cluster, count: int, args: argparse.Namespace) -> dict[str,
             "engine_cpu_ms_per_request": round(1000 * engines / ok, 3) if ok else None,
             "postgresql_cpu_s": round(after["postgresql"] - before["postgresql"], 2),
             "haproxy_cpu_s": round(after["haproxy"] - before["haproxy"], 2),
+            "primary_transactions_per_request": round(commits / ok, 3) if ok else None,
             "client_started": line.strip(),
         }
     return row

@@ -22,12 +22,15 @@ class Cluster:
     replica: bool = False  # a hot standby the engine hosts' queries read ([database] read_url)
 
     def __post_init__(self) -> None:
-        state = hosts.read_state(self.home)
-        self.apps = state.get("apps", self.apps)
-        self.replica = state.get("replica", self.replica)
         self.pg = hosts.Postgres(self.home / "db", net.DB)
         self.standby = hosts.Postgres(self.home / "replica", net.REPLICA)
         self.haproxy_sock = self.home / "haproxy.sock"
+
+    @classmethod
+    def existing(cls, home: Path) -> Cluster:
+        """The cluster `up` made in `home` (its shape from state.json)."""
+        state = hosts.read_state(home)
+        return cls(home, state.get("apps", 3), state.get("replica", False))
 
     @property
     def app_hosts(self) -> list[net.Host]:
