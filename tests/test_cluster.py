@@ -53,7 +53,10 @@ def run_cluster(cluster_dir: Path, *options: str) -> tuple[dict, subprocess.Comp
         report = json.loads(report_path.read_text())
     finally:
         report_path.unlink(missing_ok=True)
-        assert not net.namespaces(), "the cluster was not torn down"
+        left = net.namespaces()
+        if left:  # `run` was cut short (a timeout): tear down what it left
+            subprocess.run([command[0], "--dir", str(cluster_dir), "down"], timeout=120)
+        assert not left, f"the cluster was not torn down: {left}"
     return report, done
 
 

@@ -65,7 +65,16 @@ def can_make_namespaces() -> str | None:
     made = ip("netns", "add", probe, check=False)
     if made.returncode != 0:
         return f"`ip netns add` failed: {made.stderr.strip()}"
-    ip("netns", "del", probe, check=False)
+    try:
+        for kind, args in (
+            ("bridge", ["br-probe", "type", "bridge"]),
+            ("veth", ["v-probe", "type", "veth", "peer", "name", "v-probe2"]),
+        ):
+            link = ip("-n", probe, "link", "add", *args, check=False)
+            if link.returncode != 0:
+                return f"cannot make a {kind} link: {link.stderr.strip()}"
+    finally:
+        ip("netns", "del", probe, check=False)
     return None
 
 
