@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from adapters.bootstrap import bootstrap
 from adapters.cli_audit import audit, history, permissions
-from adapters.cli_sync import backfill, import_objects
+from adapters.cli_sync import backfill, import_objects, reconcile
 from adapters.config import ConfigError, Settings, load_settings
 from adapters.logging_setup import configure_logging
 from adapters.replay import ReplaySummary, event_files, replay_file
@@ -239,7 +239,7 @@ def catalogue_apply(file: str, app_id: str | None, dry_run: bool) -> None:
     click.echo("catalogue replaced" if changed else "catalogue unchanged")
 
 
-for _command in (permissions, history, audit, backfill, import_objects):  # cli_audit, cli_sync
+for _command in (permissions, history, audit, backfill, import_objects, reconcile):  # cli_sync
     main.add_command(_command)
 
 

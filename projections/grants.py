@@ -174,17 +174,27 @@ class GrantsProjection:
     ) -> None:
         """Derive the answers of these (app id, customid) now and write them; `revision` None:
         what they were derived from is unchanged (time, a catalogue or a policy changed)."""
-        now = int(self.clock())
+        write(cursor, *self.derived(cursor, customids, revision, int(self.clock())))
+
+    def derived(
+        self,
+        cursor: Cursor,
+        customids: Iterable[tuple[str, str]],
+        revision: int | None,
+        now: int,
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+        """The rows of these (app id, customid) derived at `now`, read from `cursor` and
+        written by nothing: (rows to upsert, keys of rows to delete)."""
         by_app: dict[str, list[str]] = {}
         for app_id, customid in customids:
             by_app.setdefault(app_id, []).append(customid)
+        rows, gone = [], []
         for app_id, wanted in sorted(by_app.items()):
             # Each read covers every customid of the app at once: a few queries per batch.
             found = facts_of_customids(cursor, app_id, wanted)
             claims = claims_of_buyers(cursor, app_id, {b for f in found.values() for b in f.buyers})
             revisions = _revisions(cursor, app_id, wanted) if revision is None else {}
             catalogue = catalogue_of(cursor, app_id)
-            rows, gone = [], []
             for customid in sorted(found):
                 facts = found[customid]
                 if not facts.buyers:  # no Stripe customer (left): "never bought", like anyone
@@ -192,12 +202,7 @@ class GrantsProjection:
                     continue
                 kept = revisions.get(customid, 0) if revision is None else revision
                 rows.append(self._row(app_id, customid, facts, claims, catalogue, now, kept))
-            if gone:
-                cursor.executemany(
-                    "DELETE FROM customer_grants WHERE app_id = ? AND customid = ?", gone
-                )
-            if rows:
-                cursor.executemany(UPSERT, rows)
+        return rows, gone
 
     def _row(
         self,
@@ -227,14 +232,18 @@ class GrantsProjection:
 
     def derive_due(self, cursor: Cursor, limit: int = DUE_CHUNK) -> int:
         """Derive up to `limit` rows whose time has come (or that are due now); how many."""
+        due = self.due(cursor, limit)
+        self.derive(cursor, due, revision=None)
+        return len(due)
+
+    def due(self, cursor: Cursor, limit: int) -> list[tuple[str, str]]:
+        """The (app id, customid) of up to `limit` rows whose time has come, soonest first."""
         cursor.execute(
             "SELECT app_id, customid FROM customer_grants WHERE due IS NOT NULL AND due <= ? "
             "ORDER BY due, app_id, customid LIMIT ?",
             (int(self.clock()), limit),
         )
-        due = [(app_id, customid) for app_id, customid in cursor.fetchall()]
-        self.derive(cursor, due, revision=None)
-        return len(due)
+        return [(app_id, customid) for app_id, customid in cursor.fetchall()]
 
     def seed(self, cursor: Cursor, position: int) -> None:
         """Make every linked customid's row due now, where it has none (a database written
@@ -278,6 +287,14 @@ def affected_customids(cursor: Cursor, touched: Iterable[Touched]) -> set[tuple[
 
 def _linked(buyer_key: str, claims: list[Claim]) -> LinkedCustomer:
     return LinkedCustomer(buyer_key, tuple(claims), tuple(conflicts(claims)))
+
+
+def write(cursor: Cursor, rows: list[tuple[Any, ...]], gone: list[tuple[str, str]]) -> None:
+    """Write what `GrantsProjection.derived` returned."""
+    if gone:
+        cursor.executemany("DELETE FROM customer_grants WHERE app_id = ? AND customid = ?", gone)
+    if rows:
+        cursor.executemany(UPSERT, rows)
 
 
 def _revisions(cursor: Cursor, app_id: str, customids: list[str]) -> dict[str, int]:

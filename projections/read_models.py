@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from domain.aggregates import WebhookReceipt
+from domain.aggregates import AppSync, WebhookReceipt
 from domain.policy import AppPolicy
 from projections.buyer_facts import BuyerFactsProjection
 from projections.grants import DUE_CHUNK, GrantsProjection
@@ -24,8 +24,11 @@ class BuyerReadModels:
     name = "buyer_read_models"
     tables = BuyerFactsProjection.tables + HistoryProjection.tables + GrantsProjection.tables
     indexes = BuyerFactsProjection.indexes + HistoryProjection.indexes + GrantsProjection.indexes
-    # Receipts only guard against redelivery: no read model reads them.
-    ignored_topics = frozenset({WebhookReceipt.Created.TOPIC})
+    # Receipts only guard against redelivery, sync runs are read from the log (`GET /v1/sync`):
+    # no read model reads them.
+    ignored_topics = frozenset(
+        {WebhookReceipt.Created.TOPIC, AppSync.Created.TOPIC, AppSync.Ran.TOPIC}
+    )
 
     def __init__(self, policies: Mapping[str, AppPolicy], clock: Callable[[], float]) -> None:
         self.facts = BuyerFactsProjection()

@@ -44,6 +44,9 @@ class ViewStore(Protocol):
     # Whether a read is a round trip to a server (then worth grouping with others).
     remote: bool
 
+    # How another process opens this store (`reopen`); None: only this process can.
+    def locator(self) -> tuple[str, str] | None: ...
+
     def close(self) -> None: ...
 
 
@@ -98,6 +101,10 @@ class SQLiteViewStore:
             cursor.execute("COMMIT")
 
     remote = False  # a read is a few microseconds in this process
+
+    def locator(self) -> tuple[str, str] | None:
+        """How another process opens this store (`reopen`); None: only this one can."""
+        return None if self.path == ":memory:" else ("sqlite", self.path)
 
     def rows(self, sql: str, params: Sequence[Any]) -> list[Row]:
         if self.path == ":memory:":
@@ -172,6 +179,7 @@ class PostgresViewStore:
         max_readers: int = 10,
         read_url: str | None = None,
     ) -> None:
+        self.database_url = database_url  # `locator()`: another process writes, on the primary
         conninfo, schema = split_schema(database_url)
         options = f"-c search_path={schema}" if schema else None
         self._pool = _pool(conninfo, options, max_size)
@@ -191,6 +199,10 @@ class PostgresViewStore:
             yield RewritingCursor(cursor, _psycopg_placeholders)
 
     remote = True
+
+    def locator(self) -> tuple[str, str] | None:
+        """How another process opens this store (`reopen`)."""
+        return ("postgresql", self.database_url)
 
     def rows(self, sql: str, params: Sequence[Any]) -> list[Row]:
         with self._read_pool.connection() as conn:  # autocommit: no BEGIN, no COMMIT
@@ -237,6 +249,12 @@ def open_view_store(database_url: str, read_url: str | None = None) -> ViewStore
         path = sqlite_path(database_url)
         return SQLiteViewStore(path if path == ":memory:" else _views_path(path))
     return PostgresViewStore(database_url, read_url=read_url)
+
+
+def reopen(locator: tuple[str, str]) -> ViewStore:
+    """The store a `locator()` names, opened anew (in another process)."""
+    kind, where = locator
+    return SQLiteViewStore(where) if kind == "sqlite" else PostgresViewStore(where)
 
 
 def _views_path(events_path: str) -> str:

@@ -26,6 +26,7 @@ from adapters.http.operations import healthz, metrics
 from adapters.http.queries import get_permissions, get_subscriber
 from adapters.http.request_metrics import RequestMetrics
 from adapters.http.shedding import LoadShedding
+from adapters.http.sync import get_sync
 from adapters.http.webhooks import receive_stripe_webhook
 from adapters.storage_errors import is_storage_error
 
@@ -42,6 +43,7 @@ def routes() -> list[Route]:
         Route("/v1/catalogue", get_catalogue, methods=["GET"]),
         Route("/v1/catalogue", put_catalogue, methods=["PUT"]),
         Route("/v1/catalogue/preview", preview_catalogue, methods=["POST"]),
+        Route("/v1/sync", get_sync, methods=["GET"]),  # ROLE: admin (issue 18 wires key roles)
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),

@@ -68,6 +68,7 @@ def _paths() -> dict[str, Any]:
         "/v1/customers/{customid}/history": {"get": _history()},
         "/v1/catalogue": {"get": _get_catalogue(), "put": _put_catalogue()},
         "/v1/catalogue/preview": {"post": _preview_catalogue()},
+        "/v1/sync": {"get": _sync()},
         "/healthz": {"get": _healthz()},
         "/metrics": {"get": _metrics()},
         "/openapi.json": {"get": _openapi()},
@@ -183,6 +184,14 @@ def _preview_catalogue() -> dict[str, Any]:
         body="Catalogue",
         ok="CataloguePreview",
         errors=("400", "413"),
+    )
+
+
+def _sync() -> dict[str, Any]:
+    return _rest(
+        "getSync",
+        "The app's last backfill, import and reconcile: when, their counts, the differences",
+        ok="Sync",
     )
 
 
@@ -576,4 +585,31 @@ def _other_schemas() -> dict[str, Schema]:
             {"database": STRING, "projections": {"type": "object"}},
         ),
         "Document": _object({"openapi": STRING, "paths": {"type": "object"}}),
+        **_sync_schemas(),
+    }
+
+
+def _sync_schemas() -> dict[str, Schema]:
+    run = _nullable(_ref("SyncRun"))
+    return {
+        "Sync": _object(
+            {
+                "appId": STRING,
+                "reconcileEvery": {"type": "number"},
+                "backfill": run,
+                "import": run,
+                "reconcile": run,
+            }
+        ),
+        "SyncRun": _object(
+            {
+                "command": {"type": "string", "enum": ["backfill", "import", "reconcile"]},
+                "startedAt": {"type": "number"},
+                "finishedAt": {"type": "number"},
+                "failed": BOOLEAN,
+                "error": _nullable(STRING),
+                "counts": {"type": "object", "additionalProperties": INTEGER},
+                "differences": _array({"type": "object"}),
+            }
+        ),
     }
