@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from adapters.catalogues import Catalogues
 from adapters.config import AppConfig
 from domain.catalogue import Catalogue
-from domain.rules import Derivation, FactHistory, PermissionStatus, derive
+from domain.outcomes import Derivation, PermissionStatus
+from domain.rules import FactHistory, derive
 from projections.buyer_facts import CustomerFacts, customer_facts, customids_of_app
 from projections.follower import ReadModelReader
 from projections.generations import GenerationCursor

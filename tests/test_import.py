@@ -13,7 +13,7 @@ from adapters.importing import IMPORT, Importer, Observer
 from adapters.stripe.listing import Listed, StripeAccessError, StripeLister
 from domain.aggregates import Buyer, buyer_id
 from domain.catalogue import Catalogue
-from domain.rules import Entitlement
+from domain.outcomes import Entitlement
 from tests.conftest import ingest, settle
 from tests.lifecycles import CATALOGUE, DAY, T0, event, invoice, subscription
 from tests.recorded_stripe import KEY, RecordedStripe, running

@@ -29,7 +29,7 @@ from adapters.bootstrap import bootstrap
 from adapters.config import settings_from_dict
 from domain.aggregates import Buyer, buyer_id
 from domain.catalogue import Catalogue
-from domain.rules import Entitlement
+from domain.outcomes import Entitlement
 from tests.conftest import PROJECT, config_doc
 from tests.recorded_stripe import free_port
 

@@ -18,7 +18,7 @@ from adapters.stripe import listing
 from adapters.stripe.listing import StripeAccessError, StripeLister
 from domain.aggregates import Buyer, buyer_id
 from domain.catalogue import Catalogue
-from domain.rules import Entitlement
+from domain.outcomes import Entitlement
 from tests.conftest import ingest, settle
 from tests.lifecycles import CATALOGUE, DAY, T0, event, population, subscription
 from tests.recorded_stripe import KEY, RecordedStripe, running
