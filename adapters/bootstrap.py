@@ -5,15 +5,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from adapters.catalogues import Catalogues
 from adapters.config import Settings
-from adapters.eventstore import EventLog, open_event_log
-from adapters.group_commit import GroupCommitWriter
-from adapters.grouped_reads import GroupedReads
-from adapters.history import CustomerHistory
-from adapters.ingest import Ingestor
-from adapters.line_items import CheckoutResolver
-from adapters.linking import Linker
+from adapters.storage.eventstore import EventLog, open_event_log
+from adapters.storage.group_commit import GroupCommitWriter
+from adapters.storage.grouped_reads import GroupedReads
+from adapters.usecases.catalogues import Catalogues
+from adapters.usecases.history import CustomerHistory
+from adapters.usecases.ingest import Ingestor
+from adapters.usecases.line_items import CheckoutResolver
+from adapters.usecases.linking import Linker
 from projections.entitlements import Entitlements
 from projections.follower import Follower
 from projections.grants import dirty_rows

@@ -17,8 +17,8 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from adapters.catalogues import Catalogues
 from adapters.config import AppConfig
+from adapters.usecases.catalogues import Catalogues
 from domain.catalogue import Catalogue
 from domain.outcomes import Derivation, PermissionStatus
 from domain.rules import FactHistory, derive

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from adapters.eventstore import EventLog
+from adapters.storage.eventstore import EventLog
 from projections.generations import (
     ACTIVE_GENERATION,
     FIRST_GENERATION,

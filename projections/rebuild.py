@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.eventstore import EventLog
+from adapters.storage.eventstore import EventLog
 from domain.aggregates import AppCatalogue, Buyer, catalogue_id
 from projections.follower import TRACKING_SCHEMA, Follower, Projection
 from projections.generations import SCHEMA as GENERATIONS_SCHEMA

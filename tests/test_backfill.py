@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from adapters import cli
-from adapters.backfill import Backfill
+from adapters.cli import main as cli
 from adapters.stripe import listing
 from adapters.stripe.listing import StripeAccessError, StripeLister
+from adapters.usecases.backfill import Backfill
 from domain.aggregates import receipt_id
 from domain.catalogue import Catalogue
 from tests.conftest import PROJECT, fixture_files, fresh_engine, ingest, settle

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from adapters.importing import IMPORT, Importer, Observer
 from adapters.stripe.listing import Listed, StripeAccessError, StripeLister
+from adapters.usecases.importing import IMPORT, Importer, Observer
 from domain.aggregates import Buyer, buyer_id
 from domain.catalogue import Catalogue
 from domain.outcomes import Entitlement

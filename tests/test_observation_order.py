@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.bootstrap import Engine
-from adapters.importing import IMPORT, Observer
 from adapters.stripe.listing import Listed
 from adapters.stripe.observations import OBSERVED_AS
+from adapters.usecases.importing import IMPORT, Observer
 from domain.outcomes import PermissionStatus
 from tests.conftest import fresh_engine, ingest
 from tests.lifecycles import CATALOGUE, customids, lifecycles

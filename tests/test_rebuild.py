@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 
 from adapters.bootstrap import Engine, bootstrap
-from adapters.cli import main
+from adapters.cli.main import main
 from adapters.config import settings_from_dict
 from domain.aggregates import Buyer
 from domain.catalogue import Catalogue

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from adapters import cli
-from adapters.reconcile import RECONCILE, Reconciler
+from adapters.cli import main as cli
 from adapters.stripe import listing
 from adapters.stripe.listing import StripeAccessError, StripeLister
+from adapters.usecases.reconcile import RECONCILE, Reconciler
 from domain.aggregates import Buyer, buyer_id
 from domain.catalogue import Catalogue
 from domain.outcomes import Entitlement

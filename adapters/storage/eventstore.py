@@ -19,7 +19,7 @@ from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import IntegrityError, ProgrammingError
 from psycopg.sql import SQL, Identifier
 
-from adapters.transcoding import OrjsonTranscoder
+from adapters.storage.transcoding import OrjsonTranscoder
 from domain.aggregates import Buyer
 
 
@@ -157,7 +157,7 @@ def _postgres_env(parts: Any) -> dict[str, str]:
     query = parse_qs(parts.query)
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "APPLICATION_RECORDER_TOPIC": "adapters.pg_recorder:PostgresEventRecorder",
+        "APPLICATION_RECORDER_TOPIC": "adapters.storage.pg_recorder:PostgresEventRecorder",
         "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
         # `?host=/run/postgresql` (libpq's form) reaches a local server by its Unix socket.
         "POSTGRES_HOST": query.get("host", [parts.hostname or "127.0.0.1"])[0],
