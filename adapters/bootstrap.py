@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from adapters.config import Settings
 from adapters.storage.eventstore import EventLog, open_event_log
-from adapters.storage.group_commit import GroupCommitWriter
 from adapters.storage.grouped_reads import GroupedReads
 from adapters.stripe.readers import STRIPE_READERS
 from adapters.usecases.catalogues import Catalogues
+from adapters.usecases.group_commit import GroupCommitWriter
 from adapters.usecases.history import CustomerHistory
 from adapters.usecases.ingest import Ingestor
 from adapters.usecases.line_items import CheckoutResolver

@@ -4,7 +4,9 @@ pyproject.toml's `[tool.importlinter]`, checked on the code as it is.
 - adapters on top of projections (the read side), projections on top of the domain;
 - the domain imports nothing of the outside world (HTTP, SQL, the Stripe SDK, the CLI);
 - the read side imports no adapter: only the domain and the ports it declares;
-- no import cycles among the domain's modules.
+- no import cycles among the domain's modules;
+- inside `adapters/`: the Stripe readers know no other adapter, storage no use case, and use
+  cases no entry point (HTTP, console, command line).
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from adapters.http.errors import (
 )
 from adapters.http.limits import RateLimited, limit_webhook
 from adapters.http.operations import UNKNOWN_APP_WEBHOOKS, WEBHOOK_SECONDS, WEBHOOKS
-from adapters.storage.group_commit import NotRecorded
 from adapters.stripe.envelope import NotAStripeEvent, StripeEnvelope, parse_event
 from adapters.stripe.signature import BadSignature, verify_signature
+from adapters.usecases.group_commit import NotRecorded
 from adapters.usecases.ingest import Outcome, Webhook
 
 log = logging.getLogger("entitlements.webhooks")
