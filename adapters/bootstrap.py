@@ -5,15 +5,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from adapters.catalogues import Catalogues
 from adapters.config import Settings
-from adapters.eventstore import EventLog, open_event_log
-from adapters.group_commit import GroupCommitWriter
-from adapters.grouped_reads import GroupedReads
-from adapters.history import CustomerHistory
-from adapters.ingest import Ingestor
-from adapters.line_items import CheckoutResolver
-from adapters.linking import Linker
+from adapters.storage.eventstore import EventLog, open_event_log
+from adapters.storage.grouped_reads import GroupedReads
+from adapters.stripe.readers import STRIPE_READERS
+from adapters.usecases.catalogues import Catalogues
+from adapters.usecases.group_commit import GroupCommitWriter
+from adapters.usecases.history import CustomerHistory
+from adapters.usecases.ingest import Ingestor
+from adapters.usecases.line_items import CheckoutResolver
+from adapters.usecases.linking import Linker
 from projections.entitlements import Entitlements
 from projections.follower import Follower
 from projections.grants import dirty_rows
@@ -87,7 +88,7 @@ def bootstrap(settings: Settings, read_url: str | None = None) -> Engine:
     views = open_view_store(settings.database_url, read_url)
     clock = Clock()
     policies = {app_id: app.policy for app_id, app in settings.apps.items()}
-    follower = Follower(log, views, BuyerReadModels(policies, clock))
+    follower = Follower(log, views, BuyerReadModels(policies, clock, STRIPE_READERS))
     catalogues = Catalogues(log)
     for app in settings.apps.values():
         if app.catalogue_file is not None:

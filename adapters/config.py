@@ -104,7 +104,7 @@ class Settings:
     port: int = 8000
     workers: int = 1
     # Where `serve` applies events to the read models: "process" (`entitlements project`,
-    # started beside each worker: adapters/projector.py) or "thread" (in the worker itself).
+    # started beside each worker: adapters/process/projector.py) or "thread" (in the worker itself).
     projector: str = "process"
     signature_tolerance: int = 300  # seconds, as Stripe's libraries
     limits: ServerLimits = field(default_factory=ServerLimits)

@@ -8,7 +8,7 @@ payment or custom id that identifies the buyer). Its history is an append-only l
 events that concern it, each kept with its raw body exactly as received, plus the links between it
 and the app's user ids (customid). The aggregate itself holds almost no state: its invariants are
 enforced by the event store (unique versions, unique webhook receipts), so appending never needs
-to replay a long history (see `adapters/ingest.py`).
+to replay a long history (see `adapters/usecases/ingest.py`).
 """
 
 from __future__ import annotations

@@ -25,17 +25,17 @@ from domain.facts import (
     LineItemsUnresolvable,
     PaymentSucceeded,
 )
-from domain.policy import AppPolicy
-from domain.rules import (
+from domain.ordering import fact_order
+from domain.outcomes import (
     Entitlement,
     Outcome,
     Purchase,
     Revocation,
     apply_revocations,
-    fact_order,
     merge_ids,
     outcome_grants,
 )
+from domain.policy import AppPolicy
 
 # payment key (charge id, payment intent id or invoice id) -> the revocations that hit it
 Revocations: TypeAlias = Mapping[str, frozenset[Revocation]]

@@ -27,17 +27,17 @@ from domain.facts import (
     SubscriptionObserved,
     snapshot_attribute,
 )
-from domain.policy import AppPolicy
-from domain.purchases import Revocations, revocations_for
-from domain.rules import (
+from domain.ordering import fact_order
+from domain.outcomes import (
     Entitlement,
     Outcome,
     SubscriptionState,
     apply_revocations,
-    fact_order,
     merge_ids,
     outcome_grants,
 )
+from domain.policy import AppPolicy
+from domain.purchases import Revocations, revocations_for
 
 # Lifecycle order, used only to break ties between snapshots of the same second.
 _STATUS_RANK = {

@@ -11,6 +11,9 @@ it was linked to or claimed before and after the event; an app's catalogue; or, 
 does not know, everything), so that the grants read model derives again the answers of exactly
 those customids (`projections/grants.py`). `payment_names` says which buyers' facts name each
 guest payment: a refund or dispute recorded on the payment's own history changes their answers.
+
+The Stripe payload readers (`adapters/stripe/`) are given to it (`StripeReaders`, wired by
+`adapters/bootstrap.py`): the read side never reads Stripe's JSON by itself.
 """
 
 from __future__ import annotations
@@ -20,16 +23,14 @@ import dataclasses
 import functools
 import json
 import operator
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from adapters.stripe.facts import facts_from_event, line_items_from_stripe
-from adapters.stripe.observations import facts_from_observation, observation_id
 from domain.aggregates import AppCatalogue, AppSync, Buyer, WebhookReceipt
-from domain.facts import CheckoutCompleted, Fact, LineItemsUnresolvable, fact_from_dict
+from domain.facts import CheckoutCompleted, Fact, LineItem, LineItemsUnresolvable, fact_from_dict
 from projections.store import Cursor, Row, placeholders
 from projections.touched import EVERYTHING, Touched
 
@@ -102,6 +103,18 @@ UPDATE_LINK = "UPDATE buyer_links SET customid = ? WHERE buyer_uuid = ?"
 LOOKUP_CHUNK = 500  # buyers read per `IN (...)` when a batch begins
 
 
+@dataclass(frozen=True)
+class StripeReaders:
+    """How the facts of a recorded Stripe payload are read, whatever its API version: the Stripe
+    adapter's readers (`adapters/stripe/readers.STRIPE_READERS`). Module-level functions, so
+    that a projection holding them can be sent to a rebuild's worker processes (pickled)."""
+
+    facts_from_event: Callable[[Any], list[Fact]]  # a parsed Stripe event
+    facts_from_observation: Callable[[Any, float], list[Fact]]  # an object, when it was read
+    observation_id: Callable[[str, float], str]  # what an observation's facts name as event
+    line_items_from_stripe: Callable[[Any], Sequence[LineItem]]  # fetched checkout line items
+
+
 @dataclass
 class _Batch:
     """What one batch (one transaction) knows beyond its rows: the buyers of its events as they
@@ -134,7 +147,8 @@ class BuyerFactsProjection:
         "buyer_facts_checkouts",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, stripe: StripeReaders) -> None:
+        self.stripe = stripe
         # The state of each batch in progress, by its cursor (one instance may serve a live
         # follower and a rebuild's at once, each in its own transaction).
         self._batches: dict[Cursor, _Batch] = {}
@@ -173,12 +187,12 @@ class BuyerFactsProjection:
         if isinstance(event, Buyer.Created):
             return self._register(cursor, event)
         if isinstance(event, Buyer.StripeEventRecorded):
-            facts = facts_from_event(orjson.loads(event.raw))
+            facts = self.stripe.facts_from_event(orjson.loads(event.raw))
             stamp = (event.stripe_created, event.stripe_event_id, event.received_at)
             return self._record_facts(cursor, position, event, facts, stamp)
         if isinstance(event, Buyer.StripeObjectObserved):
-            facts = facts_from_observation(orjson.loads(event.raw), event.observed_at)
-            observed = observation_id(event.object_id, event.observed_at)
+            facts = self.stripe.facts_from_observation(orjson.loads(event.raw), event.observed_at)
+            observed = self.stripe.observation_id(event.object_id, event.observed_at)
             stamp = (int(event.observed_at), observed, event.observed_at)
             return self._record_facts(cursor, position, event, facts, stamp)
         if isinstance(event, Buyer.CustomidLinked):
@@ -261,7 +275,7 @@ class BuyerFactsProjection:
         """Fill in the products of a checkout once fetched from Stripe (a read model may be
         updated: it is derived data; the log keeps both the checkout and the fetched items)."""
         buyer = self._buyer(cursor, event.originator_id)
-        lines = line_items_from_stripe(json.loads(event.line_items))
+        lines = self.stripe.line_items_from_stripe(json.loads(event.line_items))
         state = self._batches.get(cursor)
         if state is not None:
             _write_facts(cursor, state)  # the rows read below may be this batch's

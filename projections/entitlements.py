@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from adapters.catalogues import Catalogues
-from adapters.config import AppConfig
 from domain.catalogue import Catalogue
-from domain.rules import Derivation, FactHistory, PermissionStatus, derive
+from domain.outcomes import Derivation, PermissionStatus
+from domain.policy import AppPolicy
+from domain.rules import FactHistory, derive
 from projections.buyer_facts import CustomerFacts, customer_facts, customids_of_app
 from projections.follower import ReadModelReader
 from projections.generations import GenerationCursor
@@ -60,12 +61,25 @@ def _valid(permissions: tuple[PermissionStatus, ...]) -> set[str]:
     return {p.permission_id for p in permissions if p.is_valid}
 
 
+class CatalogueHistory(Protocol):
+    """Each app's catalogue as it stood at an instant (`adapters/usecases/catalogues.py`)."""
+
+    def as_of(self, app_id: str, known_at: float | None) -> Catalogue: ...
+
+
+class AppSettings(Protocol):
+    """What an answer needs of an app's settings (`adapters/config.AppConfig`): its policy."""
+
+    @property
+    def policy(self) -> AppPolicy: ...
+
+
 class Entitlements:
     def __init__(
         self,
         reader: ReadModelReader,
-        catalogues: Catalogues,
-        apps: dict[str, AppConfig],
+        catalogues: CatalogueHistory,
+        apps: Mapping[str, AppSettings],
         clock: Callable[[], float],
     ) -> None:
         self.reader = reader

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from adapters.eventstore import EventLog
 from projections.generations import (
     ACTIVE_GENERATION,
     FIRST_GENERATION,
@@ -139,10 +138,43 @@ class ReadModelReader:
             return _tracked(cursor, tracking_name(self.projection.name, cursor.generation))
 
 
+class Notifications(Protocol):
+    """Where a log's notifications are read (the eventsourcing library's recorder)."""
+
+    def max_notification_id(self) -> int | None: ...
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Any]: ...
+
+
+class EventDecoder(Protocol):
+    """How a stored notification becomes a domain event (the library's mapper)."""
+
+    def to_domain_event(self, stored: Any) -> Any: ...
+
+
+class FollowedLog(Protocol):
+    """The log a follower reads: its notifications, and how to decode them. The event store
+    (`adapters/storage/eventstore.EventLog`, an eventsourcing Application) is one."""
+
+    @property
+    def recorder(self) -> Notifications: ...
+
+    @property
+    def mapper(self) -> EventDecoder: ...
+
+
 class Follower:
     def __init__(
         self,
-        log: EventLog,
+        log: FollowedLog,
         store: ViewStore,
         projection: Projection,
         batch_size: int = 500,

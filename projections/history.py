@@ -5,7 +5,7 @@ record), but the log cannot answer "the next 100 events of these buyers after po
 T, created between A and B" without decoding every event. This read model keeps one small row per
 buyer event (no payload): its aggregate and version, its notification position, its Stripe id,
 type and `created`, and when it was recorded. A history page is then one indexed query here plus
-one `select_events` per run of consecutive versions (`adapters/history.py`).
+one `select_events` per run of consecutive versions (`adapters/usecases/history.py`).
 
 It is fed by the same follower as the buyer-facts read model (`projections/read_models.py`): one
 read of the log for both.

@@ -14,7 +14,7 @@ from typing import Any
 
 from domain.aggregates import AppSync, WebhookReceipt
 from domain.policy import AppPolicy
-from projections.buyer_facts import BuyerFactsProjection
+from projections.buyer_facts import BuyerFactsProjection, StripeReaders
 from projections.grants import DUE_CHUNK, GrantsProjection
 from projections.history import HistoryProjection
 from projections.store import Cursor
@@ -30,8 +30,13 @@ class BuyerReadModels:
         {WebhookReceipt.Created.TOPIC, AppSync.Created.TOPIC, AppSync.Ran.TOPIC}
     )
 
-    def __init__(self, policies: Mapping[str, AppPolicy], clock: Callable[[], float]) -> None:
-        self.facts = BuyerFactsProjection()
+    def __init__(
+        self,
+        policies: Mapping[str, AppPolicy],
+        clock: Callable[[], float],
+        stripe: StripeReaders,
+    ) -> None:
+        self.facts = BuyerFactsProjection(stripe)
         self.history = HistoryProjection()
         self.grants = GrantsProjection(policies, clock)
         self.parts = (self.facts, self.history, self.grants)

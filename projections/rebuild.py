@@ -16,9 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.eventstore import EventLog
 from domain.aggregates import AppCatalogue, Buyer, catalogue_id
-from projections.follower import TRACKING_SCHEMA, Follower, Projection
+from projections.follower import TRACKING_SCHEMA, FollowedLog, Follower, Projection
 from projections.generations import SCHEMA as GENERATIONS_SCHEMA
 from projections.generations import (
     activate,
@@ -48,7 +47,7 @@ class RebuildReport:
 
 
 def rebuild(
-    log: EventLog,
+    log: FollowedLog,
     store: ViewStore,
     projection: Projection,
     on_batch: Callable[[int, int], None] | None = None,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.facts import LineItem
-from domain.rules import Derivation, PermissionStatus, Purchase, SkuGrant, SubscriptionState
+from domain.outcomes import Derivation, PermissionStatus, Purchase, SkuGrant, SubscriptionState
 from projections.buyer_facts import Claim
 
 STRIPE_STORE = 4

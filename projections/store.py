@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from adapters.eventstore import database_timeout, sqlite_path
+from projections.database import database_timeout, sqlite_path
 
 Row = tuple[Any, ...]
 CHECKPOINT_PAGES = 16384  # WAL pages (4 KiB) between checkpoints of the read models' file

@@ -35,9 +35,9 @@ from tqdm import tqdm  # noqa: E402
 
 from adapters.bootstrap import Engine, bootstrap  # noqa: E402
 from adapters.config import settings_from_dict  # noqa: E402
-from adapters.ingest import Webhook  # noqa: E402
-from adapters.runtime_tuning import tune_for_server  # noqa: E402
+from adapters.process.runtime_tuning import tune_for_server  # noqa: E402
 from adapters.stripe.envelope import parse_event  # noqa: E402
+from adapters.usecases.ingest import Webhook  # noqa: E402
 
 sys.path.insert(0, str(PROJECT / "tests"))
 from lifecycles import CATALOGUE, T0, event, invoice, subscription  # noqa: E402

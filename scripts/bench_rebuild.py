@@ -45,9 +45,9 @@ from lifecycles import FATES, PRODUCTS, lifecycle  # noqa: E402
 
 from adapters.bootstrap import Engine, bootstrap  # noqa: E402
 from adapters.config import settings_from_dict  # noqa: E402
-from adapters.ingest import Webhook  # noqa: E402
-from adapters.runtime_tuning import tune_for_server  # noqa: E402
+from adapters.process.runtime_tuning import tune_for_server  # noqa: E402
 from adapters.stripe.envelope import parse_event  # noqa: E402
+from adapters.usecases.ingest import Webhook  # noqa: E402
 from projections.rebuild import rebuild  # noqa: E402
 
 APP_ID = "demo"

@@ -23,9 +23,9 @@ from starlette.testclient import TestClient
 from adapters.bootstrap import Engine, bootstrap
 from adapters.config import settings_from_dict
 from adapters.http.app import build_http_app
-from adapters.ingest import Webhook
 from adapters.stripe.envelope import parse_event
 from adapters.stripe.signature import sign
+from adapters.usecases.ingest import Webhook
 from domain.catalogue import Catalogue
 
 PROJECT = Path(__file__).resolve().parents[1]

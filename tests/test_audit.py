@@ -17,7 +17,9 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from adapters.audit import (
+from adapters.bootstrap import Engine
+from adapters.cli.main import main
+from adapters.usecases.audit import (
     GENESIS,
     app_records,
     customer_records,
@@ -26,9 +28,7 @@ from adapters.audit import (
     verify_file,
     write_chain,
 )
-from adapters.bootstrap import Engine
-from adapters.cli import main
-from adapters.history import _runs as history_runs
+from adapters.usecases.history import _runs as history_runs
 from projections.history import HistoryRow
 from tests.conftest import API_KEYS, FIXTURES, SECRETS, post_webhook, settle
 from tests.lifecycles import CATALOGUE, DAY, T0, event, invoice, subscription

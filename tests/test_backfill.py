@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from adapters import cli
-from adapters.backfill import Backfill
-from adapters.history import entry_json
+from adapters.cli import main as cli
 from adapters.stripe import listing
 from adapters.stripe.listing import StripeAccessError, StripeLister
+from adapters.usecases.backfill import Backfill
+from adapters.usecases.history import entry_json
 from domain.aggregates import receipt_id
 from domain.catalogue import Catalogue
 from projections.history import HistoryFilter

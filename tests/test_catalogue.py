@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from adapters.cli import main as cli
+from adapters.cli.main import main as cli
 from domain.catalogue import Catalogue, InvalidCatalogue
 from tests.conftest import settle
 from tests.test_entitlements_api import (

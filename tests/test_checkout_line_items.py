@@ -27,13 +27,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from adapters import line_items
 from adapters.bootstrap import Engine
-from adapters.cli import main as cli
+from adapters.cli.main import main as cli
 from adapters.config import AppConfig
 from adapters.http.asgi import create_app
-from adapters.line_items import CheckoutResolver
 from adapters.stripe.api import StripeApi
+from adapters.usecases import line_items
+from adapters.usecases.line_items import CheckoutResolver
 from domain.aggregates import Buyer
 from tests.conftest import API_KEYS, FIXTURES, config_doc, post_webhook, settle
 

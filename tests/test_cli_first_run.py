@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from adapters.cli import main
+from adapters.cli.main import main
 from tests.test_audit import write_config
 
 

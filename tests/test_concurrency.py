@@ -17,9 +17,9 @@ import pytest
 
 from adapters.bootstrap import Engine, bootstrap
 from adapters.config import settings_from_dict
-from adapters.ingest import Outcome, Webhook
 from adapters.stripe.envelope import parse_event
 from adapters.stripe.signature import sign
+from adapters.usecases.ingest import Outcome, Webhook
 from domain.aggregates import Buyer, buyer_id
 from tests.conftest import SECRETS, config_doc, make_event
 

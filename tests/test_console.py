@@ -15,15 +15,15 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from adapters.audit import verify_lines
 from adapters.bootstrap import Engine, bootstrap
-from adapters.cli import main
+from adapters.cli.main import main
 from adapters.config import settings_from_dict
 from adapters.console import app_page as app_pages
 from adapters.console import customer as customer_pages
 from adapters.console.forms import iso
 from adapters.http.app import build_http_app
-from adapters.sync_runs import SyncRun, SyncRuns
+from adapters.usecases.audit import verify_lines
+from adapters.usecases.sync_runs import SyncRun, SyncRuns
 from tests import console_scenario as scenario
 from tests import recorded_stripe
 from tests.conftest import API_KEYS, config_doc, post_webhook, settle

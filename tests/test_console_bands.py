@@ -4,7 +4,7 @@ histories, within a budget (and honest about it) for long ones."""
 from __future__ import annotations
 
 from adapters.console.bands import WIDTH, permission_bands
-from domain.rules import PermissionStatus
+from domain.outcomes import PermissionStatus
 
 
 def status(code: int, expire: int | None = None) -> tuple[PermissionStatus, ...]:

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from adapters.audit import verify_file
 from adapters.bootstrap import Engine, bootstrap
 from adapters.config import settings_from_dict
 from adapters.console.forms import iso
 from adapters.http.app import build_http_app
+from adapters.usecases.audit import verify_file
 from domain.catalogue import Catalogue
 from tests import console_scenario as scenario
 from tests.conftest import config_doc, ingest, settle

@@ -22,10 +22,10 @@ from eventsourcing.persistence import (
     UUIDAsHex,
 )
 
-from adapters.eventstore import store_env
-from adapters.ingest import Webhook
+from adapters.storage.eventstore import store_env
+from adapters.storage.transcoding import OrjsonTranscoder
 from adapters.stripe.envelope import parse_event
-from adapters.transcoding import OrjsonTranscoder
+from adapters.usecases.ingest import Webhook
 from domain.aggregates import Buyer, WebhookReceipt, buyer_id
 from projections.store import split_schema
 from tests.conftest import fixture_files, make_event

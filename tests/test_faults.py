@@ -31,8 +31,8 @@ import pytest
 
 from adapters.bootstrap import Engine, bootstrap
 from adapters.config import ConfigError, settings_from_dict
-from adapters.eventstore import sqlite_path
-from adapters.projector import NICENESS, can_run_apart
+from adapters.process.projector import NICENESS, can_run_apart
+from adapters.storage.eventstore import sqlite_path
 from domain.aggregates import Buyer
 from projections.rebuild import rebuild
 from tests.conftest import POSTGRES_URL, PROJECT, config_doc, make_event, signed_headers
@@ -499,7 +499,7 @@ def test_postgres_down_webhooks_hear_503_with_retry_after_within_2_s_and_reads_5
         assert max(seconds for seconds, _ in answers) < 2.5
         # Each round's 40 bodies of 0.9 MB would add 36 MiB or more if they were kept: three
         # rounds after the first, 108 MiB. (Some 20 MiB a round may wait for the cycle
-        # collector, which the server runs rarely: adapters/runtime_tuning.py.)
+        # collector, which the server runs rarely: adapters/process/runtime_tuning.py.)
         assert resident[-1] - resident[0] < 60, f"resident MiB after each round: {resident}"
         assert (read.status_code, read.json()["error"]["code"]) == (503, 1005), read.text
         assert read.headers.get("retry-after")

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from adapters.bootstrap import Engine
-from adapters.ingest import Webhook
 from adapters.stripe.envelope import read_envelope
+from adapters.usecases.ingest import Webhook
 from tests.conftest import signed_headers
 from tests.lifecycles import FATES, lifecycle
 

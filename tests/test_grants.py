@@ -24,9 +24,9 @@ from starlette.testclient import TestClient
 
 from adapters.bootstrap import Engine, bootstrap
 from adapters.config import settings_from_dict
-from adapters.grouped_reads import GroupedReads
 from adapters.http.app import build_http_app
 from adapters.http.fast_path import FAST_PARAMS, fast_params
+from adapters.storage.grouped_reads import GroupedReads
 from domain.catalogue import Catalogue
 from domain.facts import Fact, fact_from_dict
 from domain.rules import derive

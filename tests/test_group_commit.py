@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from adapters.bootstrap import Engine
-from adapters.ingest import Outcome, Webhook
 from adapters.stripe.envelope import parse_event
+from adapters.usecases.ingest import Outcome, Webhook
 from domain.aggregates import Buyer, buyer_id
 from tests.conftest import make_event
 

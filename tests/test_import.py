@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from adapters.importing import IMPORT, Importer, Observer
 from adapters.stripe.listing import Listed, StripeAccessError, StripeLister
+from adapters.usecases.importing import IMPORT, Importer, Observer
 from domain.aggregates import Buyer, buyer_id
 from domain.catalogue import Catalogue
-from domain.rules import Entitlement
+from domain.outcomes import Entitlement
 from tests.conftest import ingest, settle
 from tests.lifecycles import CATALOGUE, DAY, T0, event, invoice, subscription
 from tests.recorded_stripe import KEY, RecordedStripe, running

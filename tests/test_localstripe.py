@@ -24,12 +24,13 @@ import requests
 import stripe
 from click.testing import CliRunner
 
-from adapters import cli, importing, reconcile
 from adapters.bootstrap import bootstrap
+from adapters.cli import main as cli
 from adapters.config import settings_from_dict
+from adapters.usecases import importing, reconcile
 from domain.aggregates import Buyer, buyer_id
 from domain.catalogue import Catalogue
-from domain.rules import Entitlement
+from domain.outcomes import Entitlement
 from tests.conftest import PROJECT, config_doc
 from tests.recorded_stripe import free_port
 

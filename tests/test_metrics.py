@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.line_items import PassSummary, count_pass
+from adapters.usecases.line_items import PassSummary, count_pass
 from tests.test_entitlements_api import AUTH, connect
 from tests.test_security import sqlite_client
 from tests.test_webhooks import _sample

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.bootstrap import Engine
-from adapters.importing import IMPORT, Observer
 from adapters.stripe.listing import Listed
 from adapters.stripe.observations import OBSERVED_AS
-from domain.rules import PermissionStatus
+from adapters.usecases.importing import IMPORT, Observer
+from domain.outcomes import PermissionStatus
 from tests.conftest import fresh_engine, ingest
 from tests.lifecycles import CATALOGUE, customids, lifecycles
 from tests.test_delivery_order import answers

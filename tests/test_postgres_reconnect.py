@@ -4,7 +4,7 @@ outage lasted.
 psycopg_pool tries again to connect after 1, 2, 4, 8... seconds: after a 20 s outage, found in
 the cluster (`scripts/cluster load --fault stop-postgres`), every host went on answering 503 for
 some 9 s more with PostgreSQL up, and the longer the outage the longer that tail. The engine
-keeps trying every second instead (adapters/eventstore.py).
+keeps trying every second instead (adapters/storage/eventstore.py).
 """
 
 from __future__ import annotations

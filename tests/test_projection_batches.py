@@ -9,6 +9,7 @@ import pytest
 
 from adapters.bootstrap import bootstrap
 from adapters.config import settings_from_dict
+from adapters.stripe.readers import STRIPE_READERS
 from domain.catalogue import Catalogue
 from domain.policy import AppPolicy
 from projections.follower import Follower
@@ -21,7 +22,7 @@ NOW = T0 + 12 * DAY  # answers derived at one instant, whichever way they were a
 
 
 def read_models() -> BuyerReadModels:
-    return BuyerReadModels({"demo": AppPolicy(), "other": AppPolicy()}, lambda: NOW)
+    return BuyerReadModels({"demo": AppPolicy(), "other": AppPolicy()}, lambda: NOW, STRIPE_READERS)
 
 
 class OneByOne:

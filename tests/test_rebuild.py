@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 
 from adapters.bootstrap import Engine, bootstrap
-from adapters.cli import main
+from adapters.cli.main import main
 from adapters.config import settings_from_dict
 from domain.aggregates import Buyer
 from domain.catalogue import Catalogue
@@ -309,7 +309,9 @@ def test_a_rebuild_after_the_second_pass_changes_exactly_the_answers_that_were_w
     """The rules changed for everyone at once (they run at query time); what the parser now
     reads differently takes a rebuild. Recorded and projected with the old reading, then
     rebuilt: the customers whose fate the old reading got wrong change, nobody else does."""
-    from projections import buyer_facts
+    from dataclasses import replace as replaced
+
+    from adapters.stripe.readers import STRIPE_READERS
     from tests.lifecycles import FATES
 
     bodies = [
@@ -319,7 +321,8 @@ def test_a_rebuild_after_the_second_pass_changes_exactly_the_answers_that_were_w
     ]
     people = customids(bodies)
     with fresh_engine(backend, CATALOGUE) as engine:
-        monkeypatch.setattr(buyer_facts, "facts_from_event", as_read_before_the_second_pass)
+        old_reading = replaced(STRIPE_READERS, facts_from_event=as_read_before_the_second_pass)
+        monkeypatch.setattr(engine.follower.projection.facts, "stripe", old_reading)
         ingest(engine, bodies)
         before = answers(engine, people)
         monkeypatch.undo()

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from adapters import cli
-from adapters.reconcile import RECONCILE, Reconciler
+from adapters.cli import main as cli
 from adapters.stripe import listing
 from adapters.stripe.listing import StripeAccessError, StripeLister
+from adapters.usecases.reconcile import RECONCILE, Reconciler
 from domain.aggregates import Buyer, buyer_id
 from domain.catalogue import Catalogue
-from domain.rules import Entitlement
+from domain.outcomes import Entitlement
 from tests.conftest import ingest, settle
 from tests.lifecycles import CATALOGUE, DAY, T0, event, population, subscription
 from tests.recorded_stripe import KEY, RecordedStripe, running

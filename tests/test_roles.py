@@ -18,7 +18,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from adapters.bootstrap import Engine, bootstrap
-from adapters.cli import main
+from adapters.cli.main import main
 from adapters.config import ConfigError, settings_from_dict
 from adapters.http import fast_path
 from adapters.http.app import build_http_app

@@ -28,13 +28,12 @@ from domain.facts import (
     PaymentSucceeded,
     SubscriptionObserved,
 )
+from domain.ordering import fact_order, in_fact_order
+from domain.outcomes import PermissionStatus
 from domain.policy import AppPolicy
 from domain.rules import (
     FactHistory,
-    PermissionStatus,
     derive,
-    fact_order,
-    in_fact_order,
     known_facts,
     permissions,
 )

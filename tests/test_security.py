@@ -24,7 +24,7 @@ from adapters.config import ConfigError, settings_from_dict
 from adapters.http.app import _api_error, build_http_app
 from adapters.http.errors import ApiError
 from adapters.http.limits import BodyLimitMiddleware, RateLimited, RateLimiter, TimeoutMiddleware
-from adapters.logging_setup import SECRET_SHAPES, JsonFormatter, log_config, redact
+from adapters.process.logging_setup import SECRET_SHAPES, JsonFormatter, log_config, redact
 from tests.conftest import API_KEYS, SECRETS, config_doc, make_event, post_webhook, signed_headers
 from tests.test_entitlements_api import (
     ALI,

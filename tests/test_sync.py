@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from adapters import cli
 from adapters.bootstrap import bootstrap
+from adapters.cli import main as cli
 from adapters.config import settings_from_dict
 from adapters.http.asgi import create_app
-from adapters.reconcile_schedule import PeriodicReconcile, lock_for
 from adapters.stripe import listing
-from adapters.sync_runs import SyncRun, SyncRuns, recorded
+from adapters.usecases.reconcile_schedule import PeriodicReconcile, lock_for
+from adapters.usecases.sync_runs import SyncRun, SyncRuns, recorded
 from domain.aggregates import Buyer, buyer_id
 from domain.catalogue import Catalogue
 from tests.conftest import config_doc, ingest, settle

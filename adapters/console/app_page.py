@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.http.recent import RecentRejections, Rejection
-from adapters.sync_runs import SyncRuns
+from adapters.usecases.sync_runs import SyncRuns
 from domain.aggregates import WebhookReceipt
 
 MINUTES = 60  # the chart's span
@@ -28,8 +28,9 @@ class Panel:
 
 
 def reconcile_panel(engine: Any, app_id: str) -> Panel | None:
-    """The differences from Stripe the app's last reconcile found (`adapters/sync_runs.py`):
-    what support checks first when access seems to have drifted from Stripe."""
+    """The differences from Stripe the app's last reconcile found
+    (`adapters/usecases/sync_runs.py`): what support checks first when access seems to have
+    drifted from Stripe."""
     run = SyncRuns(engine.log).latest(app_id).get("reconcile")
     if run is None:
         return None

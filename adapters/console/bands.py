@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from domain.rules import Entitlement, PermissionStatus
+from domain.outcomes import Entitlement, PermissionStatus
 
 WIDTH = 1000  # the SVG's user units across
 BUDGET_SECONDS = 0.1  # per band computation; kept (`BandCache`) until the history changes

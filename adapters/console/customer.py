@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from adapters.console.bands import Bands, permission_bands
-from adapters.history import entry_json
+from adapters.usecases.history import entry_json
 from domain.aggregates import Buyer
 from domain.rules import derive
 from projections.grants import EXPLAINED, NotDerivedYet

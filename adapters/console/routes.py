@@ -23,18 +23,18 @@ from starlette.routing import Match, Mount, Route, get_route_path
 from starlette.templating import Jinja2Templates
 from starlette.types import Scope
 
-from adapters.audit import customer_records, event_record, write_chain
 from adapters.console import session as sessions
 from adapters.console.app_page import app_page
 from adapters.console.bands import CODE_COLOURS, CODE_NAMES, WIDTH
 from adapters.console.customer import BandCache, Instant, customer_page, timeline_row
 from adapters.console.forms import form_fields, iso
 from adapters.console.lookup import EmailSearchUnavailable, find_customer
-from adapters.history import entry_json
 from adapters.http.errors import ApiError
 from adapters.http.params import instant, required_text
 from adapters.http.recent import RecentRejections
-from adapters.storage_errors import is_storage_error
+from adapters.storage.storage_errors import is_storage_error
+from adapters.usecases.audit import customer_records, event_record, write_chain
+from adapters.usecases.history import entry_json
 from projections.history import HistoryFilter
 
 log = logging.getLogger("entitlements.console")

@@ -30,7 +30,7 @@ from adapters.http.request_metrics import RequestMetrics
 from adapters.http.shedding import LoadShedding
 from adapters.http.sync import get_sync
 from adapters.http.webhooks import receive_stripe_webhook
-from adapters.storage_errors import is_storage_error
+from adapters.storage.storage_errors import is_storage_error
 
 log = logging.getLogger("entitlements.http")
 

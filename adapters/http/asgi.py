@@ -11,11 +11,11 @@ from adapters.bootstrap import bootstrap
 from adapters.config import load_settings
 from adapters.http import connections
 from adapters.http.app import build_http_app
-from adapters.logging_setup import configure_logging
-from adapters.projector import POLL_INTERVAL as POLL_SECONDS
-from adapters.projector import ProjectorProcess, can_run_apart
-from adapters.reconcile_schedule import PeriodicReconcile
-from adapters.runtime_tuning import tune_for_server
+from adapters.process.logging_setup import configure_logging
+from adapters.process.projector import POLL_INTERVAL as POLL_SECONDS
+from adapters.process.projector import ProjectorProcess, can_run_apart
+from adapters.process.runtime_tuning import tune_for_server
+from adapters.usecases.reconcile_schedule import PeriodicReconcile
 
 
 def create_app() -> Starlette:

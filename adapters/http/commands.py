@@ -8,11 +8,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from adapters.appending import WriteConflict
 from adapters.http.auth import authenticated_app
 from adapters.http.errors import GENERIC, ApiError, bad_request
 from adapters.http.params import json_body, required_text
-from adapters.linking import LinkNotSettled
+from adapters.storage.appending import WriteConflict
+from adapters.usecases.linking import LinkNotSettled
 from domain.catalogue import Catalogue, InvalidCatalogue
 
 

@@ -4,11 +4,11 @@ The questions apps ask most ("what may user X do now?") are answered by one inde
 grants read model (`projections/grants.py`). This ASGI layer, outermost, serves them without
 Starlette's routing, middleware and thread pool: the key is checked and the app's rate limit
 spent exactly as on the full path, and the read runs here (on SQLite, a few microseconds on this
-thread's own read-only connection; on PostgreSQL, grouped with the other questions waiting,
-`adapters/grouped_reads.py`, and refused with 503 when too many wait). Anything else (another
-route, `at` or `known_at`, a bad or missing key, a key whose role does not allow the route, a
-rate limit reached, a subscriber not found, an answer not derived yet, any error) goes on to the
-application unchanged, which answers it, errors included.
+thread's own read-only connection; on PostgreSQL, grouped with the other questions
+waiting, `adapters/storage/grouped_reads.py`, and refused with 503 when too many wait). Anything
+else (another route, `at` or `known_at`, a bad or missing key, a key whose role does not allow
+the route, a rate limit reached, a subscriber not found, an answer not derived yet, any error)
+goes on to the application unchanged, which answers it, errors included.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 from urllib.parse import parse_qsl
 
-from adapters.grouped_reads import Overloaded
 from adapters.http.auth import key_for_authorization
 from adapters.http.errors import GENERIC, ApiError, error_response
 from adapters.http.limits import ASGIApp, RateLimited, Receive, Scope, Send
 from adapters.http.params import flag, required_text
 from adapters.http.route_roles import role_needed
 from adapters.roles import allows
+from adapters.storage.grouped_reads import Overloaded
 from projections.grants import EXPLAINED, PERMISSIONS, SUBSCRIBER, NotDerivedYet
 
 log = logging.getLogger("entitlements.http")

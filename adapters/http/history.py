@@ -14,10 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from adapters.history import MAX_PAGE, HistoryPage, entry_json
 from adapters.http.auth import authenticated_app
 from adapters.http.errors import SUBSCRIBER_NOT_FOUND, ApiError, bad_request
 from adapters.http.params import instant, no_nul, required_text
+from adapters.usecases.history import MAX_PAGE, HistoryPage, entry_json
 from projections.history import HistoryFilter
 
 DEFAULT_PAGE = 100

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from adapters.eventstore import sqlite_path
+from adapters.storage.eventstore import sqlite_path
 
 log = logging.getLogger("entitlements.http")
 

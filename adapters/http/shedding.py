@@ -5,7 +5,7 @@ pool. When they arrive faster than they are answered they would queue, each wait
 the one before, until every answer is seconds late. Past `limit` requests in progress in this
 process, a new one is answered 503 with `Retry-After` instead, at once. Webhooks are not shed
 here (their group commit answers 503 itself when storage cannot keep up), nor `/healthz`.
-Questions about now on PostgreSQL are bounded where they wait (`adapters/grouped_reads.py`).
+Questions about now on PostgreSQL are bounded where they wait (`adapters/storage/grouped_reads.py`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """GET /v1/sync: the app's last backfill, import and reconcile (when, what they counted, the
-differences reconcile found), read from their record in the event log (`adapters/sync_runs.py`)."""
+differences reconcile found), read from their record in the event log
+(`adapters/usecases/sync_runs.py`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from adapters.http.auth import authenticated_app
-from adapters.sync_runs import COMMANDS, SyncRuns
+from adapters.usecases.sync_runs import COMMANDS, SyncRuns
 
 
 async def get_sync(request: Request) -> Response:

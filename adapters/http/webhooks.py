@@ -9,7 +9,6 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from adapters.group_commit import NotRecorded
 from adapters.http.body import read_limited
 from adapters.http.errors import (
     GENERIC,
@@ -20,9 +19,10 @@ from adapters.http.errors import (
 )
 from adapters.http.limits import RateLimited, limit_webhook
 from adapters.http.operations import UNKNOWN_APP_WEBHOOKS, WEBHOOK_SECONDS, WEBHOOKS
-from adapters.ingest import Outcome, Webhook
 from adapters.stripe.envelope import NotAStripeEvent, StripeEnvelope, parse_event
 from adapters.stripe.signature import BadSignature, verify_signature
+from adapters.usecases.group_commit import NotRecorded
+from adapters.usecases.ingest import Outcome, Webhook
 
 log = logging.getLogger("entitlements.webhooks")
 

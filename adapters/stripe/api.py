@@ -4,8 +4,8 @@ Only what the engine needs to read after the fact: the line items of a Checkout 
 webhooks never carry. Answers are returned as plain dicts parsed from the raw JSON body, never as
 `StripeObject`s (not dicts since stripe-python 15; their `to_dict()` turns decimal strings into
 `Decimal`, which `json.dumps` refuses). Timeouts are short and the library never retries on its
-own: the caller decides when to try again (see `adapters/line_items.py`), so an unreachable or
-slow Stripe cannot pile up requests.
+own: the caller decides when to try again (see `adapters/usecases/line_items.py`), so an
+unreachable or slow Stripe cannot pile up requests.
 """
 
 from __future__ import annotations

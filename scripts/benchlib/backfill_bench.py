@@ -20,10 +20,10 @@ from pathlib import Path
 
 import httpx
 
-from adapters.backfill import Backfill
 from adapters.bootstrap import bootstrap
-from adapters.runtime_tuning import tune_for_server
+from adapters.process.runtime_tuning import tune_for_server
 from adapters.stripe.listing import StripeLister
+from adapters.usecases.backfill import Backfill
 from benchlib import inprocess
 from benchlib.report import Row
 from benchlib.servers import free_port

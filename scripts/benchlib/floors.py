@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from adapters.logging_setup import log_config
-from adapters.runtime_tuning import tune_for_server
+from adapters.process.logging_setup import log_config
+from adapters.process.runtime_tuning import tune_for_server
 from adapters.stripe.signature import BadSignature, verify_signature
 from benchlib.storage import FloorStore, open_store
 

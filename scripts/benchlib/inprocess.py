@@ -17,10 +17,10 @@ from pathlib import Path
 
 from adapters.bootstrap import bootstrap
 from adapters.config import settings_from_dict
-from adapters.ingest import Webhook
-from adapters.runtime_tuning import tune_for_server
+from adapters.process.runtime_tuning import tune_for_server
 from adapters.stripe.envelope import parse_event
 from adapters.stripe.signature import verify_signature
+from adapters.usecases.ingest import Webhook
 from benchlib.client import percentile
 from benchlib.storage import open_store
 

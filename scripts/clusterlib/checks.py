@@ -19,7 +19,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def stored_counts(database_url: str) -> Counter[str]:
     """How many times each Stripe event id is recorded in the whole log (read, never written)."""
-    from adapters.eventstore import open_event_log
+    from adapters.storage.eventstore import open_event_log
     from domain.aggregates import Buyer
 
     log = open_event_log(database_url)

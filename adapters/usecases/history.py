@@ -16,7 +16,7 @@ from uuid import UUID
 
 import orjson
 
-from adapters.eventstore import EventLog
+from adapters.storage.eventstore import EventLog
 from adapters.stripe.facts import facts_from_event
 from adapters.stripe.observations import facts_from_observation
 from domain.aggregates import Buyer, buyer_id

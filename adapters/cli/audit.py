@@ -1,6 +1,6 @@
 """Audit commands of the `entitlements` CLI: permissions (at, known-at, why), history, export.
 
-Registered on the main group by `adapters/cli.py`. Instants are ISO 8601 (naive = UTC) or epoch
+Registered on the main group by `adapters/cli/main.py`. Instants are ISO 8601 (naive = UTC) or epoch
 seconds, as in the HTTP API.
 """
 
@@ -18,12 +18,18 @@ from typing import Any, TextIO
 import click
 from tqdm import tqdm
 
-from adapters.audit import app_records, customer_records, event_record, verify_file, write_chain
 from adapters.bootstrap import Engine, bootstrap
 from adapters.config import ConfigError, Settings, load_settings
-from adapters.history import entry_json
 from adapters.http.errors import ApiError
 from adapters.http.params import instant, required_text
+from adapters.usecases.audit import (
+    app_records,
+    customer_records,
+    event_record,
+    verify_file,
+    write_chain,
+)
+from adapters.usecases.history import entry_json
 from projections.history import HistoryFilter
 from projections.shapes import permissions_json
 

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapters.ingest import Ingestor, Outcome, Webhook
 from adapters.stripe.envelope import NotAStripeEvent, parse_event
+from adapters.usecases.ingest import Ingestor, Outcome, Webhook
 
 
 def event_files(paths: list[Path]) -> list[Path]:

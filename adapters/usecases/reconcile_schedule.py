@@ -26,10 +26,10 @@ import psycopg
 
 from adapters.bootstrap import Engine
 from adapters.config import AppConfig
-from adapters.eventstore import sqlite_path
-from adapters.reconcile import RECONCILE, Reconciler
+from adapters.storage.eventstore import sqlite_path
 from adapters.stripe.listing import StripeAccessError, StripeLister, StripeUnavailable
-from adapters.sync_runs import SyncRuns, recorded
+from adapters.usecases.reconcile import RECONCILE, Reconciler
+from adapters.usecases.sync_runs import SyncRuns, recorded
 
 log = logging.getLogger("entitlements.reconcile")
 

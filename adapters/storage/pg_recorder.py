@@ -5,7 +5,7 @@ composites as text, escaping each event's state (a 4.5 KB Stripe body) with a re
 about 130 us of CPU per webhook, more than the rest of recording it. Four arrays in binary
 format carry the same rows in the same order, in the same single statement under the same table
 lock, so notification ids and their commit order are what the library guarantees.
-Selected through the library's `APPLICATION_RECORDER_TOPIC` (adapters/eventstore.py).
+Selected through the library's `APPLICATION_RECORDER_TOPIC` (adapters/storage/eventstore.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ that choice cannot be changed later without migrating every stored event.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,32 +18,9 @@ from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import IntegrityError, ProgrammingError
 from psycopg.sql import SQL, Identifier
 
-from adapters.transcoding import OrjsonTranscoder
+from adapters.storage.transcoding import OrjsonTranscoder
 from domain.aggregates import Buyer
-
-
-class UnsupportedDatabase(ValueError):
-    pass
-
-
-def reconnect_every_second() -> None:
-    """psycopg_pool (under both the event store's pool and the read models') tries again to
-    connect after 1, 2, 4, 8... seconds: once PostgreSQL is back from a 20 s outage, hosts went
-    on answering 503 for 9 s more (scripts/cluster), longer after longer outages. Every second
-    instead (a refused connection costs nothing): back in service within about a second."""
-    from psycopg_pool.base import AttemptWithBackoff
-
-    AttemptWithBackoff.DELAY_BACKOFF = 1.0
-
-
-reconnect_every_second()
-
-
-def database_timeout() -> str:
-    """Seconds to wait for a database lock or a pooled connection before failing (a webhook then
-    gets 503, /healthz says unreachable), so that an outage is answered promptly rather than
-    after the pool's 30 s. `ENTITLEMENTS_DB_TIMEOUT` changes it (fault tests use 1); default 10."""
-    return str(int(os.environ.get("ENTITLEMENTS_DB_TIMEOUT") or 10))
+from projections.database import UnsupportedDatabase, database_timeout, sqlite_path
 
 
 class EventLog(Application):
@@ -134,14 +110,6 @@ def store_env(database_url: str) -> dict[str, str]:
     raise UnsupportedDatabase(f"unsupported database URL scheme {parts.scheme!r}")
 
 
-def sqlite_path(database_url: str) -> str:
-    """sqlite:///relative/path, sqlite:////absolute/path, or sqlite:///:memory:."""
-    path = database_url.removeprefix("sqlite://").removeprefix("/")
-    if not path:
-        raise UnsupportedDatabase("sqlite URL needs a path: sqlite:///var/entitlements.sqlite")
-    return path
-
-
 def _sqlite_env(database_url: str) -> dict[str, str]:
     path = sqlite_path(database_url)
     if path != ":memory:":
@@ -157,7 +125,7 @@ def _postgres_env(parts: Any) -> dict[str, str]:
     query = parse_qs(parts.query)
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "APPLICATION_RECORDER_TOPIC": "adapters.pg_recorder:PostgresEventRecorder",
+        "APPLICATION_RECORDER_TOPIC": "adapters.storage.pg_recorder:PostgresEventRecorder",
         "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
         # `?host=/run/postgresql` (libpq's form) reaches a local server by its Unix socket.
         "POSTGRES_HOST": query.get("host", [parts.hostname or "127.0.0.1"])[0],

@@ -14,7 +14,7 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from adapters.ingest import Ingestor, Outcome, Webhook
+from adapters.usecases.ingest import Ingestor, Outcome, Webhook
 
 log = logging.getLogger("entitlements.ingest")
 

@@ -10,12 +10,12 @@ import click
 from tqdm import tqdm
 
 from adapters.bootstrap import bootstrap
-from adapters.cli_audit import audit, history, permissions
-from adapters.cli_sync import backfill, import_objects, reconcile
+from adapters.cli.audit import audit, history, permissions
+from adapters.cli.sync import backfill, import_objects, reconcile
 from adapters.config import ConfigError, Settings, load_settings
-from adapters.logging_setup import configure_logging
-from adapters.replay import ReplaySummary, event_files, replay_file
-from adapters.runtime_tuning import tune_for_server
+from adapters.process.logging_setup import configure_logging
+from adapters.process.runtime_tuning import tune_for_server
+from adapters.usecases.replay import ReplaySummary, event_files, replay_file
 
 CONFIG_HELP = "TOML configuration (default: $ENTITLEMENTS_CONFIG, else the demo one)."
 
@@ -59,7 +59,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     import uvicorn
 
     from adapters.http.connections import GuardedHttpToolsProtocol
-    from adapters.logging_setup import log_config, write_queued_lines_on_exit_signals
+    from adapters.process.logging_setup import log_config, write_queued_lines_on_exit_signals
 
     settings = _settings()
     write_queued_lines_on_exit_signals()
@@ -213,7 +213,7 @@ def catalogue_apply(file: str, app_id: str | None, dry_run: bool) -> None:
     """Replace the catalogue from a JSON or TOML FILE (or preview it with --dry-run)."""
     import time
 
-    from adapters.catalogues import load_catalogue_file
+    from adapters.usecases.catalogues import load_catalogue_file
     from domain.catalogue import InvalidCatalogue
 
     settings = _settings()

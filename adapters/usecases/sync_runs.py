@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.appending import save_retrying
-from adapters.eventstore import EventLog
+from adapters.storage.appending import save_retrying
+from adapters.storage.eventstore import EventLog
 from adapters.stripe.listing import StripeAccessError, StripeUnavailable
 from domain.aggregates import AppSync, sync_id
 

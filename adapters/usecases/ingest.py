@@ -21,8 +21,8 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 
-from adapters.appending import at_version, next_in_history, save_retrying
-from adapters.eventstore import EventLog
+from adapters.storage.appending import at_version, next_in_history, save_retrying
+from adapters.storage.eventstore import EventLog
 from adapters.stripe.envelope import StripeEnvelope
 from domain.aggregates import Buyer, WebhookReceipt, buyer_id, receipt_id
 

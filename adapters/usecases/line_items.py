@@ -35,9 +35,9 @@ from uuid import UUID
 
 from prometheus_client import Counter
 
-from adapters.appending import save_retrying
 from adapters.config import AppConfig
-from adapters.eventstore import EventLog
+from adapters.storage.appending import save_retrying
+from adapters.storage.eventstore import EventLog
 from adapters.stripe.api import StripeApi, StripeApiError
 from domain.aggregates import Buyer, buyer_id
 from domain.facts import CheckoutCompleted, LineItemsUnresolvable

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.eventstore import EventLog
-from adapters.ingest import Ingestor, Outcome, Webhook
+from adapters.storage.eventstore import EventLog
 from adapters.stripe.envelope import NotAStripeEvent, parse_event
 from adapters.stripe.listing import Listed, StripeLister
+from adapters.usecases.ingest import Ingestor, Outcome, Webhook
 from domain.aggregates import receipt_id
 
 

@@ -12,8 +12,8 @@ import time
 
 from eventsourcing.persistence import IntegrityError
 
-from adapters.appending import MAX_ATTEMPTS, WriteConflict, at_version
-from adapters.eventstore import EventLog
+from adapters.storage.appending import MAX_ATTEMPTS, WriteConflict, at_version
+from adapters.storage.eventstore import EventLog
 from domain.aggregates import Buyer, buyer_id
 from projections.buyer_facts import CONNECT, claims_of, link_of_buyer
 from projections.follower import Follower

@@ -1,6 +1,6 @@
 """Commands that read Stripe as a second source: backfill, import and reconcile.
 
-Registered on the main group by `adapters/cli.py`. Each reads with the app's restricted key
+Registered on the main group by `adapters/cli/main.py`. Each reads with the app's restricted key
 (`stripe_api_key`, `stripe_api_base`) within `stripe_max_requests_per_second`, shows a progress
 bar, ends with a summary line, and turns what Stripe refuses into one line and exit 1.
 """
@@ -15,15 +15,15 @@ from contextlib import contextmanager
 import click
 from tqdm import tqdm
 
-from adapters.backfill import Backfill
 from adapters.bootstrap import Engine, bootstrap
-from adapters.cli_audit import _app_id, _instant, _settings
+from adapters.cli.audit import _app_id, _instant, _settings
 from adapters.config import AppConfig
-from adapters.drift import Difference
-from adapters.importing import Importer
-from adapters.reconcile import Reconciler
 from adapters.stripe.listing import StripeAccessError, StripeLister, StripeUnavailable
-from adapters.sync_runs import SyncRuns, recorded
+from adapters.usecases.backfill import Backfill
+from adapters.usecases.drift import Difference
+from adapters.usecases.importing import Importer
+from adapters.usecases.reconcile import Reconciler
+from adapters.usecases.sync_runs import SyncRuns, recorded
 
 
 def lister_of(app: AppConfig) -> StripeLister:

@@ -11,7 +11,7 @@ from pathlib import Path
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
-from adapters.eventstore import EventLog
+from adapters.storage.eventstore import EventLog
 from domain.aggregates import AppCatalogue, catalogue_id
 from domain.catalogue import Catalogue, InvalidCatalogue
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from domain.catalogue import Catalogue
 from domain.facts import Fact
+from domain.outcomes import PermissionStatus
 from domain.policy import AppPolicy
-from domain.rules import FactHistory, PermissionStatus, derive
+from domain.rules import FactHistory, derive
 
 OBSERVED_PREFIX = "observed:"  # the event id observation facts name (`observation_id`)
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.appending import next_in_history, save_retrying
-from adapters.eventstore import EventLog
+from adapters.storage.appending import next_in_history, save_retrying
+from adapters.storage.eventstore import EventLog
 from adapters.stripe.envelope import buyer_key_of
 from adapters.stripe.listing import Listed, StripeLister
 from domain.aggregates import Buyer, buyer_id

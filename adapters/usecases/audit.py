@@ -27,8 +27,8 @@ from datetime import datetime
 from typing import IO, Any
 from uuid import UUID
 
-from adapters.eventstore import EventLog
-from adapters.history import CustomerHistory
+from adapters.storage.eventstore import EventLog
+from adapters.usecases.history import CustomerHistory
 from domain.aggregates import AppCatalogue, Buyer, catalogue_id
 from projections.follower import Follower
 from projections.history import HistoryFilter

@@ -4,11 +4,12 @@ Stripe's current objects are listed as `import` lists them and observed in memor
 observation read at that instant states, `adapters/stripe/observations.py`). Each object goes
 to the customid its buyer is linked to in the engine, else the one its own metadata claims (a
 subscriber the engine never heard of is compared too); a guest payment (a charge or dispute
-naming no customer) to the customid whose facts name it. Then `adapters/drift.compare` derives
-both answers with the same rules at the same instant. Nothing is written unless `fix`: then the
-observations of every object of each drifting customid are recorded (`StripeObjectObserved`,
-command "reconcile": the history says where the correction came from), the read models catch
-up, and the customids are compared again: what still differs is reported as remaining.
+naming no customer) to the customid whose facts name it. Then `adapters/usecases/drift.compare`
+derives both answers with the same rules at the same instant. Nothing is written unless `fix`:
+then the observations of every object of each drifting customid are recorded
+(`StripeObjectObserved`, command "reconcile": the history says where the correction came from),
+the read models catch up, and the customids are compared again: what still differs is reported
+as remaining.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.bootstrap import Engine
-from adapters.drift import Difference, Facts, compare
-from adapters.importing import LISTS, Observer, wanted
 from adapters.stripe.envelope import buyer_key_of
 from adapters.stripe.listing import Listed, StripeLister
 from adapters.stripe.observations import facts_from_observation
+from adapters.usecases.drift import Difference, Facts, compare
+from adapters.usecases.importing import LISTS, Observer, wanted
 from domain.facts import Fact
 from projections.buyer_facts import (
     CUSTOMID_PREFIX,

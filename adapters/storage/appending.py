@@ -10,7 +10,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
-from adapters.eventstore import EventLog
+from adapters.storage.eventstore import EventLog
 from domain.aggregates import Buyer, buyer_id
 
 MAX_ATTEMPTS = 20

@@ -1,0 +1,1 @@
+"""Process plumbing: logs, runtime settings, and the read models' own process."""

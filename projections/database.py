@@ -1,0 +1,42 @@
+"""Database URLs and timeouts, as both stores read them: the event store
+(`adapters/storage/eventstore.py`) and the read models' (`projections/store.py`) open the same
+`sqlite:///...` or `postgresql://...` URL, wait as long for a lock, and reconnect as promptly.
+
+It lives on the read side because the read side may not import the adapters; they may import it.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class UnsupportedDatabase(ValueError):
+    pass
+
+
+def reconnect_every_second() -> None:
+    """psycopg_pool (under both the event store's pool and the read models') tries again to
+    connect after 1, 2, 4, 8... seconds: once PostgreSQL is back from a 20 s outage, hosts went
+    on answering 503 for 9 s more (scripts/cluster), longer after longer outages. Every second
+    instead (a refused connection costs nothing): back in service within about a second."""
+    from psycopg_pool.base import AttemptWithBackoff
+
+    AttemptWithBackoff.DELAY_BACKOFF = 1.0
+
+
+reconnect_every_second()
+
+
+def database_timeout() -> str:
+    """Seconds to wait for a database lock or a pooled connection before failing (a webhook then
+    gets 503, /healthz says unreachable), so that an outage is answered promptly rather than
+    after the pool's 30 s. `ENTITLEMENTS_DB_TIMEOUT` changes it (fault tests use 1); default 10."""
+    return str(int(os.environ.get("ENTITLEMENTS_DB_TIMEOUT") or 10))
+
+
+def sqlite_path(database_url: str) -> str:
+    """sqlite:///relative/path, sqlite:////absolute/path, or sqlite:///:memory:."""
+    path = database_url.removeprefix("sqlite://").removeprefix("/")
+    if not path:
+        raise UnsupportedDatabase("sqlite URL needs a path: sqlite:///var/entitlements.sqlite")
+    return path
