@@ -14,6 +14,10 @@ from adapters.history import CustomerHistory
 from adapters.ingest import Ingestor
 from adapters.line_items import CheckoutResolver
 from adapters.linking import Linker
+from adapters.outbound.publisher import Publisher
+from adapters.outbound.store import DeliveryStore
+from adapters.outbound.worker import DeliveryWorker
+from projections.announcements import Announcer
 from projections.entitlements import Entitlements
 from projections.follower import Follower
 from projections.grants import dirty_rows
@@ -49,6 +53,10 @@ class Engine:
     clock: Clock
     # Questions about now from HTTP, read together (None: reads are local, ask directly).
     grouped_reads: GroupedReads | None
+    # Outbound webhooks: where deliveries live, and the worker that sends them (run by the
+    # projector: `entitlements project`; None when no app has an endpoint).
+    deliveries: DeliveryStore | None = None
+    outbound: DeliveryWorker | None = None
 
     def wait_until_derived(
         self, position: int, app_id: str | None = None, timeout: float = WAIT_SECONDS
@@ -73,6 +81,8 @@ class Engine:
     def close(self) -> None:
         if self.grouped_reads is not None:
             self.grouped_reads.close()
+        if self.outbound is not None:
+            self.outbound.stop()
         self.writer.stop()
         self.resolver.stop()
         self.follower.stop()
@@ -85,7 +95,12 @@ def bootstrap(settings: Settings) -> Engine:
     views = open_view_store(settings.database_url)
     clock = Clock()
     policies = {app_id: app.policy for app_id, app in settings.apps.items()}
-    follower = Follower(log, views, BuyerReadModels(policies, clock))
+    read_models = BuyerReadModels(policies, clock)
+    endpoints = {a: app.endpoints for a, app in settings.apps.items() if app.endpoints}
+    if endpoints:  # only apps with endpoints record their changes: nobody else is told
+        read_models.grants.announcer = Announcer(endpoints, read_models.name)
+    follower = Follower(log, views, read_models)
+    deliveries = DeliveryStore(views)
     catalogues = Catalogues(log)
     for app in settings.apps.values():
         if app.catalogue_file is not None:
@@ -106,4 +121,10 @@ def bootstrap(settings: Settings) -> Engine:
         writer=GroupCommitWriter(ingestor),
         clock=clock,
         grouped_reads=GroupedReads(entitlements.now_many) if views.remote else None,
+        deliveries=deliveries,
+        outbound=(
+            DeliveryWorker(deliveries, Publisher(log, deliveries, endpoints), endpoints)
+            if endpoints
+            else None
+        ),
     )

@@ -34,6 +34,7 @@ from domain.catalogue import Catalogue
 from domain.clock import Instant
 from domain.policy import AppPolicy
 from domain.rules import FactHistory, derive
+from projections.announcements import Announcer, CauseOf, batch_causes, due_causes
 from projections.buyer_facts import (
     PAYMENT_PREFIX,
     Claim,
@@ -86,6 +87,7 @@ class _Batch:
     touched: list[Touched] = field(default_factory=list)
     end: int = 0  # the batch's last position
     everything: bool = False  # an event of an unknown kind: every row is due
+    applied: list[tuple[Touched, Any]] = field(default_factory=list)  # why rows are derived
 
 
 class GrantsProjection:
@@ -102,6 +104,8 @@ class GrantsProjection:
         # end (`seed`, then `derive_due`), rather than a customer once per batch of its events.
         self.deferred: set[int] = set()
         self._batches: dict[Cursor, _Batch] = {}
+        # Outbound webhooks: told of every answer derived again (projections/announcements.py).
+        self.announcer: Announcer | None = None
 
     @contextlib.contextmanager
     def bulk(self, generation: int) -> Iterator[None]:
@@ -117,6 +121,8 @@ class GrantsProjection:
     def create_tables(self, cursor: Cursor) -> None:
         for statement in SCHEMA:
             cursor.execute(statement)
+        if self.announcer is not None:
+            self.announcer.create_tables(cursor)
 
     @contextlib.contextmanager
     def batch(self, cursor: Cursor) -> Iterator[None]:
@@ -130,7 +136,8 @@ class GrantsProjection:
                 cursor.execute("UPDATE customer_grants SET due = 0")
             elif not self._deferred(cursor):
                 affected = affected_customids(cursor, state.touched)
-                self.derive(cursor, sorted(affected), revision=state.end)
+                causes = batch_causes(state.applied)
+                self.derive(cursor, sorted(affected), revision=state.end, causes=causes)
         finally:
             self._batches.pop(cursor, None)
 
@@ -142,12 +149,14 @@ class GrantsProjection:
         state = self._batches.get(cursor)
         if state is None:  # outside a batch: one event at a time
             if touched is not None and not self._deferred(cursor):
-                self.derive(cursor, sorted(affected_customids(cursor, [touched])), position)
+                causes = batch_causes([(touched, event)])
+                self.derive(cursor, sorted(affected_customids(cursor, [touched])), position, causes)
             return
         state.end = max(state.end, position)
         if touched is not None:
             state.everything |= touched.everything
             state.touched.append(touched)
+            state.applied.append((touched, event))
 
     def _apply_catalogue(self, cursor: Cursor, position: int, event: AppCatalogue.Event) -> None:
         uuid = str(event.originator_id)
@@ -170,10 +179,15 @@ class GrantsProjection:
     # --- deriving ----------------------------------------------------------------------------
 
     def derive(
-        self, cursor: Cursor, customids: Iterable[tuple[str, str]], revision: int | None
+        self,
+        cursor: Cursor,
+        customids: Iterable[tuple[str, str]],
+        revision: int | None,
+        causes: CauseOf | None = None,
     ) -> None:
         """Derive the answers of these (app id, customid) now and write them; `revision` None:
-        what they were derived from is unchanged (time, a catalogue or a policy changed)."""
+        what they were derived from is unchanged (time, a catalogue or a policy changed).
+        `causes` says why, for the changes announced (`_announce`)."""
         now = int(self.clock())
         by_app: dict[str, list[str]] = {}
         for app_id, customid in customids:
@@ -192,6 +206,7 @@ class GrantsProjection:
                     continue
                 kept = revisions.get(customid, 0) if revision is None else revision
                 rows.append(self._row(app_id, customid, facts, claims, catalogue, now, kept))
+            self._announce(cursor, app_id, rows, [c for _, c in gone], causes, now)
             if gone:
                 cursor.executemany(
                     "DELETE FROM customer_grants WHERE app_id = ? AND customid = ?", gone
@@ -225,16 +240,35 @@ class GrantsProjection:
             now,
         )
 
+    def _announce(
+        self,
+        cursor: Cursor,
+        app_id: str,
+        rows: list[tuple[Any, ...]],
+        gone: list[str],
+        causes: CauseOf | None,
+        now: int,
+    ) -> None:
+        """Hand the new answers to the announcer (outbound webhooks), before they are written:
+        it compares them with what was announced last. Someone gone has never bought anything."""
+        if self.announcer is None or not self.announcer.wants(app_id):
+            return
+        answers = {row[1]: row[2] for row in rows}
+        if gone:
+            never = _never_bought(catalogue_text(cursor, app_id), False)
+            answers.update((c, _text({"subscriberId": c, "all": never})) for c in gone)
+        self.announcer.announce(cursor, app_id, answers, causes or due_causes({}), now)
+
     def derive_due(self, cursor: Cursor, limit: int = DUE_CHUNK) -> int:
         """Derive up to `limit` rows whose time has come (or that are due now); how many."""
         cursor.execute(
-            "SELECT app_id, customid FROM customer_grants WHERE due IS NOT NULL AND due <= ? "
+            "SELECT app_id, customid, due FROM customer_grants WHERE due IS NOT NULL AND due <= ? "
             "ORDER BY due, app_id, customid LIMIT ?",
             (int(self.clock()), limit),
         )
-        due = [(app_id, customid) for app_id, customid in cursor.fetchall()]
-        self.derive(cursor, due, revision=None)
-        return len(due)
+        dues = {(app_id, customid): int(due) for app_id, customid, due in cursor.fetchall()}
+        self.derive(cursor, list(dues), revision=None, causes=due_causes(dues))
+        return len(dues)
 
     def seed(self, cursor: Cursor, position: int) -> None:
         """Make every linked customid's row due now, where it has none (a database written

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from domain.aggregates import WebhookReceipt
+from domain.announcements import ChangeLog
 from domain.policy import AppPolicy
 from projections.buyer_facts import BuyerFactsProjection
 from projections.grants import DUE_CHUNK, GrantsProjection
@@ -24,8 +25,9 @@ class BuyerReadModels:
     name = "buyer_read_models"
     tables = BuyerFactsProjection.tables + HistoryProjection.tables + GrantsProjection.tables
     indexes = BuyerFactsProjection.indexes + HistoryProjection.indexes + GrantsProjection.indexes
-    # Receipts only guard against redelivery: no read model reads them.
-    ignored_topics = frozenset({WebhookReceipt.Created.TOPIC})
+    # Receipts only guard against redelivery, and change logs record what was announced (from
+    # these read models): no read model reads them.
+    ignored_topics = frozenset({WebhookReceipt.Created.TOPIC, ChangeLog.PermissionsChanged.TOPIC})
 
     def __init__(self, policies: Mapping[str, AppPolicy], clock: Callable[[], float]) -> None:
         self.facts = BuyerFactsProjection()
