@@ -5,6 +5,7 @@ then POSTed, signed, to each endpoint of its app, in order, at least once. A rea
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -13,8 +14,7 @@ import stripe
 from starlette.testclient import TestClient
 
 from adapters.bootstrap import Engine
-from adapters.outbound.store import Outcome
-from adapters.outbound.worker import DeliveryWorker, next_attempt
+from adapters.outbound.worker import DeliveryWorker
 from domain.announcements import ChangeLog, change_log_id
 from tests.conftest import config_doc, post_webhook, settle
 from tests.receiver import Receiver
@@ -106,3 +106,90 @@ def test_the_change_is_on_the_customids_change_log_before_it_is_sent(client, sen
     assert isinstance(event, ChangeLog.PermissionsChanged)
     assert (event.originator_version, event.customid, event.app_id) == (1, "u1", "demo")
     assert event.change_id.startswith("pc_")
+
+
+def test_a_webhook_that_changes_nothing_and_a_redelivery_send_nothing(client, sending, receivers):
+    setup_catalogue(client)
+    checkout = payment_checkout("cs_u1", "pi_u1", customid="u1", sku="lifetime")
+    deliver(client, checkout)
+    receivers["demo"].wait_for(1)
+    deliver(client, checkout)  # Stripe redelivers it
+    again = payment_checkout("cs_u1", "pi_u1", customid="u1", sku="lifetime")
+    again["id"] = "evt_same_again"  # another event saying the same: the answer is unchanged
+    deliver(client, again)
+    time.sleep(0.5)
+    assert len(receivers["demo"].received) == 1
+    assert client.app.state.engine.deliveries.waiting() == 0
+
+
+def test_sequence_rises_by_one_per_change_of_a_customid(client, sending, receivers, engine):
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    receivers["demo"].wait_for(1)
+    # The catalogue drops the lifetime SKU: u1 loses premium (a second change, by the catalogue).
+    smaller = {**CATALOGUE, "permissions": [{"permissionId": "premium", "skuIds": ["pass_30d"]}]}
+    setup_catalogue(client, smaller)
+    first, second = receivers["demo"].wait_for(2)
+    assert [first["data"]["sequence"], second["data"]["sequence"]] == [1, 2]
+    assert second["data"]["cause"] == {"kind": "catalogue"}
+    assert second["data"]["changes"][0]["to"] == {"entitlement": -9, "expireDate": None}
+    assert second["data"]["permissions"] == answer(client, "u1")
+
+
+def test_a_catalogue_change_fans_out_to_every_affected_customid(client, sending, receivers):
+    setup_catalogue(client)
+    buyers = [f"u{i}" for i in range(12)]
+    for customid in buyers:
+        lifetime(client, customid)
+    receivers["demo"].wait_for(len(buyers))
+    renamed = {**CATALOGUE, "permissions": [{"permissionId": "gold", "skuIds": ["lifetime"]}]}
+    setup_catalogue(client, renamed)
+    bodies = receivers["demo"].wait_for(2 * len(buyers))[len(buyers) :]
+    assert sorted(b["data"]["customid"] for b in bodies) == sorted(buyers)
+    for body in bodies:
+        changed = {c["permissionId"]: c for c in body["data"]["changes"]}
+        assert changed["gold"]["to"]["entitlement"] == 3
+        assert changed["premium"]["to"]["entitlement"] == -9
+        assert body["data"]["cause"] == {"kind": "catalogue"}
+        assert body["data"]["sequence"] == 2
+
+
+def test_a_time_driven_change_is_sent_within_a_second_of_its_instant(client, sending, receivers):
+    engine = client.app.state.engine
+    setup_catalogue(client)
+    checkout = payment_checkout("cs_pass", "pi_pass", customid="buyer", product="prod_PASS")
+    engine.clock.fixed = checkout["created"] + 60
+    deliver(client, checkout)
+    receivers["demo"].wait_for(1)
+    engine.clock.fixed = checkout["created"] + 30 * DAY  # the pass runs out now
+    moved = time.time()
+    _, ended = receivers["demo"].wait_for(2, timeout=5)
+    assert receivers["demo"].received[1].at - moved < 1.0
+    assert ended["data"]["cause"] == {"kind": "time"}
+    assert ended["data"]["changes"] == [
+        {
+            "permissionId": "premium",
+            "glassfyEventType": 5004,
+            "from": {"entitlement": 3, "expireDate": checkout["created"] + 30 * DAY},
+            "to": {"entitlement": -5, "expireDate": checkout["created"] + 30 * DAY},
+        }
+    ]
+
+
+def test_tenants_hear_only_their_own_changes(client, sending, receivers):
+    setup_catalogue(client)
+    response = client.put("/v1/catalogue", json=CATALOGUE, headers=OTHER_AUTH)
+    assert response.status_code == 200
+    lifetime(client, "u1")
+    checkout = payment_checkout("cs_o", "pi_o", customid="o1", sku="lifetime")
+    assert post_webhook(client, json.dumps(checkout), app_id="other").status_code == 200
+    settle(client.app.state.engine)
+    [mine] = receivers["demo"].wait_for(1)
+    [theirs] = receivers["other"].wait_for(1)
+    verified(receivers["other"], "other")
+    assert (mine["app"], mine["data"]["customid"]) == ("demo", "u1")
+    assert (theirs["app"], theirs["data"]["customid"]) == ("other", "o1")
+    time.sleep(0.3)
+    assert len(receivers["demo"].received) == len(receivers["other"].received) == 1
+    listed = client.get("/v1/deliveries", headers=OTHER_AUTH).json()["deliveries"]
+    assert [d["customid"] for d in listed] == ["o1"]
