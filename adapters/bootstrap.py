@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from adapters.history import CustomerHistory
 from adapters.ingest import Ingestor
 from adapters.line_items import CheckoutResolver
 from adapters.linking import Linker
+from adapters.outbound import sender
 from adapters.outbound.publisher import Publisher
 from adapters.outbound.store import DeliveryStore
 from adapters.outbound.worker import DeliveryWorker
@@ -90,6 +92,12 @@ class Engine:
         self.log.close()
 
 
+def delivery_timeout() -> float:
+    """Seconds a delivery's POST may take (10, PRODUCT.md); `ENTITLEMENTS_DELIVERY_TIMEOUT`
+    shortens it for tests that kill a worker mid-flight (its lease outlives it by 5 s)."""
+    return float(os.environ.get("ENTITLEMENTS_DELIVERY_TIMEOUT") or sender.TIMEOUT)
+
+
 def bootstrap(settings: Settings) -> Engine:
     log = open_event_log(settings.database_url)
     views = open_view_store(settings.database_url)
@@ -123,7 +131,12 @@ def bootstrap(settings: Settings) -> Engine:
         grouped_reads=GroupedReads(entitlements.now_many) if views.remote else None,
         deliveries=deliveries,
         outbound=(
-            DeliveryWorker(deliveries, Publisher(log, deliveries, endpoints), endpoints)
+            DeliveryWorker(
+                deliveries,
+                Publisher(log, deliveries, endpoints),
+                endpoints,
+                timeout=delivery_timeout(),
+            )
             if endpoints
             else None
         ),

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from adapters.bootstrap import bootstrap
 from adapters.cli_audit import audit, history, permissions
+from adapters.cli_deliveries import deliveries
 from adapters.cli_sync import backfill, import_objects
 from adapters.config import ConfigError, Settings, load_settings
 from adapters.logging_setup import configure_logging
@@ -170,6 +171,8 @@ def project(once: bool, poll: float, parent: int | None, nice: int) -> None:
             configure_logging()
             tune_for_server()
         thread = follower.start_background(poll)
+        if engine.outbound is not None:  # outbound webhooks: sent from this process
+            engine.outbound.start()
         # An orphan is adopted by another process: its parent id changes.
         while thread.is_alive() and parent in (None, os.getppid()):
             thread.join(timeout=0.5)
@@ -239,7 +242,7 @@ def catalogue_apply(file: str, app_id: str | None, dry_run: bool) -> None:
     click.echo("catalogue replaced" if changed else "catalogue unchanged")
 
 
-for _command in (permissions, history, audit, backfill, import_objects):  # cli_audit, cli_sync
+for _command in (permissions, history, audit, backfill, import_objects, deliveries):
     main.add_command(_command)
 
 

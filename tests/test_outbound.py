@@ -55,6 +55,15 @@ def sending(client: TestClient, engine: Engine) -> DeliveryWorker:
     return engine.outbound
 
 
+def eventually(condition: Any, timeout: float = 5.0) -> Any:
+    """The condition's first truthy value, polled (fails after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "still not so after the timeout"
+        time.sleep(0.02)
+    return value
+
+
 def verified(receiver: Receiver, app_id: str = "demo") -> list[dict[str, Any]]:
     """Every body received, each signature checked as an app would, with stripe's library."""
     for got in receiver.received:
@@ -193,3 +202,170 @@ def test_tenants_hear_only_their_own_changes(client, sending, receivers):
     assert len(receivers["demo"].received) == len(receivers["other"].received) == 1
     listed = client.get("/v1/deliveries", headers=OTHER_AUTH).json()["deliveries"]
     assert [d["customid"] for d in listed] == ["o1"]
+
+
+# --- When the endpoint fails --------------------------------------------------------------
+
+
+def failing(times: int, status: int = 500) -> Any:
+    """An answer that fails the first `times` requests, then succeeds."""
+    left = [times]
+
+    def answer(_: Any) -> int:
+        left[0] -= 1
+        return status if left[0] >= 0 else 200
+
+    return answer
+
+
+def test_a_500_is_retried_and_change_2_waits_for_change_1(client, sending, receivers):
+    receiver = receivers["demo"]
+    receiver.answer = failing(1)
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    receiver.wait_for(1)
+    smaller = {**CATALOGUE, "permissions": [{"permissionId": "premium", "skuIds": ["pass_30d"]}]}
+    setup_catalogue(client, smaller)  # change 2 of u1, while change 1 waits for its retry
+    bodies = receiver.wait_for(3, timeout=10)
+    assert [b["data"]["sequence"] for b in bodies] == [1, 1, 2]
+    assert bodies[0]["id"] == bodies[1]["id"]  # the same change, sent again
+    retry_after = receiver.received[1].at - receiver.received[0].at
+    assert 1.5 <= retry_after <= 4.0  # the first retry within a few seconds
+    verified(receiver)
+
+
+def test_a_receiver_down_then_back_gets_everything(client, sending, receivers, engine):
+    receiver = receivers["demo"]
+    receiver.stop()
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    lifetime(client, "u2")
+    [failed, *_] = eventually(lambda: engine.deliveries.listing("demo", "failed", 10))
+    assert failed["attempts"] == 1 and failed["lastStatus"] is None
+    receiver.start()
+    bodies = receiver.wait_for(2, timeout=10)
+    assert sorted(b["data"]["customid"] for b in bodies) == ["u1", "u2"]
+    eventually(lambda: engine.deliveries.waiting() == 0)
+
+
+def test_a_timeout_is_a_failure_then_retried(client, engine, receivers):
+    assert engine.outbound is not None
+    worker = DeliveryWorker(
+        engine.deliveries, engine.outbound.publisher, engine.outbound.endpoints, timeout=0.5
+    )
+    engine.outbound = worker
+    worker.start()
+    receiver = receivers["demo"]
+    slow = [True]
+
+    def answer(_: Any) -> int:
+        if slow.pop() if slow else False:
+            time.sleep(1.0)  # past the worker's timeout: the 2xx comes too late
+        return 200
+
+    receiver.answer = answer
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    first, second = receiver.wait_for(2, timeout=10)
+    assert first["id"] == second["id"]
+    [delivered] = eventually(lambda: engine.deliveries.listing("demo", "delivered", 10))
+    assert delivered["attempts"] == 2
+
+
+def test_after_three_days_of_failures_it_is_dead_and_can_be_redelivered(
+    client, sending, receivers, engine
+):
+    receiver = receivers["demo"]
+    receiver.answer = lambda _: 503
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    receiver.wait_for(1)
+    # Its retries began three days ago: the next failure is its last.
+    with engine.views.transaction() as cursor:
+        cursor.execute(
+            "UPDATE deliveries SET retry_since = ?, next_attempt_at = 0", (time.time() - 3 * DAY,)
+        )
+    sending.poke()
+    receiver.wait_for(2)
+    dead = eventually(lambda: listed(client, "dead"))
+    assert dead[0]["lastStatus"] == 503 and dead[0]["nextAttemptAt"] is None
+    receiver.answer = lambda _: 200
+    response = client.post(f"/v1/deliveries/{dead[0]['id']}/redeliver", headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json()["delivery"]["status"] == "pending"
+    receiver.wait_for(3)
+    eventually(lambda: listed(client, "delivered"))
+    assert listed(client, "dead") == []
+
+
+def test_a_dead_change_does_not_hold_up_the_next(client, sending, receivers, engine):
+    receiver = receivers["demo"]
+    receiver.answer = lambda got: 500 if got.json["data"]["sequence"] == 1 else 200
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    receiver.wait_for(1)
+    with engine.views.transaction() as cursor:
+        cursor.execute(
+            "UPDATE deliveries SET retry_since = ?, next_attempt_at = 0", (time.time() - 3 * DAY,)
+        )
+    smaller = {**CATALOGUE, "permissions": [{"permissionId": "premium", "skuIds": ["pass_30d"]}]}
+    setup_catalogue(client, smaller)
+    sending.poke()
+    bodies = receiver.wait_for(3)
+    assert [b["data"]["sequence"] for b in bodies] == [1, 1, 2]
+
+
+# --- The admin's routes and commands ------------------------------------------------------
+
+
+def listed(client: TestClient, status: str | None = None, auth=AUTH) -> list[dict[str, Any]]:
+    params = {"status": status} if status else {}
+    response = client.get("/v1/deliveries", params=params, headers=auth)
+    assert response.status_code == 200, response.text
+    return response.json()["deliveries"]
+
+
+def test_deliveries_are_listed_by_status(client, sending, receivers):
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    receivers["demo"].wait_for(1)
+    eventually(lambda: listed(client, "delivered"))
+    [delivery] = listed(client)
+    assert delivery["customid"] == "u1" and delivery["sequence"] == 1
+    assert delivery["changeId"] == receivers["demo"].bodies()[0]["id"]
+    assert delivery["url"] == receivers["demo"].url
+    assert listed(client, "pending") == listed(client, "dead") == []
+    assert listed(client, auth=OTHER_AUTH) == []
+
+
+def test_bad_requests_get_glassfys_envelope(client):
+    for params in ({"status": "lost"}, {"limit": "0"}, {"limit": "x"}, {"limit": "1001"}):
+        response = client.get("/v1/deliveries", params=params, headers=AUTH)
+        assert response.status_code == 400, params
+        assert response.json()["error"]["code"] == 1010
+    missing = client.post("/v1/deliveries/dl_nothing/redeliver", headers=AUTH)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == 1010
+    assert client.get("/v1/deliveries").status_code == 401
+    assert client.post("/v1/endpoints/test").status_code == 401
+
+
+def test_an_app_cannot_redeliver_another_apps_delivery(client, sending, receivers):
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    receivers["demo"].wait_for(1)
+    [delivery] = listed(client)
+    response = client.post(f"/v1/deliveries/{delivery['id']}/redeliver", headers=OTHER_AUTH)
+    assert response.status_code == 404
+
+
+def test_endpoints_test_posts_a_signed_test_event(client, receivers):
+    response = client.post("/v1/endpoints/test", headers=AUTH)
+    assert response.status_code == 200, response.text
+    [result] = response.json()["endpoints"]
+    assert result == {"url": receivers["demo"].url, "delivered": True, "status": 200, "error": None}
+    [body] = verified(receivers["demo"])
+    assert body["type"] == "endpoint.test" and body["app"] == "demo"
+    assert receivers["other"].received == []
+    receivers["demo"].stop()
+    [down] = client.post("/v1/endpoints/test", headers=AUTH).json()["endpoints"]
+    assert down["delivered"] is False and down["status"] is None and down["error"]
