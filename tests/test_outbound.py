@@ -344,7 +344,7 @@ def test_bad_requests_get_glassfys_envelope(client):
         assert response.status_code == 400, params
         assert response.json()["error"]["code"] == 1010
     missing = client.post("/v1/deliveries/dl_nothing/redeliver", headers=AUTH)
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == 1010
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == 1005
     assert client.get("/v1/deliveries").status_code == 401
     assert client.post("/v1/endpoints/test").status_code == 401
 

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from adapters.http.auth import authenticated_app
-from adapters.http.errors import INVALID_PARAMETER, ApiError, bad_request
+from adapters.http.errors import GENERIC, ApiError, bad_request
 from adapters.http.params import required_text
 from adapters.outbound import sender
 from adapters.outbound.store import STATUSES
@@ -43,7 +43,7 @@ async def redeliver(request: Request) -> JSONResponse:
     engine = request.app.state.engine
     found = await run_in_threadpool(engine.deliveries.redeliver, app.app_id, delivery, time.time())
     if found is None:
-        raise ApiError(404, INVALID_PARAMETER, f"no delivery {delivery[:64]!r}")
+        raise ApiError(404, GENERIC, f"no delivery {delivery[:64]!r}")
     if engine.outbound is not None:  # a worker in this process: now rather than at its poll
         engine.outbound.poke()
     return JSONResponse({"delivery": found})
