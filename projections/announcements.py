@@ -207,3 +207,8 @@ def due_causes(dues: dict[tuple[str, str], int]) -> CauseOf:
     return lambda app_id, customid: Cause(
         "catalogue" if dues.get((app_id, customid)) == 0 else "time"
     )
+
+
+def rebuilt(app_id: str, customid: str) -> Cause:
+    """A rebuild's switch (a rule or parser fix) changed the answer."""
+    return Cause("rebuild")

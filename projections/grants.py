@@ -34,7 +34,7 @@ from domain.catalogue import Catalogue
 from domain.clock import Instant
 from domain.policy import AppPolicy
 from domain.rules import FactHistory, derive
-from projections.announcements import Announcer, CauseOf, batch_causes, due_causes
+from projections.announcements import Announcer, CauseOf, batch_causes, due_causes, rebuilt
 from projections.buyer_facts import (
     PAYMENT_PREFIX,
     Claim,
@@ -258,6 +258,20 @@ class GrantsProjection:
             never = _never_bought(catalogue_text(cursor, app_id), False)
             answers.update((c, _text({"subscriberId": c, "all": never})) for c in gone)
         self.announcer.announce(cursor, app_id, answers, causes or due_causes({}), now)
+
+    def announce_rebuilt(self, cursor: Cursor) -> None:
+        """After a rebuild's switch, in its transaction: every answer that differs from the
+        one last announced (a rule or parser fix) is announced, once, as caused by the rebuild."""
+        if self.announcer is None:
+            return
+        for app_id in sorted(self.announcer.apps):
+            cursor.execute(
+                "SELECT customid, permissions FROM customer_grants "
+                "WHERE app_id = ? AND permissions IS NOT NULL",
+                (app_id,),
+            )
+            answers = dict(cursor.fetchall())
+            self.announcer.announce(cursor, app_id, answers, rebuilt, int(self.clock()))
 
     def derive_due(self, cursor: Cursor, limit: int = DUE_CHUNK) -> int:
         """Derive up to `limit` rows whose time has come (or that are due now); how many."""

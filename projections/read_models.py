@@ -63,6 +63,11 @@ class BuyerReadModels:
     def seed(self, cursor: Cursor, position: int) -> None:
         self.grants.seed(cursor, position)
 
+    def activated(self, cursor: Cursor) -> None:
+        """A rebuilt generation now answers (in the switch's transaction): announce the
+        answers it corrected (`GrantsProjection.announce_rebuilt`)."""
+        self.grants.announce_rebuilt(cursor)
+
     def bulk(self, generation: int) -> contextlib.AbstractContextManager[None]:
         """A rebuild's bulk pass of `generation`: answers are derived at its end, not per batch."""
         return self.grants.bulk(generation)

@@ -18,7 +18,7 @@ from typing import Any
 
 from adapters.eventstore import EventLog
 from domain.aggregates import AppCatalogue, Buyer, catalogue_id
-from projections.follower import TRACKING_SCHEMA, Follower, Projection
+from projections.follower import TRACKING_SCHEMA, Follower, Projection, on_generation
 from projections.generations import SCHEMA as GENERATIONS_SCHEMA
 from projections.generations import (
     activate,
@@ -78,6 +78,9 @@ def rebuild(
     with store.transaction() as cursor:
         if not activate(cursor, projection.name, old, new):
             raise RebuildRaced(projection.name)
+        activated = getattr(projection, "activated", None)  # with the switch, or not at all
+        if activated is not None:
+            activated(on_generation(cursor, projection, new))
     return RebuildReport(projection.name, old, new, events, time.monotonic() - started)
 
 

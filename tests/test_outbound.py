@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from adapters.bootstrap import Engine
 from adapters.outbound.worker import DeliveryWorker
 from domain.announcements import ChangeLog, change_log_id
+from projections.rebuild import rebuild
 from tests.conftest import config_doc, post_webhook, settle
 from tests.receiver import Receiver
 from tests.test_entitlements_api import (
@@ -369,3 +370,30 @@ def test_endpoints_test_posts_a_signed_test_event(client, receivers):
     receivers["demo"].stop()
     [down] = client.post("/v1/endpoints/test", headers=AUTH).json()["endpoints"]
     assert down["delivered"] is False and down["status"] is None and down["error"]
+
+
+def test_a_rebuild_that_corrects_an_answer_announces_it(client, sending, receivers, engine):
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    receivers["demo"].wait_for(1)
+    # As if an older rule had answered (and announced) AutoRenewOn for this lifetime purchase:
+    with engine.views.transaction() as cursor:
+        cursor.execute(
+            "UPDATE announced_answers SET summary = ? WHERE customid = 'u1'",
+            ('{"premium": [5, null], "course": [-9, null]}',),
+        )
+    rebuild(engine.log, engine.views, engine.follower.projection)
+    _, fixed = receivers["demo"].wait_for(2)
+    assert fixed["data"]["cause"] == {"kind": "rebuild"}
+    assert fixed["data"]["sequence"] == 2
+    assert fixed["data"]["changes"] == [
+        {
+            "permissionId": "premium",
+            "glassfyEventType": None,
+            "from": {"entitlement": 5, "expireDate": None},
+            "to": {"entitlement": 3, "expireDate": None},
+        }
+    ]
+    rebuild(engine.log, engine.views, engine.follower.projection)  # nothing to correct now
+    time.sleep(0.3)
+    assert len(receivers["demo"].received) == 2
