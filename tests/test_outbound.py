@@ -11,13 +11,16 @@ from typing import Any
 
 import pytest
 import stripe
+from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from adapters.bootstrap import Engine
+from adapters.cli import main
 from adapters.outbound.worker import DeliveryWorker
 from domain.announcements import ChangeLog, change_log_id
+from domain.catalogue import Catalogue
 from projections.rebuild import rebuild
-from tests.conftest import config_doc, post_webhook, settle
+from tests.conftest import config_doc, ingest, post_webhook, settle
 from tests.receiver import Receiver
 from tests.test_entitlements_api import (
     AUTH,
@@ -397,3 +400,99 @@ def test_a_rebuild_that_corrects_an_answer_announces_it(client, sending, receive
     rebuild(engine.log, engine.views, engine.follower.projection)  # nothing to correct now
     time.sleep(0.3)
     assert len(receivers["demo"].received) == 2
+
+
+def test_a_link_is_the_cause_of_the_change_it_makes(client, sending, receivers):
+    setup_catalogue(client)
+    checkout = payment_checkout("cs_c", "pi_c", sku="lifetime")
+    checkout["data"]["object"]["customer"] = "cus_linked"
+    deliver(client, checkout)  # bought by a Stripe customer linked to nobody yet
+    time.sleep(0.3)
+    assert receivers["demo"].received == []
+    response = client.post(
+        "/v1/connect_stripe", json={"customid": "u9", "customerid": "cus_linked"}, headers=AUTH
+    )
+    assert response.status_code == 200, response.text
+    [body] = receivers["demo"].wait_for(1)
+    assert body["data"]["customid"] == "u9"
+    assert body["data"]["cause"] == {"kind": "link"}
+
+
+# --- Crashes between the steps --------------------------------------------------------------
+
+
+def test_a_projector_batch_rolled_back_announces_its_change_once(engine, receivers):
+    engine.catalogues.replace("demo", Catalogue.from_json(CATALOGUE))
+    ingest(engine, [json.dumps(payment_checkout("cs_1", "pi_1", customid="u1", sku="lifetime"))])
+    announcer = engine.follower.projection.grants.announcer
+    real = announcer.announce
+    crashes = [RuntimeError("killed before the commit")]
+
+    def announce_then_crash(*args: Any) -> int:
+        count = real(*args)
+        if count and crashes:
+            raise crashes.pop()
+        return count
+
+    announcer.announce = announce_then_crash
+    with pytest.raises(RuntimeError):
+        engine.project()
+    engine.project()  # the same batch, applied again
+    assert [(c, s) for _, c, s, _ in engine.deliveries.unappended(10)] == [("u1", 1)]
+
+
+def test_a_publisher_killed_after_appending_neither_loses_nor_repeats(engine, receivers):
+    engine.catalogues.replace("demo", Catalogue.from_json(CATALOGUE))
+    bodies = [payment_checkout(f"cs_{c}", f"pi_{c}", customid=c, sku="lifetime") for c in "ab"]
+    ingest(engine, [json.dumps(body) for body in bodies])
+    engine.project()
+    publisher = engine.outbound.publisher
+
+    def killed(*_: Any) -> int:
+        raise RuntimeError("killed after the append, before the mark")
+
+    engine.deliveries.appended = killed  # on the event log; not marked, no deliveries
+    with pytest.raises(RuntimeError):
+        publisher.publish()
+    del engine.deliveries.appended
+    assert publisher.publish() == 2  # appended again: the versions collide, then marked
+    assert publisher.publish() == 0
+    for customid in "ab":
+        [event] = engine.log.events.get(change_log_id("demo", customid))
+        assert event.originator_version == 1
+    assert sorted(d["customid"] for d in engine.deliveries.listing("demo", "pending", 10)) == [
+        "a",
+        "b",
+    ]
+
+
+# --- The command line ---------------------------------------------------------------------
+
+
+def test_the_cli_lists_and_redelivers(client, sending, receivers, settings_doc, tmp_path):
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    receivers["demo"].wait_for(1)
+    [delivery] = eventually(lambda: listed(client, "delivered"))
+    config = tmp_path / "config.toml"
+    demo, other = (settings_doc["apps"][a] for a in ("demo", "other"))
+    config.write_text(
+        f'[database]\nurl = "{settings_doc["database"]["url"]}"\n\n'
+        f"[apps.demo]\nwebhook_secrets = {demo['webhook_secrets']}\n"
+        f'[[apps.demo.endpoints]]\nurl = "{receivers["demo"].url}"\nsecret = "s"\n\n'
+        f"[apps.other]\nwebhook_secrets = {other['webhook_secrets']}\n"
+    )
+    runner = CliRunner()
+    env = {"ENTITLEMENTS_CONFIG": str(config)}
+    shown = runner.invoke(main, ["deliveries", "--status", "delivered"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert delivery["id"] in shown.output and "u1#1" in shown.output
+    none = runner.invoke(main, ["deliveries", "--status", "dead", "--app", "demo"], env=env)
+    assert none.exit_code == 0 and delivery["id"] not in none.output
+    again = runner.invoke(main, ["deliveries", "redeliver", delivery["id"]], env=env)
+    assert again.exit_code == 0, again.output
+    receivers["demo"].wait_for(2)
+    unknown = runner.invoke(main, ["deliveries", "redeliver", "dl_nothing"], env=env)
+    assert unknown.exit_code == 1 and "no delivery" in unknown.output
+    bad = runner.invoke(main, ["deliveries", "--status", "lost"], env=env)
+    assert bad.exit_code == 2
