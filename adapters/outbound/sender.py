@@ -2,17 +2,20 @@
 
 The signature is Stripe's scheme, so an app verifies it with `stripe.WebhookSignature`:
 `Entitlements-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body" with the endpoint's secret>`.
+
+POSTs are blocking calls of urllib3 (a pool of kept-alive connections per endpoint), made from
+threads: on two cores httpx's async client spent 2-3 ms of interpreter time per request
+(230-350 POSTs/s to a local receiver); urllib3 from 32 threads made 4,700/s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import time
 from dataclasses import dataclass
 
-import httpx
+import urllib3
 
 SIGNATURE_HEADER = "Entitlements-Signature"
 TIMEOUT = 10.0  # seconds: a 2xx later than this is a failure (PRODUCT.md)
@@ -36,32 +39,40 @@ class Attempt:
         return self.error is None
 
 
-async def post(
-    client: httpx.AsyncClient, url: str, body: str, secret: str, timeout: float = TIMEOUT
+TIMED_OUT = Attempt(None, "timed out")
+
+
+def connections(size: int) -> urllib3.PoolManager:
+    """Kept-alive connections for up to `size` POSTs at once per host; no retries, no
+    redirects followed (a 3xx is not a delivery)."""
+    return urllib3.PoolManager(maxsize=size, block=False, retries=False)
+
+
+def post(
+    pool: urllib3.PoolManager, url: str, body: str, secret: str, timeout: float = TIMEOUT
 ) -> Attempt:
     """POST the body, signed; never raises for what the endpoint or the network does. The
-    whole exchange must end within `timeout` (httpx's own timeouts are per phase)."""
+    caller also bounds the whole exchange by the wall clock (`asyncio.wait_for`)."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         SIGNATURE_HEADER: signature(body, secret),
     }
     try:
-        request = client.post(url, content=body.encode(), headers=headers)
-        response = await asyncio.wait_for(request, timeout)
-    except (TimeoutError, httpx.TimeoutException):
-        return Attempt(None, "timed out")
-    except httpx.HTTPError as error:
-        return Attempt(None, f"{type(error).__name__}: {error}"[:MAX_ERROR] or "request failed")
-    if 200 <= response.status_code < 300:
-        return Attempt(response.status_code, None)
-    return Attempt(response.status_code, f"HTTP {response.status_code}")
-
-
-def client(timeout: float = TIMEOUT, connections: int = 64) -> httpx.AsyncClient:
-    """One client per worker; redirects are not followed (a 3xx is not a delivery)."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout),
-        follow_redirects=False,
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-    )
+        response = pool.request(
+            "POST",
+            url,
+            body=body.encode(),
+            headers=headers,
+            timeout=urllib3.Timeout(total=timeout),
+            redirect=False,
+            preload_content=False,
+        )
+        response.drain_conn()  # the body is not read: the status says it all
+    except urllib3.exceptions.TimeoutError:
+        return TIMED_OUT
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        return Attempt(None, f"{type(error).__name__}: {error}"[:MAX_ERROR])
+    if 200 <= response.status < 300:
+        return Attempt(response.status, None)
+    return Attempt(response.status, f"HTTP {response.status}")

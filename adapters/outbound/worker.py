@@ -1,9 +1,10 @@
 """The delivery worker: publishes recorded changes and sends them, endpoint by endpoint.
 
 It runs in a thread of its own (in the projector's process: `entitlements project`), with one
-asyncio task per configured endpoint, so a slow or dead endpoint only ever holds up its own
-task: never another endpoint, another app, the projector, webhooks or queries (those run in
-other processes or threads, and the database work here is short transactions).
+asyncio task per configured endpoint, and each endpoint's POSTs in threads of its own (its own
+connections too), so a slow or dead endpoint only ever holds up its own task and threads:
+never another endpoint, another app, the projector, webhooks or queries (those run in other
+processes or threads, and the database work here is short transactions).
 
 Each task leases what its endpoint may be sent now (`DeliveryStore.claim`: in order per
 customid), POSTs those concurrently, and records the outcomes. A failure is retried after 2 s,
@@ -18,8 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-
-import httpx
+from concurrent.futures import ThreadPoolExecutor
 
 from adapters.config import Endpoint
 from adapters.outbound import sender
@@ -107,16 +107,15 @@ class DeliveryWorker:
         pairs = [(app_id, e) for app_id, es in sorted(self.endpoints.items()) for e in es]
         self._wakes = [asyncio.Event() for _ in pairs]
         self._started.set()
-        async with sender.client(self.timeout, self.concurrency * max(1, len(pairs))) as client:
-            tasks = [asyncio.create_task(self._publishing())]
-            tasks += [
-                asyncio.create_task(self._delivering(client, app_id, endpoint, wake))
-                for (app_id, endpoint), wake in zip(pairs, self._wakes, strict=True)
-            ]
-            await self._stop.wait()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        tasks = [asyncio.create_task(self._publishing())]
+        tasks += [
+            asyncio.create_task(self._delivering(_Sending(app_id, e, self.concurrency), wake))
+            for (app_id, e), wake in zip(pairs, self._wakes, strict=True)
+        ]
+        await self._stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _wake_all(self) -> None:
         for wake in self._wakes:
@@ -135,34 +134,31 @@ class DeliveryWorker:
             else:
                 await asyncio.sleep(PUBLISH_POLL)
 
-    async def _delivering(
-        self, client: httpx.AsyncClient, app_id: str, endpoint: Endpoint, wake: asyncio.Event
-    ) -> None:
-        while True:
-            wake.clear()
-            try:
-                sent = await self._round(client, app_id, endpoint)
-            except Exception:
-                log.exception("delivering to %s failed; retrying", endpoint.url)
-                sent = 0
-                await asyncio.sleep(1.0)
-            if not sent:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), ENDPOINT_POLL)
+    async def _delivering(self, sending: _Sending, wake: asyncio.Event) -> None:
+        try:
+            while True:
+                wake.clear()
+                try:
+                    sent = await self._round(sending)
+                except Exception:
+                    log.exception("delivering to %s failed; retrying", sending.endpoint.url)
+                    sent = 0
+                    await asyncio.sleep(1.0)
+                if not sent:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), ENDPOINT_POLL)
+        finally:
+            sending.close()
 
-    async def _round(self, client: httpx.AsyncClient, app_id: str, endpoint: Endpoint) -> int:
+    async def _round(self, sending: _Sending) -> int:
         """Claim what this endpoint may be sent now, send it, record the outcomes."""
+        app_id, endpoint = sending.app_id, sending.endpoint
         claimed = await asyncio.to_thread(
             self.store.claim, app_id, endpoint.url, self.clock(), self.lease, self.concurrency
         )
         if not claimed:
             return 0
-        attempts = await asyncio.gather(
-            *(
-                sender.post(client, endpoint.url, c.body, endpoint.secret, self.timeout)
-                for c in claimed
-            )
-        )
+        attempts = await asyncio.gather(*(sending.post(c.body, self.timeout) for c in claimed))
         now = self.clock()
         outcomes = [outcome(c, a, now) for c, a in zip(claimed, attempts, strict=True)]
         await asyncio.to_thread(self.store.record, outcomes)
@@ -176,3 +172,30 @@ class DeliveryWorker:
                     extra={"app": app_id, "customid": c.customid, "sequence": c.sequence},
                 )
         return len(claimed)
+
+
+class _Sending:
+    """One endpoint's threads and connections: what it holds up is its own."""
+
+    def __init__(self, app_id: str, endpoint: Endpoint, concurrency: int) -> None:
+        self.app_id = app_id
+        self.endpoint = endpoint
+        self.pool = sender.connections(concurrency)
+        self.threads = ThreadPoolExecutor(concurrency, thread_name_prefix="delivery")
+
+    async def post(self, body: str, timeout: float) -> sender.Attempt:
+        """The POST, in one of this endpoint's threads; past `timeout` by the wall clock it
+        is a failure, whatever comes later."""
+        loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(
+            self.threads, sender.post, self.pool, self.endpoint.url, body, self.endpoint.secret,
+            timeout,
+        )  # fmt: skip
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except TimeoutError:
+            return sender.TIMED_OUT
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        self.pool.clear()
