@@ -33,19 +33,25 @@ SCHEMA = [
         delivered_at DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS deliveries_waiting ON deliveries (app_id, url, next_attempt_at) "
     "WHERE status IN ('pending', 'failed')",
-    "CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (app_id, url, customid, sequence)",
+    # Each customid's earliest waiting change (the claim's subquery).
+    "CREATE INDEX IF NOT EXISTS deliveries_head ON deliveries (app_id, url, customid, sequence) "
+    "WHERE status IN ('pending', 'failed')",
     "CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (app_id, status, created_at)",
 ]
 STATUSES = ("pending", "failed", "dead", "delivered")
 WAITING = "('pending', 'failed')"
 
+# The earliest waiting change of a customid is the one its endpoint may be sent; a scalar
+# subquery per candidate (an index probe with all three keys, whatever the statistics say) and
+# candidates in `deliveries_waiting` order, so that the scan stops once it has enough.
 CLAIMABLE = f"""SELECT d.id FROM deliveries d
     WHERE d.app_id = ? AND d.url = ? AND d.status IN {WAITING}
       AND d.next_attempt_at <= ? AND d.lease_until <= ?
-      AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.app_id = d.app_id AND e.url = d.url
-                      AND e.customid = d.customid AND e.sequence < d.sequence
-                      AND e.status IN {WAITING})
-    ORDER BY d.next_attempt_at, d.sequence LIMIT ?"""
+      AND d.sequence = (SELECT e.sequence FROM deliveries e
+                        WHERE e.app_id = d.app_id AND e.url = d.url
+                          AND e.customid = d.customid AND e.status IN {WAITING}
+                        ORDER BY e.app_id, e.url, e.customid, e.sequence LIMIT 1)
+    ORDER BY d.next_attempt_at LIMIT ?"""
 
 COLUMNS = (
     "id, change_id, customid, sequence, url, status, attempts, created_at, next_attempt_at, "
