@@ -34,7 +34,7 @@ GIVE_UP_AFTER = 3 * 86400.0  # seconds of retries, from the first attempt
 LEASE_MARGIN = 5.0  # a lease outlives the longest POST by this much
 PUBLISH_POLL = 0.05  # seconds between looks for changes the projector recorded
 ENDPOINT_POLL = 0.5  # seconds between looks for retries that came due (or other hosts' work)
-CONCURRENCY = 32  # deliveries in flight per endpoint (one per customid at most)
+CONCURRENCY = 64  # deliveries in flight per endpoint (one per customid at most)
 
 
 def next_attempt(attempts: int, retry_since: float, now: float) -> float | None:
