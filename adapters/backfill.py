@@ -35,6 +35,10 @@ class BackfillSummary:
             f"duplicate {self.duplicate}, failed {self.failed}"
         )
 
+    def counts(self) -> dict[str, int]:
+        return {"seen": self.seen, "recorded": self.recorded,
+                "duplicate": self.duplicate, "failed": self.failed}  # fmt: skip
+
     def fail(self, reason: str) -> None:
         self.failed += 1
         if len(self.errors) < 20:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from adapters.bootstrap import bootstrap
 from adapters.cli_audit import audit, history, permissions
 from adapters.cli_deliveries import deliveries
-from adapters.cli_sync import backfill, import_objects
+from adapters.cli_sync import backfill, import_objects, reconcile
 from adapters.config import ConfigError, Settings, load_settings
 from adapters.logging_setup import configure_logging
 from adapters.replay import ReplaySummary, event_files, replay_file
@@ -242,7 +242,7 @@ def catalogue_apply(file: str, app_id: str | None, dry_run: bool) -> None:
     click.echo("catalogue replaced" if changed else "catalogue unchanged")
 
 
-for _command in (permissions, history, audit, backfill, import_objects, deliveries):
+for _command in (permissions, history, audit, backfill, import_objects, reconcile, deliveries):
     main.add_command(_command)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.roles import ADMIN, ROLES
 from domain.durations import InvalidDuration, duration_seconds
 from domain.policy import AppPolicy
 
@@ -43,10 +44,21 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """A REST API key as kept: its SHA-256 digest (plain keys are hashed on load) and role."""
+
+    digest: bytes
+    role: str = ADMIN
+
+    def __repr__(self) -> str:  # never print secrets, not even digests
+        return f"ApiKey(role={self.role!r})"
+
+
+@dataclass(frozen=True)
 class AppConfig:
     app_id: str
     webhook_secrets: tuple[str, ...]
-    rest_api_key_digests: tuple[bytes, ...]  # SHA-256 digests; plain keys are hashed on load
+    rest_api_keys: tuple[ApiKey, ...]
     policy: AppPolicy = field(default_factory=AppPolicy)
     stripe_api_key: str | None = None
     stripe_api_base: str | None = None
@@ -55,10 +67,18 @@ class AppConfig:
     reconcile_every: float = 0.0  # seconds between reconciles inside `serve`; 0 disables
     endpoints: tuple[Endpoint, ...] = ()  # [[apps.X.endpoints]]: outbound webhooks
 
+    @property
+    def rest_api_key_digests(self) -> tuple[bytes, ...]:
+        return tuple(key.digest for key in self.rest_api_keys)
+
+    def role_of_key_digest(self, digest: bytes) -> str | None:
+        """The role of the key with this digest, else None. Every configured digest is
+        compared in constant time (no early exit), so timing says nothing of which matched."""
+        roles = [k.role for k in self.rest_api_keys if hmac.compare_digest(digest, k.digest)]
+        return roles[0] if roles else None
+
     def accepts_key_digest(self, digest: bytes) -> bool:
-        """Constant-time comparison of a key's digest with every configured digest."""
-        matches = [hmac.compare_digest(digest, known) for known in self.rest_api_key_digests]
-        return any(matches)
+        return self.role_of_key_digest(digest) is not None
 
     def __repr__(self) -> str:  # never print secrets
         return f"AppConfig(app_id={self.app_id!r})"
@@ -177,9 +197,7 @@ def _app_config(app_id: str, raw: Any, base_dir: Path) -> AppConfig:
     return AppConfig(
         app_id=app_id,
         webhook_secrets=tuple(secrets),
-        rest_api_key_digests=tuple(
-            _key_digest(k, where) for k in _strings(raw, "rest_api_keys", where)
-        ),
+        rest_api_keys=_api_keys(raw, where),
         policy=_policy(raw, where),
         stripe_api_key=raw.get("stripe_api_key"),
         stripe_api_base=raw.get("stripe_api_base"),
@@ -238,6 +256,32 @@ def _policy(raw: dict[str, Any], where: str) -> AppPolicy:
         raise ConfigError(f"{where}: {error}") from error
 
 
+def _api_keys(raw: dict[str, Any], where: str) -> tuple[ApiKey, ...]:
+    """`rest_api_keys`: each entry a key (role admin) or a table `{ key = "...", role = "..." }`."""
+    entries = raw.get("rest_api_keys", [])
+    if isinstance(entries, str | dict):
+        entries = [entries]
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}.rest_api_keys must be a list of keys or {{ key, role }} tables")
+    return tuple(_api_key(entry, f"{where}.rest_api_keys[{n}]") for n, entry in enumerate(entries))
+
+
+def _api_key(entry: Any, where: str) -> ApiKey:
+    if isinstance(entry, str) and entry:
+        return ApiKey(_key_digest(entry, where))
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a non-empty string or a {{ key, role }} table")
+    unknown = sorted(set(entry) - {"key", "role"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r} (a key table has key and role)")
+    key, role = entry.get("key"), entry.get("role")
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"{where}.key must be a non-empty string")
+    if role not in ROLES:  # required: a table left without one must not default to admin
+        raise ConfigError(f"{where}.role must be one of {', '.join(ROLES)} (got {role!r})")
+    return ApiKey(_key_digest(key, where), role)
+
+
 def _key_digest(key: str, where: str) -> bytes:
     if key.startswith("sha256:"):
         try:
@@ -245,7 +289,7 @@ def _key_digest(key: str, where: str) -> bytes:
         except ValueError:
             digest = b""
         if len(digest) != 32:
-            raise ConfigError(f"{where}.rest_api_keys: a sha256: key needs 64 hex digits")
+            raise ConfigError(f"{where}: a sha256: key needs 64 hex digits")
         return digest
     return api_key_digest(key)
 

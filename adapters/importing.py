@@ -48,6 +48,10 @@ class ImportSummary:
     skipped: int = 0  # not an object the engine keeps (e.g. a subscription-mode checkout)
     by_type: dict[str, int] = field(default_factory=dict)
 
+    def counts(self) -> dict[str, int]:
+        return {"seen": self.seen, "recorded": self.recorded,
+                "unchanged": self.unchanged, "skipped": self.skipped}  # fmt: skip
+
     def render(self) -> str:
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.by_type.items()))
         return (
@@ -69,15 +73,18 @@ class Observer:
         # buyer key -> object id -> its last observed content (read once per buyer per run)
         self._last_seen: dict[str, dict[str, Any]] = {}
 
-    def observe(self, listed: Listed, observed_at: float | None = None) -> bool:
-        """Record the object unless its last observation says the same; True if recorded."""
+    def observe(
+        self, listed: Listed, observed_at: float | None = None, force: bool = False
+    ) -> bool:
+        """Record the object unless its last observation says the same (`force`: even then);
+        True if recorded."""
         obj = listed.obj
         object_id, object_type = obj.get("id"), obj.get("object")
         if not isinstance(object_id, str) or not isinstance(object_type, str):
             return False
         buyer_key = buyer_key_of(obj)
         seen = self._observed(buyer_key)
-        if seen.get(object_id) == obj:
+        if seen.get(object_id) == obj and not force:
             return False
         at = self.clock() if observed_at is None else observed_at
 
@@ -122,11 +129,11 @@ class Importer:
 
     def run(
         self,
-        lists: Iterable[tuple[str, dict[str, Any]]] = LISTS,
+        lists: Iterable[tuple[str, dict[str, Any]]] | None = None,
         on_page: Callable[[str, int], None] = lambda path, count: None,
     ) -> ImportSummary:
         summary = ImportSummary()
-        for path, query in lists:
+        for path, query in LISTS if lists is None else lists:
             for page in self.lister.pages(path, query):
                 for listed in page:
                     self._one(listed, summary)

@@ -17,6 +17,7 @@ import orjson
 from eventsourcing.persistence import JSONTranscoder
 
 _FLAT = frozenset({str, int, float, bool, type(None), datetime})
+_NESTED = frozenset({dict, list})  # what `_revive` descends into (a scalar is itself)
 
 
 class OrjsonTranscoder(JSONTranscoder):
@@ -33,7 +34,9 @@ class OrjsonTranscoder(JSONTranscoder):
     def _revive(self, value: Any) -> Any:
         """What the library's `object_hook` does, bottom-up: {"_type_", "_data_"} -> object."""
         if type(value) is dict:
-            return self._decode_obj({key: self._revive(item) for key, item in value.items()})
+            return self._decode_obj(
+                {k: self._revive(v) if type(v) in _NESTED else v for k, v in value.items()}
+            )
         if type(value) is list:
-            return [self._revive(item) for item in value]
+            return [self._revive(item) if type(item) in _NESTED else item for item in value]
         return value

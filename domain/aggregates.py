@@ -211,3 +211,38 @@ class AppCatalogue(Aggregate):
     @event(Replaced)
     def replace(self, catalogue: str) -> None:
         self.catalogue = catalogue
+
+
+def sync_id(app_id: str) -> UUID:
+    return uuid5(NAMESPACE_URL, f"/apps/{app_id}/stripe-sync")
+
+
+class AppSync(Aggregate):
+    """What an app's reads of Stripe as a second source did: every backfill, import and
+    reconcile run, on record in the log (durable, seen by every host; `GET /v1/sync`)."""
+
+    TOPIC = "entitlements.app_sync"
+
+    class Event(Aggregate.Event):
+        pass
+
+    class Created(Event, Aggregate.Created):
+        TOPIC = "entitlements.app_sync.created"
+        app_id: str
+
+    class Ran(Event):
+        TOPIC = "entitlements.app_sync.ran"
+        command: str  # backfill | import | reconcile
+        started_at: float  # epoch seconds, our clock
+        finished_at: float
+        failed: bool  # Stripe could not be read to the end (`error` says why)
+        error: str  # "" when it did not fail
+        counts: str  # JSON object of the run's counts (its summary line's)
+        differences: str  # JSON array: reconcile's differences found (the first ones)
+
+    def __init__(self, app_id: str) -> None:
+        self.app_id = app_id
+
+    @staticmethod
+    def create_id(app_id: str) -> UUID:
+        return sync_id(app_id)

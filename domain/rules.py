@@ -280,7 +280,7 @@ class FactHistory:
     `derive` accepts it wherever it accepts facts. Since `fact_order` sorts by `at` first, the
     facts known at an instant are a prefix, found by bisection instead of a sort per query."""
 
-    __slots__ = ("_ats", "_recorded", "facts")
+    __slots__ = ("_ats", "_last_recorded", "_recorded", "facts")
 
     def __init__(self, recorded: Iterable[tuple[Fact, float]]) -> None:
         """`recorded`: each fact with when it was recorded (a fact recorded twice counts once,
@@ -314,6 +314,7 @@ class FactHistory:
     def _set(self, facts: tuple[Fact, ...], recorded: list[float]) -> None:
         self.facts = facts
         self._recorded = recorded
+        self._last_recorded = max(recorded, default=None)
         self._ats = list(map(_AT, facts))
 
     def __len__(self) -> int:
@@ -333,8 +334,8 @@ class FactHistory:
 
     def known_by(self, known_at: float | None) -> FactHistory:
         """The facts recorded by `known_at` (our clock), still sorted; None: all of them."""
-        if known_at is None:
-            return self
+        if known_at is None or self._last_recorded is None or self._last_recorded <= known_at:
+            return self  # every fact was recorded by then: the usual audit question
         kept = [i for i, recorded in enumerate(self._recorded) if recorded <= known_at]
         narrower = FactHistory(())
         narrower._set(tuple(self.facts[i] for i in kept), [self._recorded[i] for i in kept])

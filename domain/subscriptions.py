@@ -13,6 +13,7 @@ of its latest paid invoice (named by the invoice before basil, by an InvoicePaym
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
@@ -99,8 +100,8 @@ class Invoices:
         self.facts: list[InvoiceObserved] = []
         self._paid: list[InvoiceObserved] = []
         self._paid_ends: list[int | None] = []  # `_period_end` of each paid invoice
-        # invoice id -> the ids a refund or dispute may name: its own, its charges, its intents
-        self.payment_keys: dict[str, set[str]] = defaultdict(set)
+        # (invoice id, charge, intent) of the payments that name an invoice (see `payment_keys`)
+        self._payments: list[tuple[str, str | None, str | None]] = []
         self._renewal: tuple[InvoiceObserved | None] | None = None  # computed once
         self._unpaid_failures: list[InvoiceObserved] | None = None  # computed once
 
@@ -110,11 +111,19 @@ class Invoices:
             self._paid.append(fact)
             self._paid_ends.append(_period_end(fact))
 
-    def add_payment(self, invoice_id: str, *keys: str | None) -> None:
-        known = self.payment_keys[invoice_id]
-        for key in keys:
-            if key is not None:
-                known.add(key)
+    def add_payment(self, invoice_id: str, charge_id: str | None, intent_id: str | None) -> None:
+        self._payments.append((invoice_id, charge_id, intent_id))
+
+    def payment_keys(self, invoice_id: str) -> set[str]:
+        """The ids a refund or dispute of this invoice may name: its own, its charges, its
+        intents. Asked for one invoice (the latest paid), so gathered only then: a customer
+        renewed hourly for a year has thousands of invoices."""
+        named = [(f.invoice_id, f.charge_id, f.payment_intent_id) for f in self.facts]
+        keys = {invoice_id}
+        for paid, charge_id, intent_id in named + self._payments:
+            if paid == invoice_id:
+                keys.update(key for key in (charge_id, intent_id) if key is not None)
+        return keys
 
     def paid(self) -> list[InvoiceObserved]:
         return self._paid
@@ -208,11 +217,7 @@ def _invoices_by_subscription(known: tuple[Fact, ...]) -> dict[str, Invoices]:
     sub_of_invoice: dict[str, str] = {}
     for fact in known:
         if isinstance(fact, InvoiceObserved) and fact.subscription_id is not None:
-            invoices = by_sub[fact.subscription_id]
-            invoices.add(fact)
-            invoices.add_payment(
-                fact.invoice_id, fact.invoice_id, fact.charge_id, fact.payment_intent_id
-            )
+            by_sub[fact.subscription_id].add(fact)
             sub_of_invoice[fact.invoice_id] = fact.subscription_id
     # Pre-basil payments name the invoice they pay, from basil on InvoicePayments do: their
     # charge or payment intent is what a refund or a dispute names.
@@ -304,7 +309,7 @@ def _subscription(
     outcome, period_end = _base_outcome(snap, status, _History(snapshots, invoices), policy, at)
     latest_paid = invoices.latest_paid_id()
     if latest_paid is not None:
-        revoked = revocations_for(revocations, invoices.payment_keys[latest_paid])
+        revoked = revocations_for(revocations, invoices.payment_keys(latest_paid))
         outcome = apply_revocations(outcome, revoked)
     sku_ids = _skus(snap.items, catalogue)
     is_trial = status == "trialing"
@@ -391,7 +396,10 @@ def _sku_gone(gone_in: SubscriptionObserved, replaced: bool) -> Outcome:
 
 def _lines_key(items: Iterable) -> tuple:
     """What `_skus` reads of a list of lines."""
-    return tuple([(item.product_id, item.price_id) for item in items])
+    return tuple(map(_PRODUCT_AND_PRICE, items))
+
+
+_PRODUCT_AND_PRICE = operator.attrgetter("product_id", "price_id")
 
 
 class _SkusOf:

@@ -28,7 +28,7 @@ import orjson
 
 from adapters.stripe.facts import facts_from_event, line_items_from_stripe
 from adapters.stripe.observations import facts_from_observation, observation_id
-from domain.aggregates import AppCatalogue, Buyer, WebhookReceipt
+from domain.aggregates import AppCatalogue, AppSync, Buyer, WebhookReceipt
 from domain.facts import CheckoutCompleted, Fact, LineItemsUnresolvable, fact_from_dict
 from projections.store import Cursor, Row, placeholders
 from projections.touched import EVERYTHING, Touched
@@ -191,8 +191,8 @@ class BuyerFactsProjection:
             return self._unresolvable(cursor, position, event)
         if isinstance(event, AppCatalogue.Event):  # answers use the catalogue of their app
             return Touched(catalogue=event.originator_id)
-        if isinstance(event, WebhookReceipt.Event):
-            return None  # proof of receipt only: no row here
+        if isinstance(event, WebhookReceipt.Event | AppSync.Event):
+            return None  # proof of receipt, a sync run's record: no row here
         return EVERYTHING  # unknown to this projection: assume it changed anything
 
     def _register(self, cursor: Cursor, event: Buyer.Created) -> Touched:
@@ -755,3 +755,14 @@ def _links_of_buyers(cursor: Cursor, app_id: str, keys: list[str]) -> dict[str, 
         (app_id, json_keys(keys)),
     )
     return dict(cursor.fetchall())
+
+
+def links_of_buyers(cursor: Cursor, app_id: str, keys: list[str]) -> dict[str, str | None]:
+    """The link of each of these buyer keys that has a buyer (reconcile: whose objects are
+    whose)."""
+    return _links_of_buyers(cursor, app_id, keys)
+
+
+def claimed_customids(facts: Iterable[Fact]) -> set[str]:
+    """The customids facts claim (metadata, client_reference_id), as the projection reads them."""
+    return _claimed_customids(facts)

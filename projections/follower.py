@@ -239,7 +239,7 @@ class Follower:
         limit = {} if chunk is None else {"limit": chunk}
         total = 0
         while derive is not None:
-            with self._lock, self._holding_position() as cursor:
+            with self._lock, self.holding_position() as cursor:
                 count = 0 if cursor is None else derive(cursor, **limit)
             total += count
             if not count:
@@ -252,14 +252,14 @@ class Follower:
         seed = getattr(self.projection, "seed", None)
         if seed is None:
             return True
-        with self._lock, self._holding_position() as cursor:
+        with self._lock, self.holding_position() as cursor:
             if cursor is None:
                 return False
             seed(cursor, _tracked(cursor, self._tracking_name(cursor)))
             return True
 
     @contextlib.contextmanager
-    def _holding_position(self) -> Iterator[GenerationCursor | None]:
+    def holding_position(self) -> Iterator[GenerationCursor | None]:
         """A write transaction that holds the tracking row (no batch can commit meanwhile,
         in any process); None when nothing was ever applied (nothing can be due)."""
         with self.writing() as cursor:

@@ -189,16 +189,29 @@ class GrantsProjection:
         what they were derived from is unchanged (time, a catalogue or a policy changed).
         `causes` says why, for the changes announced (`_announce`)."""
         now = int(self.clock())
+        rows, gone = self.derived(cursor, customids, revision, now)
+        self._announce(cursor, rows, gone, causes, now)
+        write(cursor, rows, gone)
+
+    def derived(
+        self,
+        cursor: Cursor,
+        customids: Iterable[tuple[str, str]],
+        revision: int | None,
+        now: int,
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+        """The rows of these (app id, customid) derived at `now`, read from `cursor` and
+        written by nothing: (rows to upsert, keys of rows to delete)."""
         by_app: dict[str, list[str]] = {}
         for app_id, customid in customids:
             by_app.setdefault(app_id, []).append(customid)
+        rows, gone = [], []
         for app_id, wanted in sorted(by_app.items()):
             # Each read covers every customid of the app at once: a few queries per batch.
             found = facts_of_customids(cursor, app_id, wanted)
             claims = claims_of_buyers(cursor, app_id, {b for f in found.values() for b in f.buyers})
             revisions = _revisions(cursor, app_id, wanted) if revision is None else {}
             catalogue = catalogue_of(cursor, app_id)
-            rows, gone = [], []
             for customid in sorted(found):
                 facts = found[customid]
                 if not facts.buyers:  # no Stripe customer (left): "never bought", like anyone
@@ -206,13 +219,7 @@ class GrantsProjection:
                     continue
                 kept = revisions.get(customid, 0) if revision is None else revision
                 rows.append(self._row(app_id, customid, facts, claims, catalogue, now, kept))
-            self._announce(cursor, app_id, rows, [c for _, c in gone], causes, now)
-            if gone:
-                cursor.executemany(
-                    "DELETE FROM customer_grants WHERE app_id = ? AND customid = ?", gone
-                )
-            if rows:
-                cursor.executemany(UPSERT, rows)
+        return rows, gone
 
     def _row(
         self,
@@ -243,21 +250,26 @@ class GrantsProjection:
     def _announce(
         self,
         cursor: Cursor,
-        app_id: str,
         rows: list[tuple[Any, ...]],
-        gone: list[str],
+        gone: list[tuple[str, str]],
         causes: CauseOf | None,
         now: int,
     ) -> None:
         """Hand the new answers to the announcer (outbound webhooks), before they are written:
         it compares them with what was announced last. Someone gone has never bought anything."""
-        if self.announcer is None or not self.announcer.wants(app_id):
+        if self.announcer is None:
             return
-        answers = {row[1]: row[2] for row in rows}
-        if gone:
-            never = _never_bought(catalogue_text(cursor, app_id), False)
-            answers.update((c, _text({"subscriberId": c, "all": never})) for c in gone)
-        self.announcer.announce(cursor, app_id, answers, causes or due_causes({}), now)
+        answers: dict[str, dict[str, str]] = {}
+        for row in rows:
+            answers.setdefault(row[0], {})[row[1]] = row[2]
+        for app_id, customid in gone:
+            never = {
+                "subscriberId": customid,
+                "all": _never_bought(catalogue_text(cursor, app_id), False),
+            }
+            answers.setdefault(app_id, {})[customid] = _text(never)
+        for app_id, found in sorted(answers.items()):
+            self.announcer.announce(cursor, app_id, found, causes or due_causes({}), now)
 
     def announce_rebuilt(self, cursor: Cursor) -> None:
         """After a rebuild's switch, in its transaction: every answer that differs from the
@@ -275,14 +287,19 @@ class GrantsProjection:
 
     def derive_due(self, cursor: Cursor, limit: int = DUE_CHUNK) -> int:
         """Derive up to `limit` rows whose time has come (or that are due now); how many."""
+        due = self.due(cursor, limit)
+        causes = None if self.announcer is None else due_causes(_due_now(cursor, due))
+        self.derive(cursor, due, revision=None, causes=causes)
+        return len(due)
+
+    def due(self, cursor: Cursor, limit: int) -> list[tuple[str, str]]:
+        """The (app id, customid) of up to `limit` rows whose time has come, soonest first."""
         cursor.execute(
-            "SELECT app_id, customid, due FROM customer_grants WHERE due IS NOT NULL AND due <= ? "
+            "SELECT app_id, customid FROM customer_grants WHERE due IS NOT NULL AND due <= ? "
             "ORDER BY due, app_id, customid LIMIT ?",
             (int(self.clock()), limit),
         )
-        dues = {(app_id, customid): int(due) for app_id, customid, due in cursor.fetchall()}
-        self.derive(cursor, list(dues), revision=None, causes=due_causes(dues))
-        return len(dues)
+        return [(app_id, customid) for app_id, customid in cursor.fetchall()]
 
     def seed(self, cursor: Cursor, position: int) -> None:
         """Make every linked customid's row due now, where it has none (a database written
@@ -326,6 +343,30 @@ def affected_customids(cursor: Cursor, touched: Iterable[Touched]) -> set[tuple[
 
 def _linked(buyer_key: str, claims: list[Claim]) -> LinkedCustomer:
     return LinkedCustomer(buyer_key, tuple(claims), tuple(conflicts(claims)))
+
+
+def write(cursor: Cursor, rows: list[tuple[Any, ...]], gone: list[tuple[str, str]]) -> None:
+    """Write what `GrantsProjection.derived` returned."""
+    if gone:
+        cursor.executemany("DELETE FROM customer_grants WHERE app_id = ? AND customid = ?", gone)
+    if rows:
+        cursor.executemany(UPSERT, rows)
+
+
+def _due_now(cursor: Cursor, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Which of these rows are due now (0: a catalogue or policy change), not by time."""
+    by_app: dict[str, list[str]] = {}
+    for app_id, customid in keys:
+        by_app.setdefault(app_id, []).append(customid)
+    found: dict[tuple[str, str], int] = {}
+    for app_id, customids in by_app.items():
+        cursor.execute(
+            "SELECT customid FROM customer_grants WHERE app_id = ? AND due = 0 "
+            "AND customid IN (SELECT key FROM json_each(?))",
+            (app_id, json_keys(customids)),
+        )
+        found.update(((app_id, customid), 0) for (customid,) in cursor.fetchall())
+    return found
 
 
 def _revisions(cursor: Cursor, app_id: str, customids: list[str]) -> dict[str, int]:

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from domain.aggregates import WebhookReceipt
+from domain.aggregates import AppSync, WebhookReceipt
 from domain.announcements import ChangeLog
 from domain.policy import AppPolicy
 from projections.buyer_facts import BuyerFactsProjection
@@ -25,9 +25,16 @@ class BuyerReadModels:
     name = "buyer_read_models"
     tables = BuyerFactsProjection.tables + HistoryProjection.tables + GrantsProjection.tables
     indexes = BuyerFactsProjection.indexes + HistoryProjection.indexes + GrantsProjection.indexes
-    # Receipts only guard against redelivery, and change logs record what was announced (from
-    # these read models): no read model reads them.
-    ignored_topics = frozenset({WebhookReceipt.Created.TOPIC, ChangeLog.PermissionsChanged.TOPIC})
+    # Receipts only guard against redelivery, sync runs are read from the log (`GET /v1/sync`),
+    # change logs record what was announced (from these read models): no read model reads them.
+    ignored_topics = frozenset(
+        {
+            WebhookReceipt.Created.TOPIC,
+            AppSync.Created.TOPIC,
+            AppSync.Ran.TOPIC,
+            ChangeLog.PermissionsChanged.TOPIC,
+        }
+    )
 
     def __init__(self, policies: Mapping[str, AppPolicy], clock: Callable[[], float]) -> None:
         self.facts = BuyerFactsProjection()

@@ -27,10 +27,10 @@ from projections.generations import (
     suffix,
     tracking_name,
 )
+from projections.parallel_derive import derive_everyone
 from projections.store import Cursor, ViewStore
 
 REBUILD_BATCH = 5000  # events per transaction: fewer commits (and checkpoints) than live
-DUE_CHUNK = 2000  # answers derived per transaction after the bulk pass (live: 200)
 
 
 class RebuildRaced(RuntimeError):
@@ -53,10 +53,12 @@ def rebuild(
     on_batch: Callable[[int, int], None] | None = None,
     batch_size: int = REBUILD_BATCH,
     app_id: str | None = None,
+    workers: int | None = None,
 ) -> RebuildReport:
     """Rebuild every app's rows, or only `app_id`'s: then the other apps' rows are copied
     from the live generation as they stood at its tracked position P, the app's events up to P
-    are replayed from the first, and everything after P is applied as usual."""
+    are replayed from the first, and everything after P is applied as usual. `workers`:
+    processes deriving the answers after the bulk pass (default: one per core)."""
     started = time.monotonic()
     old, new = _prepare(store, projection)
     follower = Follower(log, store, projection, batch_size=batch_size, generation=new)
@@ -73,7 +75,7 @@ def rebuild(
             events += bounded.catch_up(on_batch)
         events += follower.catch_up(on_batch)
     follower.seed()  # every answer of the new rows is due now ...
-    follower.derive_due(DUE_CHUNK)  # ... and derived, each once
+    derive_everyone(follower, store, workers)  # ... and derived, each once, on every core
     events += follower.catch_up(on_batch)  # what arrived meanwhile, derived batch by batch
     with store.transaction() as cursor:
         if not activate(cursor, projection.name, old, new):

@@ -44,6 +44,9 @@ class ViewStore(Protocol):
     # Whether a read is a round trip to a server (then worth grouping with others).
     remote: bool
 
+    # How another process opens this store (`reopen`); None: only this process can.
+    def locator(self) -> tuple[str, str] | None: ...
+
     def close(self) -> None: ...
 
 
@@ -98,6 +101,10 @@ class SQLiteViewStore:
             cursor.execute("COMMIT")
 
     remote = False  # a read is a few microseconds in this process
+
+    def locator(self) -> tuple[str, str] | None:
+        """How another process opens this store (`reopen`); None: only this one can."""
+        return None if self.path == ":memory:" else ("sqlite", self.path)
 
     def rows(self, sql: str, params: Sequence[Any]) -> list[Row]:
         if self.path == ":memory:":
@@ -166,6 +173,7 @@ class PostgresViewStore:
     all see one snapshot (a batch is committed whole, so facts and links always agree)."""
 
     def __init__(self, database_url: str, max_size: int = 5, max_readers: int = 10) -> None:
+        self.database_url = database_url
         conninfo, schema = split_schema(database_url)
         options = f"-c search_path={schema}" if schema else None
         self._pool = _pool(conninfo, options, max_size)
@@ -182,6 +190,10 @@ class PostgresViewStore:
             yield RewritingCursor(cursor, _psycopg_placeholders)
 
     remote = True
+
+    def locator(self) -> tuple[str, str] | None:
+        """How another process opens this store (`reopen`)."""
+        return ("postgresql", self.database_url)
 
     def rows(self, sql: str, params: Sequence[Any]) -> list[Row]:
         with self._read_pool.connection() as conn:  # autocommit: no BEGIN, no COMMIT
@@ -228,6 +240,12 @@ def open_view_store(database_url: str) -> ViewStore:
         path = sqlite_path(database_url)
         return SQLiteViewStore(path if path == ":memory:" else _views_path(path))
     return PostgresViewStore(database_url)
+
+
+def reopen(locator: tuple[str, str]) -> ViewStore:
+    """The store a `locator()` names, opened anew (in another process)."""
+    kind, where = locator
+    return SQLiteViewStore(where) if kind == "sqlite" else PostgresViewStore(where)
 
 
 def _views_path(events_path: str) -> str:

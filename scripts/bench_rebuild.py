@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     backends = args.backend.split(",")
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)  # profiles are written there before the report
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {"workload": "W4 rebuild", "machine": machine(), "rows": []}
     report["profiled"] = args.profile  # cProfile slows the rebuild: those rates are not figures

@@ -86,6 +86,8 @@ class RecordedStripe:
         gte = int(query.get("created[gte]", -(2**62)))
         lte = int(query.get("created[lte]", 2**62))
         chosen = [o for o in items if gte <= int(o.get("created", 0)) <= lte]
+        if "email" in query:  # GET /v1/customers?email=: an exact match
+            chosen = [o for o in chosen if o.get("email") == query["email"]]
         chosen.sort(key=lambda o: (-int(o.get("created", 0)), o["id"]))  # newest first
         after = query.get("starting_after")
         start = next((i + 1 for i, o in enumerate(chosen) if o["id"] == after), 0)

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from adapters.bootstrap import Engine
 from adapters.cli import main
+from adapters.console import app_page as app_pages
 from adapters.outbound.worker import DeliveryWorker
 from domain.announcements import ChangeLog, change_log_id
 from domain.catalogue import Catalogue
@@ -293,6 +294,9 @@ def test_after_three_days_of_failures_it_is_dead_and_can_be_redelivered(
     receiver.wait_for(2)
     dead = eventually(lambda: listed(client, "dead"))
     assert dead[0]["lastStatus"] == 503 and dead[0]["nextAttemptAt"] is None
+    panel = app_pages.deliveries_panel(engine, "demo")  # the console's app page shows it
+    assert panel is not None and [row[2] for row in panel.rows] == ["dead"]
+    assert app_pages.deliveries_panel(engine, "other").rows == []
     receiver.answer = lambda _: 200
     response = client.post(f"/v1/deliveries/{dead[0]['id']}/redeliver", headers=AUTH)
     assert response.status_code == 200, response.text

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from adapters.console.routes import console_mount
 from adapters.http.commands import (
     connect_stripe,
     get_catalogue,
@@ -25,8 +26,10 @@ from adapters.http.limits import Limiters, RateLimited, protections, rate_limite
 from adapters.http.openapi import openapi_document
 from adapters.http.operations import healthz, metrics
 from adapters.http.queries import get_permissions, get_subscriber
+from adapters.http.recent import RecentRejections
 from adapters.http.request_metrics import RequestMetrics
 from adapters.http.shedding import LoadShedding
+from adapters.http.sync import get_sync
 from adapters.http.webhooks import receive_stripe_webhook
 from adapters.storage_errors import is_storage_error
 
@@ -43,9 +46,10 @@ def routes() -> list[Route]:
         Route("/v1/catalogue", get_catalogue, methods=["GET"]),
         Route("/v1/catalogue", put_catalogue, methods=["PUT"]),
         Route("/v1/catalogue/preview", preview_catalogue, methods=["POST"]),
-        Route("/v1/deliveries", list_deliveries, methods=["GET"]),  # ROLE: admin
-        Route("/v1/deliveries/{id}/redeliver", redeliver, methods=["POST"]),  # ROLE: admin
-        Route("/v1/endpoints/test", test_endpoints, methods=["POST"]),  # ROLE: admin
+        Route("/v1/sync", get_sync, methods=["GET"]),
+        Route("/v1/deliveries", list_deliveries, methods=["GET"]),
+        Route("/v1/deliveries/{id}/redeliver", redeliver, methods=["POST"]),
+        Route("/v1/endpoints/test", test_endpoints, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
@@ -78,8 +82,10 @@ async def _unexpected(request: Request, error: Exception) -> Response:
 def build_http_app(engine) -> Starlette:
     limiters = Limiters.from_settings(engine.settings.limits)
     fast_path = Middleware(PermissionsFastPath, engine=engine, limiters=limiters)
+    rejections = RecentRejections()
     app = Starlette(
-        routes=routes(),
+        # The console is HTML for people, apart from the API (not in its OpenAPI document).
+        routes=[*routes(), console_mount(engine, rejections)],
         exception_handlers={
             ApiError: _api_error,
             RateLimited: rate_limited_response,
@@ -98,4 +104,5 @@ def build_http_app(engine) -> Starlette:
     app.router.redirect_slashes = False
     app.state.engine = engine
     app.state.limits = limiters
+    app.state.rejections = rejections  # webhooks refused lately, for the console's app page
     return app

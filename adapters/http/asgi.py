@@ -14,6 +14,7 @@ from adapters.http.app import build_http_app
 from adapters.logging_setup import configure_logging
 from adapters.projector import POLL_INTERVAL as POLL_SECONDS
 from adapters.projector import ProjectorProcess, can_run_apart
+from adapters.reconcile_schedule import PeriodicReconcile
 from adapters.runtime_tuning import tune_for_server
 
 
@@ -37,7 +38,10 @@ def create_app() -> Starlette:
             if engine.outbound is not None:  # outbound webhooks, beside the projector
                 engine.outbound.start()
         engine.resolver.start_background()  # line items of checkouts, fetched from Stripe
+        reconciling = PeriodicReconcile(engine)  # apps with `reconcile_every`, if any
+        reconciling.start()
         yield
+        reconciling.stop()
         if projector is not None:
             projector.stop()
         engine.close()

@@ -2,8 +2,7 @@
 
 GET /v1/deliveries?status=pending|failed|dead|delivered&limit=N, POST
 /v1/deliveries/{id}/redeliver, POST /v1/endpoints/test. An app's key sees and redelivers only
-its own deliveries. (Admin-only once keys have roles: each route is marked `ROLE: admin` in
-adapters/http/app.py.)
+its own deliveries; only an admin key may (`adapters/http/route_roles.py`).
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ Starlette's routing, middleware and thread pool: the key is checked and the app'
 spent exactly as on the full path, and the read runs here (on SQLite, a few microseconds on this
 thread's own read-only connection; on PostgreSQL, grouped with the other questions waiting,
 `adapters/grouped_reads.py`, and refused with 503 when too many wait). Anything else (another
-route, `at` or `known_at`, a bad or missing key, a rate limit reached, a subscriber not found,
-an answer not derived yet, any error) goes on to the application unchanged, which answers it,
-errors included.
+route, `at` or `known_at`, a bad or missing key, a key whose role does not allow the route, a
+rate limit reached, a subscriber not found, an answer not derived yet, any error) goes on to the
+application unchanged, which answers it, errors included.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import logging
 from urllib.parse import parse_qsl
 
 from adapters.grouped_reads import Overloaded
-from adapters.http.auth import app_for_authorization
+from adapters.http.auth import key_for_authorization
 from adapters.http.errors import GENERIC, ApiError, error_response
 from adapters.http.limits import ASGIApp, RateLimited, Receive, Scope, Send
 from adapters.http.params import flag, required_text
+from adapters.http.route_roles import role_needed
+from adapters.roles import allows
 from projections.grants import EXPLAINED, PERMISSIONS, SUBSCRIBER, NotDerivedYet
 
 log = logging.getLogger("entitlements.http")
@@ -28,6 +30,8 @@ log = logging.getLogger("entitlements.http")
 # The routes served here, and the parameters each may take.
 ROUTES = {"/v1/permissions": {"customid", "explain"}, "/v1/subscriber": {"customid"}}
 FAST_PARAMS = ROUTES["/v1/permissions"]
+# The role each needs, from the one table (both need `read`, which every key has, today).
+ROLES_NEEDED = {path: role_needed("GET", path) for path in ROUTES}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 OVERLOADED_HEADERS = {"Retry-After": "1"}
 
@@ -64,9 +68,10 @@ class PermissionsFastPath:
             customid = required_text(values.get("customid"), "customid")
         except ApiError:
             return None  # the full path answers 400
-        app = app_for_authorization(_header(scope, b"authorization"), self._apps())
-        if app is None:
-            return None
+        found = key_for_authorization(_header(scope, b"authorization"), self._apps())
+        if found is None or not allows(found[1], ROLES_NEEDED[path]):
+            return None  # the full path answers 401 or 403
+        app = found[0]
         try:
             self.limiters.rest.check(app.app_id)
         except RateLimited:

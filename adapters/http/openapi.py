@@ -21,6 +21,8 @@ from adapters.http.errors import (
     TOO_MANY_REQUESTS,
 )
 from adapters.http.params import MAX_ID_LENGTH
+from adapters.http.route_roles import role_needed
+from adapters.roles import ROLES
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -41,13 +43,15 @@ def document() -> dict[str, Any]:
             'Glassfy\'s envelope: {"status": 401, "error": {"code": 1202, '
             '"description": "Invalid APIKEY"}}.',
         },
-        "paths": _paths(),
+        "paths": _with_roles(_paths()),
         "components": {
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An app's REST API key; it names the app and reads only it.",
+                    "description": "An app's REST API key; it names the app and reads only it. "
+                    f"Its role ({', '.join(ROLES)}; each may do what those before it may) "
+                    "must allow the operation: see each operation's x-role.",
                 }
             },
             "schemas": _schemas(),
@@ -68,13 +72,30 @@ def _paths() -> dict[str, Any]:
         "/v1/customers/{customid}/history": {"get": _history()},
         "/v1/catalogue": {"get": _get_catalogue(), "put": _put_catalogue()},
         "/v1/catalogue/preview": {"post": _preview_catalogue()},
-        "/v1/deliveries": {"get": _deliveries()},  # ROLE: admin
-        "/v1/deliveries/{id}/redeliver": {"post": _redeliver()},  # ROLE: admin
-        "/v1/endpoints/test": {"post": _test_endpoints()},  # ROLE: admin
+        "/v1/sync": {"get": _sync()},
+        "/v1/deliveries": {"get": _deliveries()},
+        "/v1/deliveries/{id}/redeliver": {"post": _redeliver()},
+        "/v1/endpoints/test": {"post": _test_endpoints()},
         "/healthz": {"get": _healthz()},
         "/metrics": {"get": _metrics()},
         "/openapi.json": {"get": _openapi()},
     }
+
+
+def _with_roles(paths: dict[str, Any]) -> dict[str, Any]:
+    """Each operation behind a key states the role it needs (`adapters/http/route_roles.py`)
+    and documents the 403 a key of a lesser role gets."""
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if not operation.get("security"):
+                continue
+            role = role_needed(method.upper(), path)
+            operation["x-role"] = role
+            operation["description"] = f"Needs a key of role {role} or above. " + operation.get(
+                "description", ""
+            )
+            operation["responses"].update(_errors("403"))
+    return paths
 
 
 def _webhook() -> dict[str, Any]:
@@ -186,6 +207,14 @@ def _preview_catalogue() -> dict[str, Any]:
         body="Catalogue",
         ok="CataloguePreview",
         errors=("400", "413"),
+    )
+
+
+def _sync() -> dict[str, Any]:
+    return _rest(
+        "getSync",
+        "The app's last backfill, import and reconcile: when, their counts, the differences",
+        ok="Sync",
     )
 
 
@@ -333,6 +362,7 @@ def _instant_query(name: str, description: str) -> dict[str, Any]:
 _ERRORS: dict[str, tuple[str, tuple[int, ...]]] = {
     "400": ("Invalid parameter or body (1010)", (INVALID_PARAMETER,)),
     "401": ("Missing or invalid API key (1202)", (INVALID_API_KEY,)),
+    "403": ("The API key's role does not allow this operation (1202)", (INVALID_API_KEY,)),
     "404": (
         "Subscriber (1001), app or delivery (1005) not found",
         (SUBSCRIBER_NOT_FOUND, GENERIC),
@@ -655,4 +685,31 @@ def _other_schemas() -> dict[str, Schema]:
             {"database": STRING, "projections": {"type": "object"}},
         ),
         "Document": _object({"openapi": STRING, "paths": {"type": "object"}}),
+        **_sync_schemas(),
+    }
+
+
+def _sync_schemas() -> dict[str, Schema]:
+    run = _nullable(_ref("SyncRun"))
+    return {
+        "Sync": _object(
+            {
+                "appId": STRING,
+                "reconcileEvery": {"type": "number"},
+                "backfill": run,
+                "import": run,
+                "reconcile": run,
+            }
+        ),
+        "SyncRun": _object(
+            {
+                "command": {"type": "string", "enum": ["backfill", "import", "reconcile"]},
+                "startedAt": {"type": "number"},
+                "finishedAt": {"type": "number"},
+                "failed": BOOLEAN,
+                "error": _nullable(STRING),
+                "counts": {"type": "object", "additionalProperties": INTEGER},
+                "differences": _array({"type": "object"}),
+            }
+        ),
     }

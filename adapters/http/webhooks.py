@@ -41,6 +41,9 @@ async def receive_stripe_webhook(request: Request) -> JSONResponse:
         # and an unknown app is counted apart (a label "unknown" could be a real app's name).
         if known_app:
             WEBHOOKS.labels(app_id, "unverified", f"rejected_{error.status}").inc()
+            rejections = getattr(request.app.state, "rejections", None)
+            if rejections is not None:  # shown on the console's app page
+                rejections.add(app_id, error.status, error.description)
         else:
             UNKNOWN_APP_WEBHOOKS.inc()
         log.warning(

@@ -72,6 +72,15 @@ class StripeApi:
             params = {"limit": PAGE_SIZE, "starting_after": items[-1]["id"]}
         raise StripeApiError(f"GET {path}: more than {MAX_PAGES} pages")
 
+    def customer_ids_by_email(self, email: str, limit: int = 10) -> list[str]:
+        """The ids of the customers Stripe holds with this email (`GET /v1/customers?email=`,
+        an exact, case-sensitive match, as Stripe makes it), newest first."""
+        page = self._get("/v1/customers", {"email": email, "limit": limit})
+        data = page.get("data")
+        if not isinstance(data, list):
+            raise StripeApiError("GET /v1/customers: the answer is not a list")
+        return [c["id"] for c in data if isinstance(c, dict) and isinstance(c.get("id"), str)]
+
     def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
         try:
             response = self._client.raw_request("get", path, **params)

@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchlib import mixed, rebuild_audit, workloads
+from benchlib import backfill_bench, mixed, rebuild_audit, workloads
 from benchlib.events import build_stream
 from benchlib.loadgen import LoadResult, have_wrk
 from benchlib.report import Row, machine_info, markdown_table, table, write_json
@@ -22,8 +22,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Benchmark the engine (W1 ingest over HTTP, W2 ingest in process, W3 "
-        "permission queries, W4 rebuild, W5 audit) beside floors measured in the same run; "
-        "print one table and write a JSON file. See docs/benchmarks.md.",
+        "permission queries, W4 rebuild, W5 audit, W6 backfill, W7 mixed load) beside floors "
+        "measured in the same run; print one table and write a JSON file. See docs/benchmarks.md.",
     )
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument(
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default="w1,w2,w3,w4,w5,w7",
+        default="w1,w2,w3,w4,w5,w6,w7",
         help="workloads to run, comma-separated (default all; W3 runs on W1's server)",
     )
     parser.add_argument("--w7-customers", type=int, default=1000, help="W7: customers (1000)")
@@ -182,6 +182,10 @@ def run_backend(bench: Bench, backend: str, only: set[str], w7: mixed.W7Settings
         report = rebuild_audit.w5(bench, backend)
         bench.raw["backends"][backend]["w5"] = report
         bench.rows += rebuild_audit.w5_rows(backend, report)
+    if "w6" in only:
+        report = backfill_bench.w6(bench, backend)
+        bench.raw["backends"][backend]["w6"] = report
+        bench.rows += backfill_bench.w6_rows(backend, report)
     if "w7" in only:
         report = mixed.w7(bench, backend, w7)
         bench.raw["backends"][backend]["w7"] = report

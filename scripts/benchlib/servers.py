@@ -75,6 +75,18 @@ class Server:
         tail = self.log.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{self.name} did not start; log {self.log}:\n{tail}")
 
+    def wait_idle(self, timeout: float = 15.0, window: float = 0.5, busy: float = 0.05) -> None:
+        """Until the server's processes (its projector included) use under `busy` of a core
+        over `window` seconds: a server has started once its start-up work is done."""
+        deadline = time.monotonic() + timeout
+        used = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(window)
+            now = self.cpu_seconds()
+            if now - used < busy * window:
+                return
+            used = now
+
     def stop(self) -> None:
         if self.proc.poll() is not None:
             return

@@ -174,9 +174,12 @@ def w1_engine(bench: Bench, backend: str) -> EngineRun:
 
 def w3_second_server(bench: Bench, backend: str, config: Path) -> LoadResult:
     """A second server on the same PostgreSQL, just started: its first answer to each customer
-    (a host added to a cluster must answer as fast as the first)."""
+    (a host added to a cluster must answer as fast as the first). Asked once it has started:
+    ready, and its processes (the projector's start included) idle, as the first server was
+    when its first answers were measured."""
     say(f"W3 {backend}: a second server's first answers")
     with start_engine(config, bench.workers, bench.log(f"engine-{backend}-second")) as second:
+        second.wait_idle()
         first = bench.work / "w3-first.records"
         return run_client(second.base_url, first, 60, bench.connections, None, once=True)
 
