@@ -165,7 +165,8 @@ class DeliveryStore:
     def claim(self, app_id: str, url: str, now: float, lease: float, limit: int) -> list[Claimed]:
         """Lease up to `limit` deliveries of this endpoint that may be sent now."""
         params = (app_id, url, now, now, limit)
-        if not self.views.rows(CLAIMABLE, params):  # idle: no write lock taken (SQLite)
+        # SQLite: look first, so that an idle endpoint never takes the one write lock.
+        if not self.views.remote and not self.views.rows(CLAIMABLE, params):
             return []
         with self.views.transaction() as cursor:
             cursor.execute(CLAIMABLE + self.skip_locked, params)
