@@ -297,6 +297,9 @@ def test_after_three_days_of_failures_it_is_dead_and_can_be_redelivered(
     panel = app_pages.deliveries_panel(engine, "demo")  # the console's app page shows it
     assert panel is not None and [row[2] for row in panel.rows] == ["dead"]
     assert app_pages.deliveries_panel(engine, "other").rows == []
+    metrics = client.get("/metrics").text
+    assert 'entitlements_deliveries{app="demo",status="dead"} 1.0' in metrics
+    assert 'entitlements_deliveries{app="other",status="dead"} 0.0' in metrics
     receiver.answer = lambda _: 200
     response = client.post(f"/v1/deliveries/{dead[0]['id']}/redeliver", headers=AUTH)
     assert response.status_code == 200, response.text

@@ -231,6 +231,15 @@ class DeliveryStore:
             row = cursor.fetchone()
         return None if row is None else _listed(row)
 
+    def unfinished(self) -> dict[tuple[str, str], int]:
+        """How many deliveries of each app are pending, failed or dead (for /metrics)."""
+        rows = self.views.rows(
+            "SELECT app_id, status, COUNT(*) FROM deliveries WHERE status <> 'delivered' "
+            "GROUP BY app_id, status",
+            (),
+        )
+        return {(app_id, status): int(count) for app_id, status, count in rows}
+
     def waiting(self) -> int:
         """Deliveries not yet delivered nor dead, of every app (tests, metrics)."""
         rows = self.views.rows(f"SELECT COUNT(*) FROM deliveries WHERE status IN {WAITING}", ())
