@@ -14,8 +14,9 @@ import stripe
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from adapters.bootstrap import Engine
+from adapters.bootstrap import Engine, bootstrap
 from adapters.cli import main
+from adapters.config import settings_from_dict
 from adapters.console import app_page as app_pages
 from adapters.outbound.worker import DeliveryWorker
 from domain.announcements import ChangeLog, change_log_id
@@ -503,3 +504,29 @@ def test_the_cli_lists_and_redelivers(client, sending, receivers, settings_doc, 
     assert unknown.exit_code == 1 and "no delivery" in unknown.output
     bad = runner.invoke(main, ["deliveries", "--status", "lost"], env=env)
     assert bad.exit_code == 2
+
+
+def test_a_slow_endpoint_does_not_delay_another(database_url, receivers):
+    fast, slow = receivers["demo"], Receiver()
+    slow.delay = 3.0  # each answer takes 3 s
+    doc = config_doc(database_url)
+    doc["apps"]["demo"]["endpoints"] = [
+        {"url": slow.url, "secret": OUT_SECRETS["demo"]},
+        {"url": fast.url, "secret": OUT_SECRETS["demo"]},
+    ]
+    engine = bootstrap(settings_from_dict(doc, env={}))
+    try:
+        engine.catalogues.replace("demo", Catalogue.from_json(CATALOGUE))
+        engine.follower.start_background(poll_interval=0.05)
+        assert engine.outbound is not None
+        engine.outbound.start()
+        started = time.monotonic()
+        bodies = [payment_checkout(f"cs_{c}", f"pi_{c}", customid=c, sku="lifetime") for c in "ab"]
+        ingest(engine, [json.dumps(body) for body in bodies])
+        engine.follower.poke()
+        fast.wait_for(2, timeout=5)
+        assert time.monotonic() - started < 2.0  # not after the slow endpoint's 3 s
+        slow.wait_for(2, timeout=10)  # which gets them too, in its time
+    finally:
+        engine.close()
+        slow.stop()
