@@ -28,6 +28,7 @@ class Receiver:
         self.received: list[Received] = []  # every request that reached it, answered or not
         self.answer: Callable[[Received], int] = lambda _: 200  # status per request
         self.delay = 0.0  # seconds before answering
+        self.truncated = 0  # requests whose sender stopped before the whole body came
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = port
@@ -43,7 +44,11 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode()
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # the sender died mid-request: nothing was delivered
+                    receiver.truncated += 1
+                    return
+                body = raw.decode()
                 got = Received(body, self.headers.get("Entitlements-Signature"), time.time())
                 with receiver._lock:
                     receiver.received.append(got)
