@@ -85,7 +85,7 @@ class Backfill:
             except (ValueError, NotAStripeEvent) as error:
                 summary.fail(f"{listed.obj.get('id')}: not a Stripe event: {error}")
                 continue
-            webhooks.append(Webhook(self.app_id, envelope, listed.raw))
+            webhooks.append(Webhook(self.app_id, envelope, listed.raw, source="backfill"))
         new = self._not_recorded(webhooks)
         summary.duplicate += len(webhooks) - len(new)
         outcomes = self.ingestor.record_many(new) if new else []

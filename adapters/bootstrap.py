@@ -98,9 +98,11 @@ def delivery_timeout() -> float:
     return float(os.environ.get("ENTITLEMENTS_DELIVERY_TIMEOUT") or sender.TIMEOUT)
 
 
-def bootstrap(settings: Settings) -> Engine:
+def bootstrap(settings: Settings, read_url: str | None = None) -> Engine:
+    """`read_url`: the read models read from this hot standby (only where no follower of
+    this process writes them: `serve` with its projector apart)."""
     log = open_event_log(settings.database_url)
-    views = open_view_store(settings.database_url)
+    views = open_view_store(settings.database_url, read_url)
     clock = Clock()
     policies = {app_id: app.policy for app_id, app in settings.apps.items()}
     read_models = BuyerReadModels(policies, clock)

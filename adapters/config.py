@@ -108,6 +108,8 @@ class ServerLimits:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
+    # Queries' reads of the read models from a hot standby (`serve` only); None: the primary.
+    read_url: str | None = None
     apps: dict[str, AppConfig] = field(default_factory=dict)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     host: str = "127.0.0.1"
@@ -149,6 +151,7 @@ def settings_from_dict(doc: dict[str, Any], env: Any, base_dir: Path = Path()) -
         database_url=env.get("ENTITLEMENTS_DATABASE_URL")
         or database.get("url")
         or DEFAULT_DATABASE_URL,
+        read_url=_read_url(env.get("ENTITLEMENTS_READ_DATABASE_URL") or database.get("read_url")),
         apps=apps,
         max_body_bytes=_int(server, "max_body_bytes", DEFAULT_MAX_BODY_BYTES),
         host=server.get("host", "127.0.0.1"),
@@ -160,6 +163,14 @@ def settings_from_dict(doc: dict[str, Any], env: Any, base_dir: Path = Path()) -
 
 
 PROJECTORS = ("process", "thread")
+
+
+def _read_url(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("database.read_url must be a PostgreSQL URL (a hot standby)")
+    return value
 
 
 def _projector(server: dict[str, Any]) -> str:

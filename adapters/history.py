@@ -135,6 +135,8 @@ def entry_json(entry: HistoryEntry, include_raw: bool = False) -> dict[str, Any]
         "recordedAt": event.received_at if stripe else stamp,
         "facts": stripe_facts(event.raw) if stripe else [],
     }
+    if stripe:  # how it reached us; null for events recorded before sources were kept
+        out["source"] = event.source
     out.update(_details(event))
     if include_raw:
         out["raw"] = _raw(event)

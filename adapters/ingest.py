@@ -39,6 +39,7 @@ class Webhook:
     app_id: str
     envelope: StripeEnvelope
     raw: str
+    source: str = "webhook"  # or "backfill", "replay": kept with the event (from where)
 
 
 class Ingestor:
@@ -167,5 +168,6 @@ class Ingestor:
             stripe_created=env.created,
             received_at=self.clock(),
             raw=webhook.raw,
+            source=webhook.source,
         )
         return [receipt, *registration, recorded]

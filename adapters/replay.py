@@ -28,7 +28,7 @@ def replay_file(ingestor: Ingestor, app_id: str, path: Path) -> Outcome | str:
         return f"malformed JSON: {error.msg}"
     except NotAStripeEvent as error:
         return f"not a Stripe event: {error}"
-    return ingestor.record(Webhook(app_id, envelope, raw))
+    return ingestor.record(Webhook(app_id, envelope, raw, source="replay"))
 
 
 @dataclass

@@ -61,6 +61,9 @@ class Buyer(Aggregate):
         stripe_created: int
         received_at: float  # epoch seconds, our clock
         raw: str  # the request body exactly as Stripe sent it (text, never a dict)
+        # How it reached us: "webhook", "backfill" (Stripe's events API) or "replay" (a file).
+        # None: recorded before sources were kept (a webhook, or a backfill of then).
+        source: str | None = None
 
     # Typed events: what happened, in the user's words. They carry the same fields; the type
     # says which kind of fact the Stripe event is (chosen by `adapters/stripe/envelope.py`).

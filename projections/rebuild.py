@@ -44,6 +44,7 @@ class RebuildReport:
     new_generation: int
     events: int
     seconds: float
+    deriving_seconds: float = 0.0  # of which deriving every answer after the bulk pass
 
 
 def rebuild(
@@ -75,7 +76,9 @@ def rebuild(
             events += bounded.catch_up(on_batch)
         events += follower.catch_up(on_batch)
     follower.seed()  # every answer of the new rows is due now ...
+    deriving = time.monotonic()
     derive_everyone(follower, store, workers)  # ... and derived, each once, on every core
+    deriving = time.monotonic() - deriving
     events += follower.catch_up(on_batch)  # what arrived meanwhile, derived batch by batch
     with store.transaction() as cursor:
         if not activate(cursor, projection.name, old, new):
@@ -83,7 +86,8 @@ def rebuild(
         activated = getattr(projection, "activated", None)  # with the switch, or not at all
         if activated is not None:
             activated(on_generation(cursor, projection, new))
-    return RebuildReport(projection.name, old, new, events, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    return RebuildReport(projection.name, old, new, events, seconds, deriving)
 
 
 def _copy_other_apps(

@@ -172,12 +172,21 @@ class PostgresViewStore:
     the projector holds. A read is a REPEATABLE READ, READ ONLY transaction: its statements
     all see one snapshot (a batch is committed whole, so facts and links always agree)."""
 
-    def __init__(self, database_url: str, max_size: int = 5, max_readers: int = 10) -> None:
-        self.database_url = database_url
+    def __init__(
+        self,
+        database_url: str,
+        max_size: int = 5,
+        max_readers: int = 10,
+        read_url: str | None = None,
+    ) -> None:
+        self.database_url = database_url  # `locator()`: another process writes, on the primary
         conninfo, schema = split_schema(database_url)
         options = f"-c search_path={schema}" if schema else None
         self._pool = _pool(conninfo, options, max_size)
-        self._read_pool = _pool(conninfo, options, max_readers, configure=_read_only)
+        # `read_url`: a hot standby of the same database, for reads only (`serve`'s queries).
+        read_conninfo, read_schema = split_schema(read_url) if read_url else (conninfo, schema)
+        read_options = f"-c search_path={read_schema or schema}" if read_schema or schema else None
+        self._read_pool = _pool(read_conninfo, read_options, max_readers, configure=_read_only)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
@@ -235,11 +244,11 @@ def split_schema(database_url: str) -> tuple[str, str | None]:
     return urlunsplit(("postgresql", parts.netloc, parts.path, rest, "")), schema
 
 
-def open_view_store(database_url: str) -> ViewStore:
+def open_view_store(database_url: str, read_url: str | None = None) -> ViewStore:
     if database_url.startswith("sqlite:"):
         path = sqlite_path(database_url)
         return SQLiteViewStore(path if path == ":memory:" else _views_path(path))
-    return PostgresViewStore(database_url)
+    return PostgresViewStore(database_url, read_url=read_url)
 
 
 def reopen(locator: tuple[str, str]) -> ViewStore:

@@ -183,7 +183,8 @@ def _timed_rebuild(engine: Engine, projection: Any) -> dict[str, Any]:
         projection,
         on_batch=lambda count, _: batches.append((time.perf_counter(), count)),
     )
-    return {**_figures(report.projection, report.events, report.seconds), **_phases(batches)}
+    figures = _figures(report.projection, report.events, report.seconds)
+    return {**figures, **_phases(batches), "deriving_s": round(report.deriving_seconds, 1)}
 
 
 def _phases(batches: list[tuple[float, int]]) -> dict[str, float]:
@@ -265,9 +266,10 @@ def measure_size(backend: str, url: str, size: int, profile: Path | None) -> lis
 
 def print_table(rows: list[dict]) -> None:
     """One line per size, backend and projection; `1st batch s` includes dropping the
-    generation before the live one, `last 10%/s` is the rate at the end of the rebuild."""
+    generation before the live one, `last 10%/s` is the rate at the end of the bulk pass,
+    `deriving s` the time spent deriving every answer after it."""
     header = ("N", "backend", "projection", "events", "s", "events/s", "floor/s", "ratio")
-    header += ("RSS MB", "1st batch s", "last 10%/s")
+    header += ("RSS MB", "1st batch s", "last 10%/s", "deriving s")
     print("  ".join(f"{h:>13}" for h in header))
     for row in rows:
         rate = row["events_per_s"]
@@ -283,6 +285,7 @@ def print_table(rows: list[dict]) -> None:
             f"{row['peak_rss_mb']:.0f}",
             f"{row.get('first_batch_s', 0):.2f}",
             f"{row.get('last_tenth_events_per_s', 0):,}",
+            f"{row.get('deriving_s', 0):.1f}",
         )
         print("  ".join(f"{c:>13}" for c in cells))
     for row in {(r["size"], r["backend"]): r for r in rows}.values():

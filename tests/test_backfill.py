@@ -21,10 +21,12 @@ from click.testing import CliRunner
 
 from adapters import cli
 from adapters.backfill import Backfill
+from adapters.history import entry_json
 from adapters.stripe import listing
 from adapters.stripe.listing import StripeAccessError, StripeLister
 from domain.aggregates import receipt_id
 from domain.catalogue import Catalogue
+from projections.history import HistoryFilter
 from tests.conftest import PROJECT, fixture_files, fresh_engine, ingest, settle
 from tests.lifecycles import CATALOGUE, T0, customids, population
 from tests.recorded_stripe import KEY, RecordedStripe, running
@@ -204,3 +206,22 @@ def test_a_backfill_killed_mid_way_then_rerun_records_nothing_twice_and_misses_n
     assert summary.duplicate == len(halfway)
     assert summary.recorded == len(bodies) - len(halfway)
     assert recorded_ids(engine, events) == {e["id"] for e in events}
+
+
+def test_the_history_says_which_events_came_by_webhook_and_which_by_backfill(engine, stripe_api):
+    bodies = population(2)
+    webhooks, missed = bodies[::2], bodies[1::2]
+    ingest(engine, webhooks)  # through the webhook's path
+    for body in bodies:
+        stripe_api.add_event(body)
+    backfill(engine, stripe_api)
+    settle(engine)
+    sources = {}
+    for customid in customids(bodies):
+        for entry in map(entry_json, engine.history.entries("demo", customid, HistoryFilter())):
+            if entry["stripeEventId"] is not None:
+                sources[entry["stripeEventId"]] = entry["source"]
+    assert sources == {
+        **{json.loads(body)["id"]: "webhook" for body in webhooks},
+        **{json.loads(body)["id"]: "backfill" for body in missed},
+    }

@@ -144,11 +144,11 @@ def timeline_row(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def source_of(entry: dict[str, Any]) -> str:
-    """Where the engine learnt it. Events fetched by `backfill` are recorded exactly as their
-    webhook would have been: the record does not tell the two apart."""
+    """Where the engine learnt it. A Stripe event recorded before sources were kept names none:
+    it came by webhook, or by a backfill of then."""
     kind = entry["eventType"]
     if entry["stripeEventId"] is not None:
-        return "webhook or backfill"
+        return entry.get("source") or "webhook or backfill"
     if kind == Buyer.StripeObjectObserved.__name__:
         return entry.get("source") or "import"
     if kind == Buyer.CustomidLinked.__name__:

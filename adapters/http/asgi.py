@@ -21,7 +21,10 @@ from adapters.runtime_tuning import tune_for_server
 def create_app() -> Starlette:
     """Reads ENTITLEMENTS_CONFIG (or the demo configuration) in each worker process."""
     configure_logging()  # JSON lines, also when started as `uvicorn --factory ...`
-    engine = bootstrap(load_settings())
+    settings = load_settings()
+    # Queries may read a hot standby; a follower in this process must read what it writes.
+    apart = settings.projector == "process" and can_run_apart(settings.database_url)
+    engine = bootstrap(settings, read_url=settings.read_url if apart else None)
     connections.install(engine.settings.limits)  # used by `serve`'s protocol, in this worker
     app = build_http_app(engine)
 

@@ -619,7 +619,9 @@ def _history_schemas() -> dict[str, Schema]:
                 "appId": STRING,
                 "customid": STRING,
                 "previousCustomid": _nullable(STRING),
-                "source": STRING,
+                # How it was learnt: a Stripe event's webhook, backfill or replay (null when
+                # recorded before sources were kept); an observation's command; a link's source
+                "source": _nullable(STRING),
                 "checkoutSessionId": STRING,
                 "status": _nullable(INTEGER),  # a refused line-item fetch: Stripe's HTTP status
                 "reason": STRING,  # and its message

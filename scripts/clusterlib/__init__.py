@@ -1,0 +1,1 @@
+"""`scripts/cluster`: several engine hosts, one PostgreSQL and HAProxy in network namespaces."""

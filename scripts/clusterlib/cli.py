@@ -1,0 +1,487 @@
+"""`scripts/cluster`: the command line.
+
+    up        network namespaces, PostgreSQL, N engine hosts (each `serve` with its projector),
+              HAProxy in front health-checking /healthz
+    down      stop every process of the cluster and delete its namespaces (idempotent)
+    status    what runs, and HAProxy's view of the engine hosts
+    load      webhooks and queries through HAProxy, optionally with a fault in the middle; then
+              the checks (nothing acknowledged lost, nothing recorded twice, hosts agree)
+    fault     one fault now: kill-host NAME | restart-host NAME | stop-postgres | start-postgres |
+              cut-network NAME | restore-network NAME
+    report    the last load's report again
+    run       up, load (with --fault), down, whatever happens; exit status 1 if a check failed
+    capacity  webhooks/s and queries/s with 1, 2 and 3 engine hosts, CPU per request
+
+Everything is bounded: each load lasts --seconds, retries at most --drain more; `run` tears the
+cluster down in `finally`, and `down` is safe to repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from clusterlib import checks, hosts, net
+from clusterlib.cluster import Cluster, Sampler
+
+FAULTS = ("kill-host", "stop-postgres", "cut-network")
+# Seconds within which a webhook is refused while PostgreSQL is down: the engine's
+# webhook_write_timeout (2 s) and the way there and back.
+REFUSAL_BOUND = 2.2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/cluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=hosts.DEFAULT_DIR,
+        help="logs, data, reports (default %(default)s)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up")
+    up.add_argument("--apps", type=int, default=3, help="engine hosts (default 3)")
+    up.add_argument("--replica", action="store_true", help="queries read a hot standby")
+    sub.add_parser("down")
+    sub.add_parser("status")
+    sub.add_parser("report")
+    for name in ("load", "run"):
+        p = sub.add_parser(name)
+        if name == "run":
+            p.add_argument("--apps", type=int, default=3)
+            p.add_argument("--replica", action="store_true", help="queries read a hot standby")
+        load_options(p)
+    fault = sub.add_parser("fault")
+    fault.add_argument(
+        "kind",
+        choices=(
+            "kill-host",
+            "restart-host",
+            "stop-postgres",
+            "start-postgres",
+            "cut-network",
+            "restore-network",
+        ),
+    )
+    fault.add_argument("host", nargs="?", default="app2")
+    cap = sub.add_parser("capacity")
+    cap.add_argument("--seconds", type=float, default=10.0)
+    cap.add_argument("--hosts", default="1,2,3")
+    cap.add_argument("--connections", type=int, default=32)
+    cap.add_argument(
+        "--one-projector",
+        action="store_true",
+        help="pause (SIGSTOP) every projector but app1's: what the hosts' duplicate projection "
+        "work costs",
+    )
+    args = parser.parse_args(argv)
+
+    if args.command != "report" and (why := net.can_make_namespaces()):
+        print(f"scripts/cluster: {why}", file=sys.stderr)
+        return 2
+    if args.command in ("up", "run"):
+        cluster = Cluster(args.dir, args.apps, args.replica)
+    else:
+        cluster = Cluster.existing(args.dir)
+    if args.command == "up":
+        try:
+            cluster.up()
+        except BaseException:
+            cluster.down()
+            raise
+        return 0
+    if args.command == "down":
+        cluster.down()
+        return 0
+    if args.command == "status":
+        print(
+            json.dumps(
+                {
+                    "namespaces": net.namespaces(),
+                    "haproxy": hosts.haproxy_servers(cluster.haproxy_sock),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if args.command == "report":
+        latest = sorted(args.dir.glob("report-*.json"))
+        if not latest:
+            print("no report yet", file=sys.stderr)
+            return 1
+        print(latest[-1].read_text())
+        return 0
+    if args.command == "fault":
+        return do_fault(cluster, args.kind, args.host)
+    if args.command == "load":
+        return 0 if load(cluster, args)["passed"] else 1
+    if args.command == "run":
+        try:
+            cluster.up()
+            return 0 if load(cluster, args)["passed"] else 1
+        finally:
+            cluster.down()
+    if args.command == "capacity":
+        return capacity(args)
+    return 2
+
+
+def load_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the schedule")
+    p.add_argument("--rate", type=float, default=100.0, help="webhooks/s offered")
+    p.add_argument("--query-rate", type=float, default=50.0, help="permission queries/s")
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=60.0,
+        help="seconds after the schedule during which failed webhooks are retried",
+    )
+    p.add_argument("--fault", choices=FAULTS)
+    p.add_argument("--host", default="app2", help="the engine host the fault hits")
+    p.add_argument("--at", type=float, default=8.0, help="seconds into the schedule")
+    p.add_argument(
+        "--for",
+        dest="duration",
+        type=float,
+        default=6.0,
+        help="seconds before the host is restarted / PostgreSQL started / the network restored",
+    )
+    p.add_argument(
+        "--direct-every",
+        type=int,
+        default=10,
+        help="every Nth webhook's first attempt goes straight to an engine host",
+    )
+    p.add_argument("--json", type=Path, help="also write the report here")
+
+
+def do_fault(cluster: Cluster, kind: str, host: str) -> int:
+    if kind == "kill-host":
+        print(f"killed {host}: pids {cluster.kill_host(host)}")
+    elif kind == "restart-host":
+        cluster.restart_host(host)
+    elif kind == "stop-postgres":
+        cluster.stop_postgres()
+    elif kind == "start-postgres":
+        cluster.start_postgres()
+    elif kind == "cut-network":
+        cluster.cut(host, up=False)
+    elif kind == "restore-network":
+        cluster.cut(host, up=True)
+    return 0
+
+
+def client_process(cluster: Cluster, spec: dict[str, Any]) -> subprocess.Popen[str]:
+    path = cluster.home / f"client-{time.time_ns()}.json"
+    spec = {
+        "secret": hosts.SECRET,
+        "app_id": hosts.APP_ID,
+        "rest_key": hosts.REST_KEY,
+        "project_root": str(hosts.PROJECT_ROOT),
+        "target": list(cluster.lb_target),
+        **spec,
+    }
+    path.write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(hosts.SCRIPTS_DIR)}
+    argv = net.in_netns(
+        net.SWITCH, [str(hosts.VENV_BIN / "python"), "-m", "clusterlib.load", str(path)]
+    )
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=hosts.PROJECT_ROOT,
+        start_new_session=True,
+    )
+
+
+class FaultPlan(threading.Thread):
+    """Does the fault `at` seconds after the client's clock starts, undoes it `duration` later,
+    and notes when each step happened."""
+
+    def __init__(self, cluster: Cluster, kind: str, host: str, at: float, duration: float):
+        super().__init__(daemon=True, name="fault")
+        self.cluster, self.kind, self.host = cluster, kind, host
+        self.at, self.duration = at, duration
+        self.started = threading.Event()
+        self.start_epoch = 0.0
+        self.times: dict[str, float] = {}
+        self.error: BaseException | None = None
+
+    def begin(self, start_epoch: float) -> None:
+        self.start_epoch = start_epoch
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as error:
+            self.error = error
+
+    def _sleep_until(self, offset: float) -> None:
+        time.sleep(max(0.0, self.start_epoch + offset - time.time()))
+
+    def _run(self) -> None:
+        c = self.cluster
+        self._sleep_until(self.at)
+        self.times["fault"] = time.time()
+        if self.kind == "kill-host":
+            c.kill_host(self.host)
+        elif self.kind == "stop-postgres":
+            c.stop_postgres()
+        elif self.kind == "cut-network":
+            c.cut(self.host, up=False)
+        self.times["fault_done"] = time.time()
+        self._sleep_until(self.at + self.duration)
+        self.times["restore"] = time.time()
+        if self.kind == "kill-host":
+            c.restart_host(self.host)
+        elif self.kind == "stop-postgres":
+            c.start_postgres()
+        elif self.kind == "cut-network":
+            c.cut(self.host, up=True)
+        self.times["restore_done"] = time.time()
+        names = {h.name for h in c.app_hosts}
+        c.wait_balanced(names, timeout=90)
+        self.times["all_up_in_haproxy"] = time.time()
+
+
+def load(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    """A load run, its fault, its checks; prints and saves the report."""
+    direct = [[h.address, hosts.ENGINE_PORT] for h in cluster.app_hosts]
+    spec = {
+        "seconds": args.seconds,
+        "webhook_rate": args.rate,
+        "query_rate": args.query_rate,
+        "drain_seconds": args.drain,
+        "direct": direct,
+        "direct_every": args.direct_every,
+        "out": str(cluster.home / f"load-{time.time_ns()}.json"),
+    }
+    plan = FaultPlan(cluster, args.fault, args.host, args.at, args.duration) if args.fault else None
+    cpu_before = host_cpu(cluster)
+    with Sampler(cluster) as sampler:
+        client = client_process(cluster, spec)
+        try:
+            line = client.stdout.readline() if client.stdout else ""
+            start_epoch = float(line.split()[1]) if line.startswith("start") else time.time()
+            if plan:
+                plan.begin(start_epoch)
+            client.wait(timeout=args.seconds + args.drain + 120)
+        finally:
+            if client.poll() is None:
+                hosts.kill_session(client.pid, wait=2)
+        if plan:
+            plan.join(timeout=120)
+            if plan.error:
+                raise plan.error
+        for host in cluster.app_hosts:  # all back, and caught up, before the checks
+            hosts.wait_healthy(host, timeout=90)
+        settled = time.time()
+    if client.returncode != 0:
+        raise RuntimeError(f"the load client failed (exit {client.returncode})")
+    result = json.loads(Path(spec["out"]).read_text())
+    report = build_report(cluster, args, result, plan, sampler.samples, cpu_before, settled)
+    save(cluster, report, args.json)
+    return report
+
+
+def host_cpu(cluster: Cluster) -> dict[str, float]:
+    found = {h.name: hosts.cpu_seconds(net.pids_in(h.netns)) for h in cluster.app_hosts}
+    found["postgresql"] = hosts.cpu_seconds(net.pids_in(net.DB.netns))
+    found["haproxy"] = hosts.cpu_seconds(net.pids_in(net.LB.netns))
+    return found
+
+
+def build_report(cluster, args, result, plan, samples, cpu_before, settled) -> dict[str, Any]:
+    stored = checks.stored_counts(cluster.pg.local_url)
+    webhooks = checks.webhook_figures(result, stored)
+    sample = result["customids"][:: max(1, len(result["customids"]) // 100)][:100]
+    agree = checks.agreement(cluster.app_hosts, sample)
+    cpu_after = host_cpu(cluster)
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "hosts": len(cluster.app_hosts),
+        "offered": {
+            "seconds": args.seconds,
+            "webhooks_per_s": args.rate,
+            "queries_per_s": args.query_rate,
+            "drain_s": args.drain,
+        },
+        "webhooks": webhooks,
+        "queries": checks.query_figures(result),
+        "hosts_agree": agree,
+        # None: the host was restarted meanwhile (its processes' CPU time went with them)
+        "cpu_seconds": {
+            k: round(d, 2) if (d := cpu_after.get(k, 0) - v) >= 0 and not plan else None
+            for k, v in cpu_before.items()
+        },
+        "balancer_changes": checks.balancer_changes(samples, result["start_epoch"]),
+        "timeline": checks.timeline(result),
+    }
+    if plan:
+        t = plan.times
+        report["fault"] = {
+            "kind": plan.kind,
+            "host": plan.host if plan.kind != "stop-postgres" else "db",
+            "at_s": round(t["fault"] - result["start_epoch"], 2),
+            "restored_at_s": round(t["restore"] - result["start_epoch"], 2),
+            "all_up_in_haproxy_at_s": round(t["all_up_in_haproxy"] - result["start_epoch"], 2),
+            "during": checks.window(result, t["fault"], t["restore"]),
+            "memory": checks.memory(samples, t["fault"], t["restore"] + 1),
+        }
+    report["settled_after_s"] = round(settled - result["start_epoch"], 2)
+    if cluster.replica:
+        report["replica"] = replica_figures(cluster, result)
+    failures = []
+    if webhooks["lost"]:
+        failures.append(f"{len(webhooks['lost'])} acknowledged webhooks lost")
+    if webhooks["recorded_twice"]:
+        failures.append(f"{len(webhooks['recorded_twice'])} webhooks recorded twice")
+    if webhooks["never_acknowledged"]:
+        failures.append(
+            f"{webhooks['never_acknowledged']} webhooks never acknowledged (retries ran out)"
+        )
+    ryw = report.get("replica", {}).get("read_your_writes")
+    if ryw and ryw["seen_at_once"] != ryw["links"]:
+        failures.append(f"read-your-writes broken: {ryw['missing']}")
+    if not agree["agreed"]:
+        failures.append(f"hosts disagree: {agree['example']}")
+    if plan and plan.kind == "stop-postgres":
+        slowest = max(
+            (w["not_2xx_max_ms"] for w in report["fault"]["during"].values()), default=0.0
+        )
+        if slowest > REFUSAL_BOUND * 1000:
+            failures.append(f"a refusal took {slowest:.0f} ms while PostgreSQL was down")
+    report["failures"] = failures
+    report["passed"] = not failures
+    return report
+
+
+def replica_figures(cluster: Cluster, result: dict[str, Any]) -> dict[str, Any]:
+    """Whether the queries really read the standby, how far behind it is, and read-your-writes
+    for the app's own writes (connect_stripe) across hosts."""
+    engines = ", ".join(f"'{h.address}'" for h in cluster.app_hosts)
+    reads = cluster.standby.sql(
+        f"SELECT count(*) FROM pg_stat_activity WHERE client_addr IN ({engines})"
+    )[0][0]
+    commits = cluster.standby.sql("SELECT sum(xact_commit) FROM pg_stat_database")[0][0]
+    lag = cluster.standby.sql(
+        "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), "
+        "pg_is_in_recovery()"
+    )[0]
+    return {
+        "engine_connections_on_standby": reads,
+        "standby_transactions": int(commits or 0),
+        "standby_replay_behind_bytes": int(lag[0] or 0),
+        "standby_in_recovery": lag[1],
+        "read_your_writes": checks.read_your_writes(result.get("customers", [])),
+    }
+
+
+def save(cluster: Cluster, report: dict[str, Any], extra: Path | None) -> None:
+    text = json.dumps(report, indent=2)
+    (cluster.home / f"report-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(text)
+    if extra:
+        extra.write_text(text)
+    summary = {k: v for k, v in report.items() if k != "timeline"}
+    print(json.dumps(summary, indent=2))
+
+
+def capacity(args: argparse.Namespace) -> int:
+    """For each host count: webhooks closed loop, then queries closed loop; CPU per request."""
+    rows = []
+    for count in [int(n) for n in args.hosts.split(",")]:
+        cluster = Cluster(args.dir, count)
+        try:
+            cluster.up()
+            if args.one_projector:
+                paused = pause_projectors(cluster)
+            rows.append(measure(cluster, count, args))
+            if args.one_projector:
+                rows[-1]["paused_projectors"] = paused
+        finally:
+            cluster.down()
+    text = json.dumps(rows, indent=2)
+    (args.dir.parent / "ent-cluster-capacity.json").write_text(text)
+    print(text)
+    return 0
+
+
+def primary_commits(cluster: Cluster) -> int:
+    rows = cluster.pg.sql("SELECT sum(xact_commit) FROM pg_stat_database")
+    return int(rows[0][0] or 0)
+
+
+def pause_projectors(cluster: Cluster) -> list[int]:
+    """SIGSTOP the `entitlements project` processes of every host but the first."""
+    import signal
+
+    paused = []
+    for host in cluster.app_hosts[1:]:
+        for pid in net.pids_in(host.netns):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"project" in argv:
+                os.kill(pid, signal.SIGSTOP)
+                paused.append(pid)
+    return paused
+
+
+def measure(cluster: Cluster, count: int, args: argparse.Namespace) -> dict[str, Any]:
+    row: dict[str, Any] = {"hosts": count}
+    for kind in ("webhooks", "queries"):
+        spec: dict[str, Any] = {
+            "seconds": args.seconds,
+            "closed_connections": args.connections,
+            "drain_seconds": 10.0,
+            "query_rate": 0,
+            "out": str(cluster.home / f"cap-{kind}.json"),
+        }
+        if kind == "webhooks":
+            spec["webhook_rate"] = 3000  # sizes the stream: more than can be sent
+        else:
+            spec.update(queries_only=True, preload=600, webhook_rate=1)
+        client = client_process(cluster, spec)
+        line = client.stdout.readline() if client.stdout else ""
+        before = host_cpu(cluster)
+        commits_before = primary_commits(cluster)
+        client.wait(timeout=args.seconds + 180)
+        after = host_cpu(cluster)
+        commits = primary_commits(cluster) - commits_before
+        result = json.loads(Path(spec["out"]).read_text())
+        statuses = (
+            [a[2] for a in result["attempts"]]
+            if kind == "webhooks"
+            else [q[2] for q in result["queries"]]
+        )
+        elapsed = result["elapsed"]
+        ok = sum(1 for s in statuses if 200 <= s < 300)
+        engines = sum(after[h.name] - before[h.name] for h in cluster.app_hosts)
+        row[kind] = {
+            "ok": ok,
+            "not_ok": len(statuses) - ok,
+            "seconds": round(elapsed, 2),
+            "per_s": round(ok / elapsed, 1) if elapsed else 0,
+            "engine_cpu_s": round(engines, 2),
+            "engine_cpu_ms_per_request": round(1000 * engines / ok, 3) if ok else None,
+            "postgresql_cpu_s": round(after["postgresql"] - before["postgresql"], 2),
+            "haproxy_cpu_s": round(after["haproxy"] - before["haproxy"], 2),
+            "primary_transactions_per_request": round(commits / ok, 3) if ok else None,
+            "client_started": line.strip(),
+        }
+    return row

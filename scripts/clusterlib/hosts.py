@@ -1,0 +1,422 @@
+"""The cluster's hosts and their processes: PostgreSQL, engine hosts, HAProxy.
+
+Every process is started inside its host's namespace (`ip netns exec`), in a session of its own,
+with its output in a log file of the cluster's directory. `state.json` there names what runs, so
+that `down` (idempotent) finds everything again from another invocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from clusterlib import net
+
+SCRIPTS_DIR = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = SCRIPTS_DIR.parent
+VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
+DEFAULT_DIR = Path("/tmp/ent-cluster")
+
+APP_ID = "demo"
+SECRET = "whsec_cluster_secret_do_not_use_in_production"
+REST_KEY = "cluster-rest-key"
+ENGINE_PORT = 8000
+LB_PORT = 8080
+PG_PORT = 5432
+CLONE_NEWNET = 0x40000000
+
+
+# --- Running code inside a namespace ----------------------------------------------------------
+
+
+def in_netns(netns: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) in a thread that joined `netns` first (setns is per thread): its sockets are
+    that namespace's. The thread ends with fn; the caller's namespace never changes."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            finally:
+                os.close(fd)
+            result["value"] = fn(*args)
+        except BaseException as error:  # handed to the caller
+            result["error"] = error
+
+    thread = threading.Thread(target=target, name=f"in-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def http_get(url: str, timeout: float = 2.0, key: bool = False) -> tuple[int, bytes]:
+    """GET from the switch's namespace; (status, body), (0, b"") when nothing answered."""
+
+    def get() -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {REST_KEY}"} if key else {}
+        try:
+            response = httpx.get(url, timeout=timeout, headers=headers)
+        except httpx.HTTPError:
+            return 0, b""
+        return response.status_code, response.content
+
+    return in_netns(net.SWITCH, get)
+
+
+# --- Processes ----------------------------------------------------------------------------------
+
+
+def spawn(netns: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            net.in_netns(netns, argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=PROJECT_ROOT,
+            env=env,
+        )
+    return process.pid
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def kill_session(pid: int, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
+    """Signal the process group a spawned process leads; SIGKILL what is left after `wait`."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def kill_namespace(netns: str) -> list[int]:
+    """SIGKILL every process in a namespace: the host is gone, all at once."""
+    pids = net.pids_in(netns)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def pg_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[4]))
+    if not found and os.geteuid() == 0:
+        apt_install("postgresql")
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        raise RuntimeError("PostgreSQL's server binaries are missing (Debian: postgresql)")
+    return Path(found[-1])
+
+
+def apt_install(package: str) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", package], check=True, env=env, capture_output=True
+    )
+
+
+def haproxy_bin() -> str:
+    found = shutil.which("haproxy")
+    if found is None and os.geteuid() == 0:
+        apt_install("haproxy")
+        found = shutil.which("haproxy")
+    if found is None:
+        raise RuntimeError("HAProxy is missing (Debian: apt-get install haproxy)")
+    return found
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv]
+
+
+class Postgres:
+    """One server on a host of its own; its Unix socket (in the cluster directory) lets checks
+    from the root namespace read it without a network."""
+
+    def __init__(self, home: Path, host: net.Host) -> None:
+        self.home, self.host = home, host
+        self.data, self.sock, self.log = home / "data", home / "sock", home / "postgres.log"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{self.host.address}:{PG_PORT}/postgres"
+
+    @property
+    def local_url(self) -> str:
+        return f"postgresql://postgres@/postgres?host={self.sock}&port={PG_PORT}"
+
+    def init(self) -> None:
+        bin_dir = pg_bin()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.sock.mkdir(exist_ok=True)
+        if not (self.data / "PG_VERSION").exists():
+            self.data.mkdir(mode=0o700, exist_ok=True)
+            shutil.chown(self.home, "postgres", "postgres")
+            for path in (self.data, self.sock):
+                shutil.chown(path, "postgres", "postgres")
+            subprocess.run(
+                as_postgres(
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(self.data),
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                    ]
+                ),
+                check=True,
+                capture_output=True,
+            )
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {net.SUBNET}.0/24 trust\n")
+                hba.write(f"host replication all {net.SUBNET}.0/24 trust\n")
+
+    def init_standby(self, primary: Postgres) -> None:
+        """A streaming replica of `primary` (hot standby), from a base backup taken over the
+        network from the standby's own namespace."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.sock.mkdir(exist_ok=True)
+        for path in (self.home, self.sock):
+            shutil.chown(path, "postgres", "postgres")
+        subprocess.run(
+            net.in_netns(self.host.netns, as_postgres([
+                str(pg_bin() / "pg_basebackup"), "-h", primary.host.address, "-p", str(PG_PORT),
+                "-U", "postgres", "-D", str(self.data), "-R", "-X", "stream", "-c", "fast",
+            ])),
+            check=True, capture_output=True,
+        )  # fmt: skip
+        self.data.chmod(0o700)
+
+    def sql(self, statement: str) -> list[tuple]:
+        """One statement over the Unix socket (root namespace, no network)."""
+        import psycopg
+
+        with psycopg.connect(self.local_url, autocommit=True, connect_timeout=3) as conn:
+            return conn.execute(statement).fetchall()
+
+    def start(self) -> None:
+        options = (
+            f"-c listen_addresses={self.host.address} -p {PG_PORT} "
+            f"-c unix_socket_directories={self.sock} -c max_connections=300 -c fsync=on "
+            "-c wal_level=replica -c max_wal_senders=5 -c hot_standby=on"
+        )
+        subprocess.run(
+            net.in_netns(
+                self.host.netns,
+                as_postgres(
+                    [
+                        str(pg_bin() / "pg_ctl"),
+                        "-D",
+                        str(self.data),
+                        "-l",
+                        str(self.log),
+                        "-w",
+                        "-o",
+                        options,
+                        "start",
+                    ]
+                ),
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        if not (self.data / "postmaster.pid").exists():
+            return
+        subprocess.run(
+            as_postgres([str(pg_bin() / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"]),
+            check=False,
+            capture_output=True,
+        )
+
+
+# --- Engine hosts and HAProxy ----------------------------------------------------------------
+
+
+def engine_config(
+    path: Path, database_url: str, host: net.Host, read_url: str | None = None
+) -> Path:
+    catalogue = PROJECT_ROOT / "adapters" / "demo-catalogue.json"
+    reads = f'read_url = "{read_url}"\n' if read_url else ""
+    path.write_text(
+        f'[database]\nurl = "{database_url}"\n{reads}\n'
+        f'[server]\nhost = "{host.address}"\nport = {ENGINE_PORT}\nworkers = 1\n'
+        # What the cluster measures is capacity, not the per-key REST limit (100/s).
+        "rate_limit_per_second = 0\n\n"
+        f"[apps.{APP_ID}]\n"
+        f'webhook_secrets = ["{SECRET}"]\nrest_api_keys = ["{REST_KEY}"]\n'
+        'grace_period = "P3D"\nrenewal_leeway = "P1D"\nrefund_policy = "full"\n'
+        f'catalogue = "{catalogue}"\n'
+    )
+    return path
+
+
+def start_engine(home: Path, host: net.Host) -> int:
+    config = home / f"{host.name}.toml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTITLEMENTS_")}
+    argv = [str(VENV_BIN / "entitlements"), "--config", str(config), "serve"]
+    return spawn(host.netns, argv, home / f"{host.name}.log", env)
+
+
+def healthz(host: net.Host) -> tuple[int, bytes]:
+    return http_get(f"http://{host.address}:{ENGINE_PORT}/healthz", timeout=4.0)
+
+
+def wait_healthy(host: net.Host, timeout: float = 60.0) -> float:
+    """Seconds until the host's /healthz answered 200."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if healthz(host)[0] == 200:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    raise RuntimeError(f"{host.name} not healthy after {timeout:.0f} s")
+
+
+HAPROXY_CFG = """\
+global
+    maxconn 4096
+    stats socket {sock} mode 600 level admin
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 1s
+    timeout client 30s
+    timeout server 10s
+    timeout http-keep-alive 30s
+    timeout queue 2s
+    retries 2
+    option redispatch
+    retry-on conn-failure empty-response
+    timeout check 1s
+
+frontend webhooks_and_queries
+    bind {address}:{port}
+    default_backend engines
+
+backend engines
+    balance roundrobin
+    option httpchk GET /healthz
+    # A host is in service while it can record webhooks: /healthz says "database":"ok". Not
+    # only on 200: the read models are shared by every host, so a host catching up (503,
+    # "catching_up") is no further behind than the others, and taking them all out at once
+    # would refuse every webhook for as long as the backlog lasts.
+    http-check expect rstring \\"database\\":\\"ok\\"
+    default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2 maxconn 256
+{servers}
+"""
+
+
+def haproxy_config(path: Path, apps: list[net.Host], sock: Path) -> Path:
+    servers = "\n".join(f"    server {h.name} {h.address}:{ENGINE_PORT} check" for h in apps)
+    path.write_text(
+        HAPROXY_CFG.format(sock=sock, address=net.LB.address, port=LB_PORT, servers=servers)
+    )
+    return path
+
+
+def start_haproxy(home: Path, config: Path) -> int:
+    check = subprocess.run([haproxy_bin(), "-c", "-f", str(config)], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise RuntimeError(f"HAProxy refuses {config}: {check.stdout}{check.stderr}")
+    return spawn(net.LB.netns, [haproxy_bin(), "-db", "-f", str(config)], home / "haproxy.log")
+
+
+def haproxy_servers(sock: Path) -> dict[str, str]:
+    """Each engine host's status as HAProxy sees it (UP, DOWN, ...)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(sock))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    except OSError:
+        return {}
+    lines = data.decode().splitlines()
+    if not lines:
+        return {}
+    header = lines[0].lstrip("# ").split(",")
+    found = {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == "engines" and row.get("svname") not in ("FRONTEND", "BACKEND"):
+            found[row["svname"]] = row.get("status", "")
+    return found
+
+
+def read_state(home: Path) -> dict[str, Any]:
+    try:
+        return json.loads((home / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(home: Path, state: dict[str, Any]) -> None:
+    (home / "state.json").write_text(json.dumps(state, indent=2))
