@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
 from adapters.config import Settings
+from adapters.outbound import sender
+from adapters.outbound.publisher import Publisher
+from adapters.outbound.store import DeliveryStore
+from adapters.outbound.worker import DeliveryWorker
 from adapters.storage.eventstore import EventLog, open_event_log
 from adapters.storage.grouped_reads import GroupedReads
 from adapters.stripe.readers import STRIPE_READERS
@@ -15,6 +20,7 @@ from adapters.usecases.history import CustomerHistory
 from adapters.usecases.ingest import Ingestor
 from adapters.usecases.line_items import CheckoutResolver
 from adapters.usecases.linking import Linker
+from projections.announcements import Announcer
 from projections.entitlements import Entitlements
 from projections.follower import Follower
 from projections.grants import dirty_rows
@@ -50,6 +56,10 @@ class Engine:
     clock: Clock
     # Questions about now from HTTP, read together (None: reads are local, ask directly).
     grouped_reads: GroupedReads | None
+    # Outbound webhooks: where deliveries live, and the worker that sends them (run by the
+    # projector: `entitlements project`; None when no app has an endpoint).
+    deliveries: DeliveryStore | None = None
+    outbound: DeliveryWorker | None = None
 
     def wait_until_derived(
         self, position: int, app_id: str | None = None, timeout: float = WAIT_SECONDS
@@ -74,11 +84,19 @@ class Engine:
     def close(self) -> None:
         if self.grouped_reads is not None:
             self.grouped_reads.close()
+        if self.outbound is not None:
+            self.outbound.stop()
         self.writer.stop()
         self.resolver.stop()
         self.follower.stop()
         self.views.close()
         self.log.close()
+
+
+def delivery_timeout() -> float:
+    """Seconds a delivery's POST may take (10, PRODUCT.md); `ENTITLEMENTS_DELIVERY_TIMEOUT`
+    shortens it for tests that kill a worker mid-flight (its lease outlives it by 5 s)."""
+    return float(os.environ.get("ENTITLEMENTS_DELIVERY_TIMEOUT") or sender.TIMEOUT)
 
 
 def bootstrap(settings: Settings, read_url: str | None = None) -> Engine:
@@ -88,7 +106,12 @@ def bootstrap(settings: Settings, read_url: str | None = None) -> Engine:
     views = open_view_store(settings.database_url, read_url)
     clock = Clock()
     policies = {app_id: app.policy for app_id, app in settings.apps.items()}
-    follower = Follower(log, views, BuyerReadModels(policies, clock, STRIPE_READERS))
+    read_models = BuyerReadModels(policies, clock, STRIPE_READERS)
+    endpoints = {a: app.endpoints for a, app in settings.apps.items() if app.endpoints}
+    if endpoints:  # only apps with endpoints record their changes: nobody else is told
+        read_models.grants.announcer = Announcer(endpoints, read_models.name)
+    follower = Follower(log, views, read_models)
+    deliveries = DeliveryStore(views)
     catalogues = Catalogues(log)
     for app in settings.apps.values():
         if app.catalogue_file is not None:
@@ -109,4 +132,15 @@ def bootstrap(settings: Settings, read_url: str | None = None) -> Engine:
         writer=GroupCommitWriter(ingestor),
         clock=clock,
         grouped_reads=GroupedReads(entitlements.now_many) if views.remote else None,
+        deliveries=deliveries,
+        outbound=(
+            DeliveryWorker(
+                deliveries,
+                Publisher(log, deliveries, endpoints),
+                endpoints,
+                timeout=delivery_timeout(),
+            )
+            if endpoints
+            else None
+        ),
     )

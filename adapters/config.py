@@ -33,6 +33,17 @@ def api_key_digest(key: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """Where an app is told of its customers' permission changes (outbound webhooks)."""
+
+    url: str
+    secret: str  # signs each delivery (`Entitlements-Signature`)
+
+    def __repr__(self) -> str:  # never print secrets
+        return f"Endpoint(url={self.url!r})"
+
+
+@dataclass(frozen=True)
 class ApiKey:
     """A REST API key as kept: its SHA-256 digest (plain keys are hashed on load) and role."""
 
@@ -54,6 +65,7 @@ class AppConfig:
     catalogue_file: Path | None = None
     stripe_max_requests_per_second: float = 20.0  # Stripe's test mode allows 25
     reconcile_every: float = 0.0  # seconds between reconciles inside `serve`; 0 disables
+    endpoints: tuple[Endpoint, ...] = ()  # [[apps.X.endpoints]]: outbound webhooks
 
     @property
     def rest_api_key_digests(self) -> tuple[bytes, ...]:
@@ -203,7 +215,26 @@ def _app_config(app_id: str, raw: Any, base_dir: Path) -> AppConfig:
         catalogue_file=(base_dir / catalogue) if isinstance(catalogue, str) else None,
         stripe_max_requests_per_second=_positive(raw, "stripe_max_requests_per_second", where),
         reconcile_every=_every(raw, "reconcile_every", where),
+        endpoints=_endpoints(raw, where),
     )
+
+
+def _endpoints(raw: dict[str, Any], where: str) -> tuple[Endpoint, ...]:
+    """`[[apps.X.endpoints]]`: each a `url` (http or https) and a `secret`."""
+    tables = raw.get("endpoints", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{where}.endpoints must be an array of tables ([[{where}.endpoints]])")
+    endpoints = []
+    for index, table in enumerate(tables):
+        url, secret = table.get("url"), table.get("secret")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.endpoints[{index}].url must be an http(s) URL")
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(f"{where}.endpoints[{index}].secret must be a non-empty string")
+        endpoints.append(Endpoint(url, secret))
+    if len({e.url for e in endpoints}) != len(endpoints):
+        raise ConfigError(f"{where}.endpoints: each url may be listed once")
+    return tuple(endpoints)
 
 
 def _positive(raw: dict[str, Any], key: str, where: str, default: float = 20.0) -> float:

@@ -34,6 +34,7 @@ from domain.catalogue import Catalogue
 from domain.clock import Instant
 from domain.policy import AppPolicy
 from domain.rules import FactHistory, derive
+from projections.announcements import Announcer, CauseOf, batch_causes, due_causes, rebuilt
 from projections.buyer_facts import (
     PAYMENT_PREFIX,
     Claim,
@@ -86,6 +87,7 @@ class _Batch:
     touched: list[Touched] = field(default_factory=list)
     end: int = 0  # the batch's last position
     everything: bool = False  # an event of an unknown kind: every row is due
+    applied: list[tuple[Touched, Any]] = field(default_factory=list)  # why rows are derived
 
 
 class GrantsProjection:
@@ -102,6 +104,8 @@ class GrantsProjection:
         # end (`seed`, then `derive_due`), rather than a customer once per batch of its events.
         self.deferred: set[int] = set()
         self._batches: dict[Cursor, _Batch] = {}
+        # Outbound webhooks: told of every answer derived again (projections/announcements.py).
+        self.announcer: Announcer | None = None
 
     @contextlib.contextmanager
     def bulk(self, generation: int) -> Iterator[None]:
@@ -117,6 +121,8 @@ class GrantsProjection:
     def create_tables(self, cursor: Cursor) -> None:
         for statement in SCHEMA:
             cursor.execute(statement)
+        if self.announcer is not None:
+            self.announcer.create_tables(cursor)
 
     @contextlib.contextmanager
     def batch(self, cursor: Cursor) -> Iterator[None]:
@@ -130,7 +136,8 @@ class GrantsProjection:
                 cursor.execute("UPDATE customer_grants SET due = 0")
             elif not self._deferred(cursor):
                 affected = affected_customids(cursor, state.touched)
-                self.derive(cursor, sorted(affected), revision=state.end)
+                causes = batch_causes(state.applied)
+                self.derive(cursor, sorted(affected), revision=state.end, causes=causes)
         finally:
             self._batches.pop(cursor, None)
 
@@ -142,12 +149,14 @@ class GrantsProjection:
         state = self._batches.get(cursor)
         if state is None:  # outside a batch: one event at a time
             if touched is not None and not self._deferred(cursor):
-                self.derive(cursor, sorted(affected_customids(cursor, [touched])), position)
+                causes = batch_causes([(touched, event)])
+                self.derive(cursor, sorted(affected_customids(cursor, [touched])), position, causes)
             return
         state.end = max(state.end, position)
         if touched is not None:
             state.everything |= touched.everything
             state.touched.append(touched)
+            state.applied.append((touched, event))
 
     def _apply_catalogue(self, cursor: Cursor, position: int, event: AppCatalogue.Event) -> None:
         uuid = str(event.originator_id)
@@ -170,11 +179,19 @@ class GrantsProjection:
     # --- deriving ----------------------------------------------------------------------------
 
     def derive(
-        self, cursor: Cursor, customids: Iterable[tuple[str, str]], revision: int | None
+        self,
+        cursor: Cursor,
+        customids: Iterable[tuple[str, str]],
+        revision: int | None,
+        causes: CauseOf | None = None,
     ) -> None:
         """Derive the answers of these (app id, customid) now and write them; `revision` None:
-        what they were derived from is unchanged (time, a catalogue or a policy changed)."""
-        write(cursor, *self.derived(cursor, customids, revision, int(self.clock())))
+        what they were derived from is unchanged (time, a catalogue or a policy changed).
+        `causes` says why, for the changes announced (`_announce`)."""
+        now = int(self.clock())
+        rows, gone = self.derived(cursor, customids, revision, now)
+        self._announce(cursor, rows, gone, causes, now)
+        write(cursor, rows, gone)
 
     def derived(
         self,
@@ -230,10 +247,49 @@ class GrantsProjection:
             now,
         )
 
+    def _announce(
+        self,
+        cursor: Cursor,
+        rows: list[tuple[Any, ...]],
+        gone: list[tuple[str, str]],
+        causes: CauseOf | None,
+        now: int,
+    ) -> None:
+        """Hand the new answers to the announcer (outbound webhooks), before they are written:
+        it compares them with what was announced last. Someone gone has never bought anything."""
+        if self.announcer is None:
+            return
+        answers: dict[str, dict[str, str]] = {}
+        for row in rows:
+            answers.setdefault(row[0], {})[row[1]] = row[2]
+        for app_id, customid in gone:
+            never = {
+                "subscriberId": customid,
+                "all": _never_bought(catalogue_text(cursor, app_id), False),
+            }
+            answers.setdefault(app_id, {})[customid] = _text(never)
+        for app_id, found in sorted(answers.items()):
+            self.announcer.announce(cursor, app_id, found, causes or due_causes({}), now)
+
+    def announce_rebuilt(self, cursor: Cursor) -> None:
+        """After a rebuild's switch, in its transaction: every answer that differs from the
+        one last announced (a rule or parser fix) is announced, once, as caused by the rebuild."""
+        if self.announcer is None:
+            return
+        for app_id in sorted(self.announcer.apps):
+            cursor.execute(
+                "SELECT customid, permissions FROM customer_grants "
+                "WHERE app_id = ? AND permissions IS NOT NULL",
+                (app_id,),
+            )
+            answers = dict(cursor.fetchall())
+            self.announcer.announce(cursor, app_id, answers, rebuilt, int(self.clock()))
+
     def derive_due(self, cursor: Cursor, limit: int = DUE_CHUNK) -> int:
         """Derive up to `limit` rows whose time has come (or that are due now); how many."""
         due = self.due(cursor, limit)
-        self.derive(cursor, due, revision=None)
+        causes = None if self.announcer is None else due_causes(_due_now(cursor, due))
+        self.derive(cursor, due, revision=None, causes=causes)
         return len(due)
 
     def due(self, cursor: Cursor, limit: int) -> list[tuple[str, str]]:
@@ -295,6 +351,22 @@ def write(cursor: Cursor, rows: list[tuple[Any, ...]], gone: list[tuple[str, str
         cursor.executemany("DELETE FROM customer_grants WHERE app_id = ? AND customid = ?", gone)
     if rows:
         cursor.executemany(UPSERT, rows)
+
+
+def _due_now(cursor: Cursor, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Which of these rows are due now (0: a catalogue or policy change), not by time."""
+    by_app: dict[str, list[str]] = {}
+    for app_id, customid in keys:
+        by_app.setdefault(app_id, []).append(customid)
+    found: dict[tuple[str, str], int] = {}
+    for app_id, customids in by_app.items():
+        cursor.execute(
+            "SELECT customid FROM customer_grants WHERE app_id = ? AND due = 0 "
+            "AND customid IN (SELECT key FROM json_each(?))",
+            (app_id, json_keys(customids)),
+        )
+        found.update(((app_id, customid), 0) for (customid,) in cursor.fetchall())
+    return found
 
 
 def _revisions(cursor: Cursor, app_id: str, customids: list[str]) -> dict[str, int]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from domain.aggregates import AppSync, WebhookReceipt
+from domain.announcements import ChangeLog
 from domain.policy import AppPolicy
 from projections.buyer_facts import BuyerFactsProjection, StripeReaders
 from projections.grants import DUE_CHUNK, GrantsProjection
@@ -24,10 +25,15 @@ class BuyerReadModels:
     name = "buyer_read_models"
     tables = BuyerFactsProjection.tables + HistoryProjection.tables + GrantsProjection.tables
     indexes = BuyerFactsProjection.indexes + HistoryProjection.indexes + GrantsProjection.indexes
-    # Receipts only guard against redelivery, sync runs are read from the log (`GET /v1/sync`):
-    # no read model reads them.
+    # Receipts only guard against redelivery, sync runs are read from the log (`GET /v1/sync`),
+    # change logs record what was announced (from these read models): no read model reads them.
     ignored_topics = frozenset(
-        {WebhookReceipt.Created.TOPIC, AppSync.Created.TOPIC, AppSync.Ran.TOPIC}
+        {
+            WebhookReceipt.Created.TOPIC,
+            AppSync.Created.TOPIC,
+            AppSync.Ran.TOPIC,
+            ChangeLog.PermissionsChanged.TOPIC,
+        }
     )
 
     def __init__(
@@ -68,6 +74,11 @@ class BuyerReadModels:
 
     def seed(self, cursor: Cursor, position: int) -> None:
         self.grants.seed(cursor, position)
+
+    def activated(self, cursor: Cursor) -> None:
+        """A rebuilt generation now answers (in the switch's transaction): announce the
+        answers it corrected (`GrantsProjection.announce_rebuilt`)."""
+        self.grants.announce_rebuilt(cursor)
 
     def bulk(self, generation: int) -> contextlib.AbstractContextManager[None]:
         """A rebuild's bulk pass of `generation`: answers are derived at its end, not per batch."""

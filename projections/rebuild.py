@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.aggregates import AppCatalogue, Buyer, catalogue_id
-from projections.follower import TRACKING_SCHEMA, FollowedLog, Follower, Projection
+from projections.follower import TRACKING_SCHEMA, FollowedLog, Follower, Projection, on_generation
 from projections.generations import SCHEMA as GENERATIONS_SCHEMA
 from projections.generations import (
     activate,
@@ -82,6 +82,9 @@ def rebuild(
     with store.transaction() as cursor:
         if not activate(cursor, projection.name, old, new):
             raise RebuildRaced(projection.name)
+        activated = getattr(projection, "activated", None)  # with the switch, or not at all
+        if activated is not None:
+            activated(on_generation(cursor, projection, new))
     seconds = time.monotonic() - started
     return RebuildReport(projection.name, old, new, events, seconds, deriving)
 

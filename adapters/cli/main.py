@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from adapters.bootstrap import bootstrap
 from adapters.cli.audit import audit, history, permissions
+from adapters.cli.deliveries import deliveries
 from adapters.cli.sync import backfill, import_objects, reconcile
 from adapters.config import ConfigError, Settings, load_settings
 from adapters.process.logging_setup import configure_logging
@@ -170,6 +171,8 @@ def project(once: bool, poll: float, parent: int | None, nice: int) -> None:
             configure_logging()
             tune_for_server()
         thread = follower.start_background(poll)
+        if engine.outbound is not None:  # outbound webhooks: sent from this process
+            engine.outbound.start()
         # An orphan is adopted by another process: its parent id changes.
         while thread.is_alive() and parent in (None, os.getppid()):
             thread.join(timeout=0.5)
@@ -239,7 +242,7 @@ def catalogue_apply(file: str, app_id: str | None, dry_run: bool) -> None:
     click.echo("catalogue replaced" if changed else "catalogue unchanged")
 
 
-for _command in (permissions, history, audit, backfill, import_objects, reconcile):  # cli_sync
+for _command in (permissions, history, audit, backfill, import_objects, reconcile, deliveries):
     main.add_command(_command)
 
 

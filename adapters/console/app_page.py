@@ -51,8 +51,23 @@ def reconcile_panel(engine: Any, app_id: str) -> Panel | None:
     return Panel("Differences from Stripe (last reconcile)", columns, rows, note)
 
 
+def deliveries_panel(engine: Any, app_id: str, limit: int = 50) -> Panel | None:
+    """Outbound webhooks the app's endpoints have not taken: failing (still retried) and dead
+    (no longer retried; `entitlements deliveries redeliver ID` sends one again)."""
+    if engine.deliveries is None:
+        return None
+    found = [d for s in ("dead", "failed") for d in engine.deliveries.listing(app_id, s, limit)]
+    rows = [
+        [d["id"], f"{d['customid']} #{d['sequence']}", d["status"], d["attempts"],
+         d["lastError"] or "", d["url"]]
+        for d in found
+    ]  # fmt: skip
+    columns = ["delivery", "customid #sequence", "status", "attempts", "last error", "endpoint"]
+    return Panel("Failed deliveries (outbound webhooks)", columns, rows)
+
+
 # Functions (engine, app_id) -> Panel | None, in the order shown: one line each.
-PANELS: list[Callable[[Any, str], Panel | None]] = [reconcile_panel]
+PANELS: list[Callable[[Any, str], Panel | None]] = [reconcile_panel, deliveries_panel]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from adapters.http.commands import (
     preview_catalogue,
     put_catalogue,
 )
+from adapters.http.deliveries import list_deliveries, redeliver, test_endpoints
 from adapters.http.errors import GENERIC, ApiError, StorageUnavailable, error_response
 from adapters.http.fast_path import PermissionsFastPath
 from adapters.http.history import get_history
@@ -46,6 +47,9 @@ def routes() -> list[Route]:
         Route("/v1/catalogue", put_catalogue, methods=["PUT"]),
         Route("/v1/catalogue/preview", preview_catalogue, methods=["POST"]),
         Route("/v1/sync", get_sync, methods=["GET"]),
+        Route("/v1/deliveries", list_deliveries, methods=["GET"]),
+        Route("/v1/deliveries/{id}/redeliver", redeliver, methods=["POST"]),
+        Route("/v1/endpoints/test", test_endpoints, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),

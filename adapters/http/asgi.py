@@ -38,6 +38,8 @@ def create_app() -> Starlette:
             projector.start()
         else:  # in this process
             engine.follower.start_background(POLL_SECONDS)
+            if engine.outbound is not None:  # outbound webhooks, beside the projector
+                engine.outbound.start()
         engine.resolver.start_background()  # line items of checkouts, fetched from Stripe
         reconciling = PeriodicReconcile(engine)  # apps with `reconcile_every`, if any
         reconciling.start()

@@ -73,6 +73,9 @@ def _paths() -> dict[str, Any]:
         "/v1/catalogue": {"get": _get_catalogue(), "put": _put_catalogue()},
         "/v1/catalogue/preview": {"post": _preview_catalogue()},
         "/v1/sync": {"get": _sync()},
+        "/v1/deliveries": {"get": _deliveries()},
+        "/v1/deliveries/{id}/redeliver": {"post": _redeliver()},
+        "/v1/endpoints/test": {"post": _test_endpoints()},
         "/healthz": {"get": _healthz()},
         "/metrics": {"get": _metrics()},
         "/openapi.json": {"get": _openapi()},
@@ -215,6 +218,39 @@ def _sync() -> dict[str, Any]:
     )
 
 
+def _deliveries() -> dict[str, Any]:
+    statuses = {"type": "string", "enum": ["pending", "failed", "dead", "delivered"]}
+    return _rest(
+        "listDeliveries",
+        "Outbound webhook deliveries of the app (permissions.changed), newest first",
+        params=[
+            _query("status", statuses, "Only deliveries in this state."),
+            _query(
+                "limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many."
+            ),
+        ],
+        ok="Deliveries",
+    )
+
+
+def _redeliver() -> dict[str, Any]:
+    return _rest(
+        "redeliver",
+        "Send a delivery again as soon as possible (a dead or delivered one too)",
+        params=[_path_param("id", "The delivery's id (dl_...).")],
+        ok="Redelivered",
+        errors=("400", "404"),
+    )
+
+
+def _test_endpoints() -> dict[str, Any]:
+    return _rest(
+        "testEndpoints",
+        "POST a signed endpoint.test event to each of the app's endpoints; what each answered",
+        ok="EndpointsTested",
+    )
+
+
 def _healthz() -> dict[str, Any]:
     return {
         "operationId": "healthz",
@@ -327,7 +363,10 @@ _ERRORS: dict[str, tuple[str, tuple[int, ...]]] = {
     "400": ("Invalid parameter or body (1010)", (INVALID_PARAMETER,)),
     "401": ("Missing or invalid API key (1202)", (INVALID_API_KEY,)),
     "403": ("The API key's role does not allow this operation (1202)", (INVALID_API_KEY,)),
-    "404": ("Subscriber (1001) or app (1005) not found", (SUBSCRIBER_NOT_FOUND, GENERIC)),
+    "404": (
+        "Subscriber (1001), app or delivery (1005) not found",
+        (SUBSCRIBER_NOT_FOUND, GENERIC),
+    ),
     "413": ("Request body too large (1005)", (GENERIC,)),
     "429": ("Too many requests (1200); see Retry-After", (TOO_MANY_REQUESTS,)),
     "503": ("Storage unavailable or request timed out; retry (1005)", (GENERIC,)),
@@ -399,6 +438,7 @@ def _schemas() -> dict[str, Schema]:
         **_subscriber_schemas(),
         **_catalogue_schemas(),
         **_history_schemas(),
+        **_delivery_schemas(),
         **_other_schemas(),
     }
 
@@ -586,6 +626,45 @@ def _history_schemas() -> dict[str, Schema]:
                 "status": _nullable(INTEGER),  # a refused line-item fetch: Stripe's HTTP status
                 "reason": STRING,  # and its message
             },
+        ),
+    }
+
+
+def _delivery_schemas() -> dict[str, Schema]:
+    return {
+        "Delivery": _object(
+            {
+                "id": STRING,
+                "changeId": STRING,
+                "customid": STRING,
+                "sequence": INTEGER,
+                "url": STRING,
+                "status": {"type": "string", "enum": ["pending", "failed", "dead", "delivered"]},
+                "attempts": INTEGER,
+                "createdAt": INTEGER,
+                "nextAttemptAt": _nullable(INTEGER),
+                "lastAttemptAt": _nullable(INTEGER),
+                "lastStatus": _nullable(INTEGER),
+                "lastError": _nullable(STRING),
+                "deliveredAt": _nullable(INTEGER),
+            }
+        ),
+        "Deliveries": _object({"deliveries": _array(_ref("Delivery"))}),
+        "Redelivered": _object({"delivery": _ref("Delivery")}),
+        "EndpointsTested": _object(
+            {
+                "id": STRING,
+                "endpoints": _array(
+                    _object(
+                        {
+                            "url": STRING,
+                            "delivered": BOOLEAN,
+                            "status": _nullable(INTEGER),
+                            "error": _nullable(STRING),
+                        }
+                    )
+                ),
+            }
         ),
     }
 

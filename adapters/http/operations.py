@@ -50,6 +50,12 @@ PROJECTION_POSITION = Gauge(
 LOG_POSITION = Gauge(
     "entitlements_event_log_position", "The position of the newest event in the event log"
 )
+DELIVERIES = Gauge(
+    "entitlements_deliveries",
+    "Outbound webhook deliveries not delivered: pending (not tried yet, or being sent), failed "
+    "(retried later) and dead (no longer retried; redeliver them)",
+    ["app", "status"],
+)
 CHECKOUTS_REFUSED = Gauge(
     "entitlements_checkouts_unresolvable",
     "Checkouts whose line items Stripe refused for good (404, 401, 403): they grant nothing "
@@ -110,4 +116,11 @@ async def metrics(request: Request) -> Response:
             CHECKOUTS_REFUSED.labels(app_id).set(count)
     except Exception:
         log.exception("unresolvable checkouts unavailable")
+    try:
+        unfinished = await run_in_threadpool(engine.deliveries.unfinished)
+        for app_id, app in engine.settings.apps.items():
+            for status in ("pending", "failed", "dead") if app.endpoints else ():
+                DELIVERIES.labels(app_id, status).set(unfinished.get((app_id, status), 0))
+    except Exception:
+        log.exception("deliveries unavailable")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -21,6 +21,9 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/catalogue/preview"): ADMIN,
     ("POST", "/v1/connect_stripe"): ADMIN,
     ("GET", "/v1/sync"): ADMIN,
+    ("GET", "/v1/deliveries"): ADMIN,
+    ("POST", "/v1/deliveries/{id}/redeliver"): ADMIN,
+    ("POST", "/v1/endpoints/test"): ADMIN,
 }
 
 
