@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchlib import backfill_bench, mixed, rebuild_audit, workloads
+from benchlib import backfill_bench, mixed, outbound_w1, rebuild_audit, workloads
 from benchlib.events import build_stream
 from benchlib.loadgen import LoadResult, have_wrk
 from benchlib.report import Row, machine_info, markdown_table, table, write_json
@@ -186,6 +186,8 @@ def run_backend(bench: Bench, backend: str, only: set[str], w7: mixed.W7Settings
         report = backfill_bench.w6(bench, backend)
         bench.raw["backends"][backend]["w6"] = report
         bench.rows += backfill_bench.w6_rows(backend, report)
+    if "w8" in only:  # W8's second half; its delivery rate alone: scripts/bench_outbound.py
+        outbound_w1.w8_beside_w1(bench, backend)
     if "w7" in only:
         report = mixed.w7(bench, backend, w7)
         bench.raw["backends"][backend]["w7"] = report

@@ -79,11 +79,11 @@ class Cluster:
             hosts.engine_config(self.home / f"{host.name}.toml", self.pg.url, host, read_url)
         # The first host creates the tables; the others then start together.
         self.start_engine(self.app_hosts[0])
-        hosts.wait_healthy(self.app_hosts[0])
+        hosts.wait_healthy(self.app_hosts[0], self.home / f"{self.app_hosts[0].name}.log")
         for host in self.app_hosts[1:]:
             self.start_engine(host)
         for host in self.app_hosts[1:]:
-            hosts.wait_healthy(host)
+            hosts.wait_healthy(host, self.home / f"{host.name}.log")
         config = hosts.haproxy_config(self.home / "haproxy.cfg", self.app_hosts, self.haproxy_sock)
         hosts.start_haproxy(self.home, config)
         self.wait_balanced(set(h.name for h in self.app_hosts))

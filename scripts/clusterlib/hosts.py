@@ -325,14 +325,21 @@ def healthz(host: net.Host) -> tuple[int, bytes]:
     return http_get(f"http://{host.address}:{ENGINE_PORT}/healthz", timeout=4.0)
 
 
-def wait_healthy(host: net.Host, timeout: float = 60.0) -> float:
-    """Seconds until the host's /healthz answered 200."""
+def wait_healthy(host: net.Host, log: Path | None = None, timeout: float = 120.0) -> float:
+    """Seconds until the host's /healthz answered 200. Otherwise the error says its last
+    answer and the end of its log (the cluster's folder is gone once it is torn down)."""
     start = time.monotonic()
+    status, body = 0, b""
     while time.monotonic() - start < timeout:
-        if healthz(host)[0] == 200:
+        status, body = healthz(host)
+        if status == 200:
             return time.monotonic() - start
         time.sleep(0.2)
-    raise RuntimeError(f"{host.name} not healthy after {timeout:.0f} s")
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise RuntimeError(
+        f"{host.name} not healthy after {timeout:.0f} s; last /healthz: {status} "
+        f"{body[:300]!r}; its log ends:\n{tail}"
+    )
 
 
 HAPROXY_CFG = """\
