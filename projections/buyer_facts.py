@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from domain.aggregates import AppCatalogue, AppSync, Buyer, WebhookReceipt
+from domain.announcements import ChangeLog
 from domain.facts import CheckoutCompleted, Fact, LineItem, LineItemsUnresolvable, fact_from_dict
 from projections.store import Cursor, Row, placeholders
 from projections.touched import EVERYTHING, Touched
@@ -205,8 +206,8 @@ class BuyerFactsProjection:
             return self._unresolvable(cursor, position, event)
         if isinstance(event, AppCatalogue.Event):  # answers use the catalogue of their app
             return Touched(catalogue=event.originator_id)
-        if isinstance(event, WebhookReceipt.Event | AppSync.Event):
-            return None  # proof of receipt, a sync run's record: no row here
+        if isinstance(event, WebhookReceipt.Event | AppSync.Event | ChangeLog.Event):
+            return None  # proof of receipt, a sync run's record, an announcement: no row here
         return EVERYTHING  # unknown to this projection: assume it changed anything
 
     def _register(self, cursor: Cursor, event: Buyer.Created) -> Touched:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.aggregates import Buyer
+from domain.announcements import ChangeLog
 from projections.store import Cursor, placeholders
 
 SCHEMA = [
@@ -34,6 +35,10 @@ SCHEMA = [
 INSERT_ROW = (
     "INSERT INTO buyer_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
+
+# A customid's change log (outbound webhooks) is indexed beside its buyers' events, under this
+# key: its history shows what the app was told, and when.
+CHANGES_PREFIX = "changes:"
 
 # Buyers whose app and key are remembered between events (a bounded cache, not the truth).
 _BUYER_CACHE_SIZE = 10_000
@@ -95,10 +100,13 @@ class HistoryProjection:
             self._pending.pop(cursor, None)
 
     def apply(self, cursor: Cursor, position: int, event: Any) -> None:
-        if not isinstance(event, Buyer.Event):
+        if isinstance(event, ChangeLog.PermissionsChanged):  # what the app was told, and when
+            app_id, buyer_key = event.app_id, CHANGES_PREFIX + event.customid
+        elif isinstance(event, Buyer.Event):
+            app_id, buyer_key = self._buyer(cursor, str(event.originator_id), event)
+        else:
             return
         uuid = str(event.originator_id)
-        app_id, buyer_key = self._buyer(cursor, uuid, event)
         created, recorded = _times(event)
         stripe = isinstance(event, Buyer.StripeEventRecorded)
         row = (

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from domain.aggregates import AppSync, WebhookReceipt
-from domain.announcements import ChangeLog
 from domain.policy import AppPolicy
 from projections.buyer_facts import BuyerFactsProjection, StripeReaders
 from projections.grants import DUE_CHUNK, GrantsProjection
@@ -25,14 +24,13 @@ class BuyerReadModels:
     name = "buyer_read_models"
     tables = BuyerFactsProjection.tables + HistoryProjection.tables + GrantsProjection.tables
     indexes = BuyerFactsProjection.indexes + HistoryProjection.indexes + GrantsProjection.indexes
-    # Receipts only guard against redelivery, sync runs are read from the log (`GET /v1/sync`),
-    # change logs record what was announced (from these read models): no read model reads them.
+    # Receipts only guard against redelivery, sync runs are read from the log (`GET /v1/sync`):
+    # no read model reads them. (A change log's announcements are in the history index.)
     ignored_topics = frozenset(
         {
             WebhookReceipt.Created.TOPIC,
             AppSync.Created.TOPIC,
             AppSync.Ran.TOPIC,
-            ChangeLog.PermissionsChanged.TOPIC,
         }
     )
 

@@ -123,6 +123,23 @@ def test_the_change_is_on_the_customids_change_log_before_it_is_sent(client, sen
     assert event.change_id.startswith("pc_")
 
 
+def test_the_customers_history_shows_what_was_announced_and_when(client, sending, engine):
+    setup_catalogue(client)
+    lifetime(client, "u1")
+    engine.outbound.publisher.publish_all()
+    settle(engine)
+    entries = client.get("/v1/customers/u1/history", params={"include": "raw"}, headers=AUTH)
+    assert entries.status_code == 200, entries.text
+    [announced] = [e for e in entries.json()["events"] if e["eventType"] == "PermissionsChanged"]
+    assert (announced["sequence"], announced["customid"]) == (1, "u1")
+    assert announced["changeId"].startswith("pc_")
+    assert announced["cause"] == {"kind": "stripe_event", "stripeEventIds": ["evt_cs_u1"]}
+    assert announced["changes"][0]["to"] == {"entitlement": 3, "expireDate": None}
+    assert json.loads(announced["raw"])["id"] == announced["changeId"]  # the body as sent
+    stripe_event = next(e for e in entries.json()["events"] if e["stripeEventId"] == "evt_cs_u1")
+    assert stripe_event["position"] < announced["position"]  # heard, then announced
+
+
 def test_a_webhook_that_changes_nothing_and_a_redelivery_send_nothing(client, sending, receivers):
     setup_catalogue(client)
     checkout = payment_checkout("cs_u1", "pi_u1", customid="u1", sku="lifetime")

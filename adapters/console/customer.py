@@ -155,4 +155,6 @@ def source_of(entry: dict[str, Any]) -> str:
         return entry.get("source") or "link"
     if kind in (Buyer.LineItemsResolved.__name__, Buyer.LineItemsUnresolvable.__name__):
         return "Stripe API (line items)"
+    if kind == "PermissionsChanged":
+        return "announced to the app"
     return "engine"

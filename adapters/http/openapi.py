@@ -625,6 +625,11 @@ def _history_schemas() -> dict[str, Schema]:
                 "checkoutSessionId": STRING,
                 "status": _nullable(INTEGER),  # a refused line-item fetch: Stripe's HTTP status
                 "reason": STRING,  # and its message
+                # an announced change (outbound webhooks): what each endpoint was sent
+                "changeId": STRING,
+                "sequence": INTEGER,
+                "changes": _array({"type": "object"}),
+                "cause": {"type": "object"},
             },
         ),
     }

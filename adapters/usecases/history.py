@@ -20,6 +20,7 @@ from adapters.storage.eventstore import EventLog
 from adapters.stripe.facts import facts_from_event
 from adapters.stripe.observations import facts_from_observation
 from domain.aggregates import Buyer, buyer_id
+from domain.announcements import ChangeLog, change_log_id
 from projections.buyer_facts import buyers_of_customid
 from projections.follower import ReadModelReader
 from projections.history import HistoryFilter, HistoryRow, history_page
@@ -59,10 +60,15 @@ class CustomerHistory:
         keys = self.buyer_keys(app_id, customid)
         if not keys:
             return None
-        return self.page_of_buyers(app_id, keys, where)
+        return self.page_of_buyers(app_id, keys, where, customid)
 
-    def page_of_buyers(self, app_id: str, keys: Sequence[str], where: HistoryFilter) -> HistoryPage:
+    def page_of_buyers(
+        self, app_id: str, keys: Sequence[str], where: HistoryFilter, customid: str | None = None
+    ) -> HistoryPage:
+        """A page of these buyers' events, and of `customid`'s announced changes when given."""
         uuids = [str(buyer_id(app_id, key)) for key in keys]
+        if customid is not None:
+            uuids.append(str(change_log_id(app_id, customid)))
         limit = max(1, min(where.limit, MAX_PAGE))
         with self.reader.reading() as cursor:
             rows = history_page(cursor, uuids, replace(where, limit=limit + 1))
@@ -77,7 +83,7 @@ class CustomerHistory:
         if not keys:
             return
         while True:
-            page = self.page_of_buyers(app_id, keys, where)
+            page = self.page_of_buyers(app_id, keys, where, customid)
             yield from page.entries
             if page.next_after is None:
                 return
@@ -171,11 +177,19 @@ def _details(event: Any) -> dict[str, Any]:
     if isinstance(event, Buyer.LineItemsUnresolvable):
         return {"checkoutSessionId": event.session_id, "status": event.status,
                 "reason": event.reason}  # fmt: skip
+    if isinstance(event, ChangeLog.PermissionsChanged):  # what the app's endpoints were sent
+        data = orjson.loads(event.body)["data"]
+        return {"customid": event.customid, "changeId": event.change_id,
+                "sequence": event.originator_version, "changes": data["changes"],
+                "cause": data["cause"]}  # fmt: skip
     return {}
 
 
 def _raw(event: Any) -> str | None:
-    """The payload as received: a Stripe body, or the line items as fetched from Stripe."""
+    """The payload as received (a Stripe body, the line items as fetched from Stripe), or as
+    sent (an announced change, as its `permissions.changed` body)."""
+    if isinstance(event, ChangeLog.PermissionsChanged):
+        return event.body
     if isinstance(event, Buyer.StripeEventRecorded):
         return event.raw
     if isinstance(event, Buyer.LineItemsResolved):
