@@ -187,7 +187,10 @@ def run_backend(bench: Bench, backend: str, only: set[str], w7: mixed.W7Settings
         bench.raw["backends"][backend]["w6"] = report
         bench.rows += backfill_bench.w6_rows(backend, report)
     if "w8" in only:  # W8's second half; its delivery rate alone: scripts/bench_outbound.py
-        outbound_w1.w8_beside_w1(bench, backend)
+        try:
+            outbound_w1.w8_beside_w1(bench, backend)
+        except Exception as error:
+            say(f"W8 {backend} failed: {error}")
     if "w7" in only:
         report = mixed.w7(bench, backend, w7)
         bench.raw["backends"][backend]["w7"] = report

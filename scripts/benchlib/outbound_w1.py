@@ -26,7 +26,8 @@ from benchlib.servers import PROJECT_ROOT, SCRIPTS_DIR, engine_config, free_port
 from benchlib.workloads import API_KEY, APP_ID, SECRET, Bench, closed, say
 
 PRELOAD = 10_000  # customers whose answers the catalogue change touches
-EXTRA = 6_000  # customers whose events the W1 runs post
+PER_SECOND = 3500  # webhooks a W1 run may post per second (its fresh events are written first)
+EVENTS_PER_CUSTOMER = 6
 OUT_SECRET = "whsec_bench_outbound"
 RENAMED = {
     **json.loads((PROJECT_ROOT / "adapters" / "demo-catalogue.json").read_text()),
@@ -36,10 +37,11 @@ RENAMED["permissions"] = [{**p, "permissionId": "gold"} for p in RENAMED["permis
 
 def w8_beside_w1(bench: Bench, backend: str) -> None:
     say(f"W8 {backend}: {PRELOAD} customers, then W1 before, during and after deliveries")
-    stream = build_stream(PROJECT_ROOT, PRELOAD + EXTRA, tag="w8")
+    extra = int(3 * bench.seconds * PER_SECOND / EVENTS_PER_CUSTOMER) + 1000  # three W1 runs
+    stream = build_stream(PROJECT_ROOT, PRELOAD + extra, tag="w8")
     # Lifecycles are interleaved a few dozen customers at a time: the first share of the events
     # is (nearly) the first PRELOAD customers' whole lives.
-    preload = len(stream.bodies) * PRELOAD // (PRELOAD + EXTRA)
+    preload = len(stream.bodies) * PRELOAD // (PRELOAD + extra)
     port = free_port()
     receiver = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--app-dir", str(SCRIPTS_DIR / "benchlib"),
@@ -67,7 +69,7 @@ def w8_beside_w1(bench: Bench, backend: str) -> None:
                                     headers=_auth(), timeout=600)  # fmt: skip
                     assert put.status_code == 200, put.text
                     started, delivered = time.monotonic(), _delivered(port)
-                count = int(bench.seconds * 4000)
+                count = min(int(bench.seconds * PER_SECOND), len(stream.bodies) - cursor)
                 records = w8_bench.post_records(f"w8-{phase}", cursor, count)
                 result = closed(server, records, bench.seconds, bench.connections, once=True)
                 cursor += result.ok + result.non2xx + result.errors + bench.connections
