@@ -22,7 +22,7 @@ from projections.store import ViewStore, reopen
 
 CHUNK = 2000  # answers per task and per write transaction
 PAGE = 40_000  # due rows read at a time: memory stays bounded however many customids
-WORKTHWHILE = 5000  # fewer due rows than this: starting workers (~0.5 s each) does not pay
+WORTHWHILE = 5000  # fewer due rows than this: starting workers (~0.5 s each) does not pay
 
 
 def derive_everyone(follower: Follower, store: ViewStore, workers: int | None = None) -> int:
@@ -33,7 +33,7 @@ def derive_everyone(follower: Follower, store: ViewStore, workers: int | None = 
     if grants is None or locator is None or workers < 2 or follower.generation is None:
         return follower.derive_due(CHUNK)
     with follower.reading() as cursor:
-        if len(grants.due(cursor, WORKTHWHILE)) < WORKTHWHILE:
+        if len(grants.due(cursor, WORTHWHILE)) < WORTHWHILE:
             return follower.derive_due(CHUNK)
     spawn = multiprocessing.get_context("spawn")  # never fork a process with threads
     start = (locator, follower.projection, follower.generation)

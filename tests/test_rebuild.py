@@ -72,7 +72,7 @@ def test_a_rebuild_equals_the_live_read_model(backend, bodies) -> None:
 def test_answers_a_rebuild_derives_in_worker_processes_equal_those_derived_here(
     database_url, monkeypatch
 ) -> None:
-    monkeypatch.setattr(parallel_derive, "WORKTHWHILE", 1)  # workers however few the answers
+    monkeypatch.setattr(parallel_derive, "WORTHWHILE", 1)  # workers however few the answers
     monkeypatch.setattr(parallel_derive, "CHUNK", 9)  # several chunks, written one by one
     monkeypatch.setattr(parallel_derive, "PAGE", 20)  # and several pages of due rows
     backend = "sqlite" if database_url.startswith("sqlite") else "postgres"
