@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import click
@@ -84,6 +84,16 @@ def backfill(app_id: str | None, since_text: str | None, until_text: str | None)
         sys.exit(1)
 
 
+def _pages_on(bar: tqdm) -> Callable[[str, int], None]:
+    """A lister's page callback that moves `bar` and names the list being read."""
+
+    def on_page(path: str, count: int) -> None:
+        bar.set_postfix_str(path, refresh=False)
+        bar.update(count)
+
+    return on_page
+
+
 @click.command("import")
 @click.option("--app", "app_id", help="App whose Stripe account to read (default: the first).")
 def import_objects(app_id: str | None) -> None:
@@ -95,11 +105,7 @@ def import_objects(app_id: str | None) -> None:
             tqdm(desc="import", unit="object", file=sys.stderr) as bar,
         ):
 
-            def on_page(path: str, count: int) -> None:
-                bar.set_postfix_str(path, refresh=False)
-                bar.update(count)
-
-            summary = importer.run(on_page=on_page)
+            summary = importer.run(on_page=_pages_on(bar))
             notes.counts = summary.counts()
         engine.project()
     click.echo(summary.render())
@@ -119,15 +125,11 @@ def reconcile(app_id: str | None, fix: bool, as_json: bool) -> None:
             tqdm(desc="reconcile: list", unit="object", file=sys.stderr) as bar,
         ):
 
-            def on_page(path: str, count: int) -> None:
-                bar.set_postfix_str(path, refresh=False)
-                bar.update(count)
-
             def progress(customids: list[str]) -> Iterable[str]:
                 bar.close()  # the listing is over: the comparison gets a bar of its own
                 return tqdm(customids, desc="reconcile: compare", unit="customid", file=sys.stderr)
 
-            report = run.run(fix, on_page, progress)
+            report = run.run(fix, _pages_on(bar), progress)
             notes.counts = report.counts()
             notes.differences = [d.to_json() for d in report.differences]
     if as_json:
