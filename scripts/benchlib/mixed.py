@@ -156,7 +156,9 @@ def _probes(stream: Stream, settings: W7Settings, rng: random.Random) -> list[Re
     dues = _arrivals(settings.probe_rate, settings.seconds, rng)
     out = []
     for due, (customer, templates) in zip(dues, stream.people, strict=False):
-        body = _deleted(customer, templates, now + int(due) + 1)
+        # Stamped at or before it is sent (the run starts after `now`): an event that names an
+        # instant still to come is, rightly, shown only once that instant has passed.
+        body = _deleted(customer, templates, now + int(due))
         poll = get_request(f"/v1/permissions?customid={customer.customid}", headers)
         raw = post_request(WEBHOOK_PATH, sign(body, SECRET, now), body)
         out.append(Request(due, "probe", raw, poll, PROBE_MARKER))
