@@ -44,9 +44,19 @@ def w8_beside_w1(bench: Bench, backend: str) -> None:
     preload = len(stream.bodies) * PRELOAD // (PRELOAD + extra)
     port = free_port()
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(SCRIPTS_DIR / "benchlib"),
-         "outbound_receiver:app", "--port", str(port), "--log-level", "warning",
-         "--no-access-log"]
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(SCRIPTS_DIR / "benchlib"),
+            "outbound_receiver:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
     )
     database = bench.fresh_database(backend, "engine_w8")
     config = engine_config(bench.work / f"w8-{backend}.toml", database, APP_ID, SECRET, API_KEY)
