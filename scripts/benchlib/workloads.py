@@ -222,6 +222,8 @@ def w3_queries(
         bench.work / "w3-first.records",
         (get_request(f"/v1/permissions?customid={c}", headers) for c in sorted(set(picks))),
     )
+    # Asked once the server is idle (W1's projection done), as the second servers are.
+    server.wait_idle()
     # The asyncio client: it stops when the records run out (wrk runs its whole duration).
     first_pass = run_client(server.base_url, first, 60, bench.connections, None, once=True)
     closed(server, records, WARMUP_SECONDS, bench.connections)
