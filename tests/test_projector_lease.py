@@ -1,0 +1,192 @@
+"""One active projector at a time: of every projector on one database, the one holding the lease
+applies the log (and derives what is due, and publishes outbound changes); the others stand by
+and take over when it stops or dies. On SQLite (a `flock` beside the file) and PostgreSQL (a
+session advisory lock). Correctness never depended on it (a batch commits once whoever applies
+it): what the lease saves is the others' work, so that is what these tests look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from adapters.bootstrap import Engine, bootstrap
+from adapters.config import settings_from_dict
+from adapters.usecases.projector_lease import LeasedProjector
+from domain.catalogue import Catalogue
+from tests.conftest import POSTGRES_URL, config_doc, ingest, signed_headers
+from tests.test_entitlements_api import CATALOGUE, payment_checkout
+from tests.test_faults import Server, projector_of
+
+QUICK = {"retry": 0.1, "check": 0.1}  # seconds: a standby's tries, the holder's checks
+
+
+def eventually(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """The condition's first truthy value, polled (fails after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "still not so after the timeout"
+        time.sleep(0.05)
+    return value
+
+
+def lifetime(customid: str) -> str:
+    ids = (f"cs_{customid}", f"pi_{customid}")
+    return json.dumps(payment_checkout(*ids, customid=customid, sku="lifetime"))
+
+
+def has_premium(body: bytes | None) -> bool:
+    """The answer about now (the grants the projector derived) grants premium."""
+    answer = json.loads(body or b"{}")
+    return any(p["permissionId"] == "premium" and p["isValid"] for p in answer.get("all", []))
+
+
+def premium(engine: Engine, customid: str) -> bool:
+    return has_premium(engine.entitlements.now("demo", customid))
+
+
+@pytest.fixture
+def engines(database_url: str) -> Iterator[list[Engine]]:
+    """Three engines on one database, as three processes would have: two projectors' and a
+    writer's (which only records webhooks and reads answers)."""
+    made = [bootstrap(settings_from_dict(config_doc(database_url), env={})) for _ in range(3)]
+    made[2].catalogues.replace("demo", Catalogue.from_json(CATALOGUE))
+    yield made
+    for engine in made:
+        engine.close()
+
+
+@pytest.fixture
+def projectors(engines: list[Engine]) -> Iterator[list[LeasedProjector]]:
+    made = [LeasedProjector(engine, 0.02, **QUICK) for engine in engines[:2]]
+    for projector in made:
+        projector.start()
+    yield made
+    for projector in made:
+        projector.stop()
+
+
+def the_active(projectors: list[LeasedProjector]) -> LeasedProjector | None:
+    active = [p for p in projectors if p.active]
+    assert len(active) <= 1, "two projectors active at once"
+    return active[0] if active else None
+
+
+def test_of_two_projectors_one_applies_and_the_other_does_no_work(engines, projectors):
+    active = eventually(lambda: the_active(projectors))
+    [standby] = [p for p in projectors if p is not active]
+    writer = engines[2]
+    ingest(writer, [lifetime(f"u{i}") for i in range(5)])
+    eventually(lambda: all(premium(writer, f"u{i}") for i in range(5)))
+    assert the_active(projectors) is active
+    assert active.engine.follower.applied > 0
+    assert standby.engine.follower.applied == 0  # nothing applied, not even lost races
+
+
+def test_a_clean_stop_hands_the_lease_to_the_standby(engines, projectors):
+    first = eventually(lambda: the_active(projectors))
+    first.stop()
+    assert not first.active
+    second = eventually(lambda: the_active(projectors))
+    assert second is not first
+    ingest(engines[2], [lifetime("after")])
+    eventually(lambda: premium(engines[2], "after"))
+    assert second.engine.follower.applied > 0
+
+
+def test_the_holder_that_loses_its_lease_stops_applying_at_once(postgres_url):
+    """Its session ended (PostgreSQL restarted, the network cut, an operator's
+    pg_terminate_backend): another projector may take over, so this one stops."""
+    engine = bootstrap(settings_from_dict(config_doc(postgres_url), env={}))
+    lost = threading.Event()
+    projector = LeasedProjector(engine, 0.02, on_lost=lost.set, **QUICK)
+    projector.start()
+    try:
+        eventually(lambda: projector.active)
+        session = projector.lease._conn.info.backend_pid  # type: ignore[attr-defined]
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (session,))
+        assert lost.wait(10), "the loss went unnoticed"
+        # on_lost ran before anything else: `entitlements project` exits there. Here it
+        # returned, so the projector stands by again, and takes the free lease back.
+        eventually(lambda: projector.active)
+    finally:
+        projector.stop()
+        engine.close()
+
+
+# --- real processes: `entitlements serve` hosts on one database ----------------------------------
+
+
+def active_on_metrics(server: Server) -> float | None:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("entitlements_projector_active "):
+            return float(line.split()[1])
+    return None
+
+
+def kill_host(server: Server) -> None:
+    """kill -9 of every process of a host: the server and its projector."""
+    child = projector_of(server)
+    server.kill()
+    if child is not None:
+        os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_active_host_hands_the_lease_to_the_other(tmp_path: Path, database_url):
+    """Two hosts (`serve` and its projector each) on one database: one projector applies, the
+    other stands by (`/metrics`); the active host killed with SIGKILL, the other's projector
+    takes over, and a webhook posted afterwards shows in its answers within seconds."""
+    setup = bootstrap(settings_from_dict(config_doc(database_url), env={}))
+    setup.catalogues.replace("demo", Catalogue.from_json(CATALOGUE))
+    setup.close()
+    hosts = [Server(tmp_path, database_url), Server(tmp_path, database_url)]
+    try:
+        roles = eventually(lambda: sorted_roles(hosts))
+        assert roles == [0.0, 1.0]
+        [active] = [h for h in hosts if active_on_metrics(h) == 1.0]
+        [other] = [h for h in hosts if h is not active]
+        assert asks_premium(active, "before") is False
+        post(active, lifetime("before"))
+        eventually(lambda: asks_premium(other, "before"))  # applied by the active one
+        assert b"projector active" not in other.log.read_bytes()  # it stands by
+
+        kill_host(active)
+        post(other, lifetime("after"))
+        eventually(lambda: asks_premium(other, "after"))
+        assert active_on_metrics(other) == 1.0
+        eventually(lambda: b"projector active" in other.log.read_bytes())  # took over
+    finally:
+        for host in hosts:
+            if host.process.poll() is None:
+                kill_host(host)
+
+
+def sorted_roles(hosts: list[Server]) -> list[float] | None:
+    roles = [active_on_metrics(host) for host in hosts]
+    return None if None in roles or sum(roles) != 1 else sorted(roles)
+
+
+def post(host: Server, raw: str) -> None:
+    url = f"{host.url}/v1/stripe/webhooks/demo"
+    response = httpx.post(url, content=raw, headers=signed_headers(raw), timeout=30)
+    assert response.status_code == 200, response.text
+
+
+def asks_premium(host: Server, customid: str) -> bool:
+    headers = {"Authorization": "Bearer k"}  # tests/test_concurrency.write_config's key
+    url = f"{host.url}/v1/permissions"
+    response = httpx.get(url, params={"customid": customid}, headers=headers, timeout=10)
+    return response.status_code == 200 and has_premium(response.content)
