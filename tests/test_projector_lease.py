@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,10 +23,12 @@ import psycopg
 import pytest
 
 from adapters.bootstrap import Engine, bootstrap
+from adapters.cli.main import LEASE_LOST
 from adapters.config import settings_from_dict
 from adapters.usecases.projector_lease import LeasedProjector
 from domain.catalogue import Catalogue
 from tests.conftest import POSTGRES_URL, config_doc, ingest, signed_headers
+from tests.test_concurrency import write_config
 from tests.test_entitlements_api import CATALOGUE, payment_checkout
 from tests.test_faults import Server, projector_of
 
@@ -123,6 +127,33 @@ def test_the_holder_that_loses_its_lease_stops_applying_at_once(postgres_url):
     finally:
         projector.stop()
         engine.close()
+
+
+def lease_sessions() -> list[int]:
+    """The PostgreSQL sessions holding an advisory lock (this test server's: ours only)."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        rows = admin.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory'").fetchall()
+    return [pid for (pid,) in rows]
+
+
+@pytest.mark.slow
+def test_a_projector_process_that_loses_its_lease_exits_for_its_supervisor(tmp_path, postgres_url):
+    """`entitlements project` stops at once: it exits (75), and `serve` (or systemd) starts
+    another, which stands by until the lease is free."""
+    env = {**os.environ, "ENTITLEMENTS_CONFIG": str(write_config(tmp_path, postgres_url))}
+    command = [sys.executable, "-m", "adapters.cli", "project", "--poll", "0.02"]
+    log = tmp_path / "project.log"
+    process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        [session] = eventually(lease_sessions)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (session,))
+        assert process.wait(15) == LEASE_LOST, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert "projector lease lost" in log.read_text()
 
 
 # --- real processes: `entitlements serve` hosts on one database ----------------------------------
