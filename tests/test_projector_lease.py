@@ -27,7 +27,9 @@ from adapters.cli.main import LEASE_LOST
 from adapters.config import settings_from_dict
 from adapters.usecases.projector_lease import LeasedProjector
 from domain.catalogue import Catalogue
+from projections.rebuild import rebuild
 from tests.conftest import POSTGRES_URL, config_doc, ingest, signed_headers
+from tests.receiver import Receiver
 from tests.test_concurrency import write_config
 from tests.test_entitlements_api import CATALOGUE, payment_checkout
 from tests.test_faults import Server, projector_of
@@ -106,6 +108,51 @@ def test_a_clean_stop_hands_the_lease_to_the_standby(engines, projectors):
     ingest(engines[2], [lifetime("after")])
     eventually(lambda: premium(engines[2], "after"))
     assert second.engine.follower.applied > 0
+
+
+def test_after_a_rebuild_switches_generations_the_active_projector_follows_the_new_one(
+    engines, projectors
+):
+    eventually(lambda: the_active(projectors))
+    writer = engines[2]
+    ingest(writer, [lifetime("before")])
+    eventually(lambda: premium(writer, "before"))
+    report = rebuild(writer.log, writer.views, writer.follower.projection)
+    assert report.new_generation == report.old_generation + 1
+    ingest(writer, [lifetime("after")])
+    # Answered from the new generation, which the active projector now follows to the end.
+    eventually(lambda: premium(writer, "after") and premium(writer, "before"))
+    eventually(lambda: writer.follower.lag() == 0)
+
+
+def test_outbound_changes_are_published_by_the_active_one_and_sent_once(database_url):
+    """Every projector's process runs the delivery worker: the active one publishes the
+    changes it recorded, whichever sends them (each delivery claimed under a lease)."""
+    receiver = Receiver()
+    doc = config_doc(database_url)
+    doc["apps"]["demo"]["endpoints"] = [{"url": receiver.url, "secret": "whsec_out_lease"}]
+    made = [bootstrap(settings_from_dict(doc, env={})) for _ in range(3)]
+    writer = made[2]
+    writer.catalogues.replace("demo", Catalogue.from_json(CATALOGUE))
+    projectors = [LeasedProjector(engine, 0.02, **QUICK) for engine in made[:2]]
+    try:
+        for engine, projector in zip(made[:2], projectors, strict=True):
+            assert engine.outbound is not None
+            engine.outbound.start(publish=False)  # as `entitlements project` does
+            projector.start()
+        eventually(lambda: the_active(projectors))
+        buyers = [f"u{i}" for i in range(6)]
+        ingest(writer, [lifetime(customid) for customid in buyers])
+        eventually(lambda: {b["data"]["customid"] for b in receiver.bodies()} == set(buyers))
+        eventually(lambda: not writer.deliveries.waiting())
+    finally:
+        for projector in projectors:
+            projector.stop()
+        for engine in made:
+            engine.close()
+        receiver.stop()
+    ids = [body["id"] for body in receiver.bodies()]
+    assert len(ids) == len(set(ids)) == len(buyers)  # each change once (nobody crashed)
 
 
 def test_the_holder_that_loses_its_lease_stops_applying_at_once(postgres_url):
