@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "load":
         return 0 if load(cluster, args)["passed"] else 1
     if args.command == "run":
+        if net.namespaces():  # someone else's cluster: `down` below would tear it down
+            print(f"scripts/cluster: a cluster is up already ({', '.join(net.namespaces())})")
+            return 2
         try:
             cluster.up()
             return 0 if load(cluster, args)["passed"] else 1
