@@ -62,8 +62,11 @@ class ProjectorProcess:
         argv += ["--report-fd", str(write)]
         try:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=(write,))
+        except BaseException:
+            os.close(read)
+            raise
         finally:
-            os.close(write)
+            os.close(write)  # the child's now: at its exit, the reader sees the end
         self.process = process
         reading = threading.Thread(target=self._read_role, args=(process, read), daemon=True)
         reading.start()
