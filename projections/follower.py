@@ -188,6 +188,7 @@ class Follower:
         self.generation = generation
         self.stop_at = stop_at
         self.reader = ReadModelReader(store, projection, generation)
+        self.applied = 0  # events this follower's batches committed, in this process
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -232,6 +233,7 @@ class Follower:
                 except TrackingConflict:
                     continue
                 applied += count
+                self.applied += count
                 if count and on_batch:
                     on_batch(count, position)
                 if count < self.batch_size:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -16,6 +19,7 @@ from adapters.cli.sync import backfill, import_objects, reconcile
 from adapters.config import ConfigError, Settings, load_settings
 from adapters.process.logging_setup import configure_logging
 from adapters.process.runtime_tuning import tune_for_server
+from adapters.usecases.projector_lease import LeasedProjector
 from adapters.usecases.replay import ReplaySummary, event_files, replay_file
 
 CONFIG_HELP = "TOML configuration (default: $ENTITLEMENTS_CONFIG, else the demo one)."
@@ -153,14 +157,17 @@ def rebuild(app_id: str | None, projection: str) -> None:
 @click.option("--poll", type=float, default=0.25, show_default=True, help="Seconds between polls.")
 @click.option("--parent", type=int, help="Exit once the process with this id is gone.")
 @click.option("--nice", type=int, default=0, help="Lower this process's CPU priority by N.")
-def project(once: bool, poll: float, parent: int | None, nice: int) -> None:
-    """Run the read models as a separate worker (several may run: each event applies once)."""
+@click.option("--report-fd", type=int, hidden=True, help="Write the role (active, standby) here.")
+def project(once: bool, poll: float, parent: int | None, nice: int, report_fd: int | None) -> None:
+    """Run the read models as a separate worker. Several may run: one at a time holds the
+    lease and applies, the others stand by (exit code 75 when the lease was lost)."""
     if nice:
         os.nice(nice)
     engine = bootstrap(_settings())
     follower = engine.follower
+    projector: LeasedProjector | None = None
     try:
-        if once:
+        if once:  # without the lease: a batch counts once whoever applies it
             follower.seed()
             applied = engine.project()
             click.echo(f"{follower.projection.name}: applied {applied} events")
@@ -170,16 +177,40 @@ def project(once: bool, poll: float, parent: int | None, nice: int) -> None:
         else:  # started by `serve`: a long-running process like it, logging as it does
             configure_logging()
             tune_for_server()
-        thread = follower.start_background(poll)
-        if engine.outbound is not None:  # outbound webhooks: sent from this process
-            engine.outbound.start()
+        on_role = None if report_fd is None else _reporting_role(report_fd)
+        projector = LeasedProjector(engine, poll, on_lost=_exit_at_once, on_role=on_role)
+        if engine.outbound is not None:  # deliveries sent from every host; published by one
+            engine.outbound.start(publish=False)
+        thread = projector.start()
         # An orphan is adopted by another process: its parent id changes.
         while thread.is_alive() and parent in (None, os.getppid()):
             thread.join(timeout=0.5)
     except KeyboardInterrupt:
         pass
     finally:
+        if projector is not None:
+            projector.stop()  # the lease released: a standby takes over
         engine.close()
+
+
+LEASE_LOST = 75  # EX_TEMPFAIL: `serve` (or systemd) starts the projector again, as a standby
+
+
+def _exit_at_once() -> None:
+    """The lease is lost, so another projector may be applying already: nothing more of this
+    one may commit. The process ends now; its open transactions die with it."""
+    logging.shutdown()  # the lines queued, the lease's loss among them
+    os._exit(LEASE_LOST)
+
+
+def _reporting_role(fd: int) -> Callable[[bool], None]:
+    """Tells `serve` (adapters/process/projector.py) whether this projector is the active one."""
+
+    def report(active: bool) -> None:
+        with contextlib.suppress(OSError):  # `serve` gone: this process ends shortly
+            os.write(fd, b"active\n" if active else b"standby\n")
+
+    return report
 
 
 @main.command("resolve-checkouts")

@@ -15,6 +15,7 @@ from adapters.process.logging_setup import configure_logging
 from adapters.process.projector import POLL_INTERVAL as POLL_SECONDS
 from adapters.process.projector import ProjectorProcess, can_run_apart
 from adapters.process.runtime_tuning import tune_for_server
+from adapters.usecases.projector_lease import LeasedProjector
 from adapters.usecases.reconcile_schedule import PeriodicReconcile
 
 
@@ -31,22 +32,22 @@ def create_app() -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         tune_for_server()
-        projector = None
         settings = engine.settings
+        projector: ProjectorProcess | LeasedProjector
         if settings.projector == "process" and can_run_apart(settings.database_url):
             projector = ProjectorProcess()  # the read models follow the log there
-            projector.start()
-        else:  # in this process
-            engine.follower.start_background(POLL_SECONDS)
+        else:  # in this process, while it holds the lease (as the projector's process would)
+            projector = LeasedProjector(engine, POLL_SECONDS)
             if engine.outbound is not None:  # outbound webhooks, beside the projector
-                engine.outbound.start()
+                engine.outbound.start(publish=False)
+        projector.start()
+        app.state.projector = projector  # its role, for /metrics
         engine.resolver.start_background()  # line items of checkouts, fetched from Stripe
         reconciling = PeriodicReconcile(engine)  # apps with `reconcile_every`, if any
         reconciling.start()
         yield
         reconciling.stop()
-        if projector is not None:
-            projector.stop()
+        projector.stop()
         engine.close()
 
     app.router.lifespan_context = lifespan

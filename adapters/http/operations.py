@@ -47,6 +47,11 @@ PROJECTION_POSITION = Gauge(
     "The event log position the read model has applied up to",
     ["projection"],
 )
+PROJECTOR_ACTIVE = Gauge(
+    "entitlements_projector_active",
+    "1 while this server's projector holds the lease and applies the event log to the read "
+    "models; 0 while it stands by (another server's applies)",
+)
 LOG_POSITION = Gauge(
     "entitlements_event_log_position", "The position of the newest event in the event log"
 )
@@ -110,6 +115,9 @@ async def metrics(request: Request) -> Response:
         PROJECTION_LAG.labels(name).set(max(0, (head or 0) - position))
     except Exception:
         log.exception("projection lag unavailable")
+    projector = getattr(request.app.state, "projector", None)  # none: not started by `serve`
+    if projector is not None:
+        PROJECTOR_ACTIVE.set(1 if projector.active else 0)
     try:
         refused = await run_in_threadpool(engine.resolver.refused_by_app)
         for app_id, count in refused.items():

@@ -1,10 +1,11 @@
 """The delivery worker: publishes recorded changes and sends them, endpoint by endpoint.
 
-It runs in a thread of its own (in the projector's process: `entitlements project`), with one
-asyncio task per configured endpoint, and each endpoint's POSTs in threads of its own (its own
-connections too), so a slow or dead endpoint only ever holds up its own task and threads:
-never another endpoint, another app, the projector, webhooks or queries (those run in other
-processes or threads, and the database work here is short transactions).
+It runs in a thread of its own (in the projector's process: `entitlements project`, on every
+host; only the projector holding the lease publishes), with one asyncio task per configured
+endpoint, and each endpoint's POSTs in threads of its own (its own connections too), so a slow
+or dead endpoint only ever holds up its own task and threads: never another endpoint, another
+app, the projector, webhooks or queries (those run in other processes or threads, and the
+database work here is short transactions).
 
 Each task leases what its endpoint may be sent now (`DeliveryStore.claim`: in order per
 customid), POSTs those concurrently, and records the outcomes. A failure is retried after 2 s,
@@ -72,10 +73,15 @@ class DeliveryWorker:
         self._stop: asyncio.Event | None = None
         self._wakes: list[asyncio.Event] = []
         self._started = threading.Event()
+        # Set while this process publishes: the active projector's (its lease), whose outbox it
+        # is. Sending runs in every projector's process: each delivery is claimed under a lease.
+        self.publishing = threading.Event()
 
     # --- lifecycle (from other threads) ---------------------------------------------------
 
-    def start(self) -> threading.Thread:
+    def start(self, publish: bool = True) -> threading.Thread:
+        if publish:
+            self.publishing.set()
         self._started.clear()
         self._thread = threading.Thread(target=self._run, name="deliveries", daemon=True)
         self._thread.start()
@@ -123,6 +129,9 @@ class DeliveryWorker:
 
     async def _publishing(self) -> None:
         while True:
+            if not self.publishing.is_set():  # a standby's: the active projector publishes
+                await asyncio.sleep(PUBLISH_POLL)
+                continue
             try:
                 published = await asyncio.to_thread(self.publisher.publish)
             except Exception:  # the database may be away: try again shortly

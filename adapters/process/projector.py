@@ -6,9 +6,12 @@ every hand-off of it delayed the commit thread's next step: on two cores, webhoo
 sixth with the read models in a process of their own (docs/benchmarks.md, W1).
 
 The server only reads the read models (`projections/follower.ReadModelReader`); its own writes
-that must be seen at once (a link, a catalogue) wait until the projector has applied them. This
-supervisor restarts the projector if it exits, and the projector exits when the server is gone,
-even killed (`project --parent`).
+that must be seen at once (a link, a catalogue) wait until the read models' tracked position
+(in the database) has passed them, whichever projector applied them. This supervisor restarts
+the projector if it exits, and the projector exits when the server is gone, even killed
+(`project --parent`). Of all the servers' projectors one holds the lease and applies, the
+others stand by (`adapters/usecases/projector_lease.py`); each tells its server which it is, on
+a pipe, for `/metrics` (`entitlements_projector_active`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class ProjectorProcess:
     def __init__(self, poll_interval: float = POLL_INTERVAL) -> None:
         self.poll_interval = poll_interval
         self.process: subprocess.Popen[bytes] | None = None
+        self.active = False  # this server's projector holds the lease (as it last said)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -54,8 +58,28 @@ class ProjectorProcess:
         argv = [sys.executable, "-m", "adapters.cli", "project"]
         argv += ["--poll", str(self.poll_interval), "--parent", str(os.getpid())]
         argv += ["--nice", str(NICENESS)]
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        log.info("projector started", extra={"pid": self.process.pid})
+        read, write = os.pipe()
+        argv += ["--report-fd", str(write)]
+        try:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=(write,))
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)  # the child's now: at its exit, the reader sees the end
+        self.process = process
+        reading = threading.Thread(target=self._read_role, args=(process, read), daemon=True)
+        reading.start()
+        log.info("projector started", extra={"pid": process.pid})
+
+    def _read_role(self, process: subprocess.Popen[bytes], fd: int) -> None:
+        """The projector's lines on its pipe: `active` once it holds the lease, `standby`."""
+        with os.fdopen(fd, "rb") as lines:
+            for line in lines:
+                if self.process is process:
+                    self.active = line.strip() == b"active"
+        if self.process is process:  # it exited
+            self.active = False
 
     def _watch(self) -> None:
         while not self._stop.is_set():

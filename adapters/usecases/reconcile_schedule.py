@@ -1,32 +1,25 @@
 """`reconcile_every`: `serve` reconciles each app on its own, one process at a time.
 
-Every worker of every host runs this loop; a cross-process lock per app (a PostgreSQL advisory
-lock, held on a connection of its own; on SQLite, an exclusive `flock` on a file beside the
-database) lets one of them reconcile while the others pass, and the time of the app's last
-reconcile on record (`AppSync`, in the log every host reads) says whether one is due, so the
-app is reconciled once per period however many processes serve it. A periodic reconcile
-settles what it finds (`--fix`): the drift it corrects stays on record, in the buyers' histories
-and in `GET /v1/sync`.
+Every worker of every host runs this loop; a cross-process lock per app (`adapters/storage/
+locks.py`: a PostgreSQL advisory lock, held on a connection of its own; on SQLite, an exclusive
+`flock` on a file beside the database) lets one of them reconcile while the others pass, and the
+time of the app's last reconcile on record (`AppSync`, in the log every host reads) says whether
+one is due, so the app is reconciled once per period however many processes serve it. A
+periodic reconcile settles what it finds (`--fix`): the drift it corrects stays on record, in
+the buyers' histories and in `GET /v1/sync`.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import psycopg
 
 from adapters.bootstrap import Engine
 from adapters.config import AppConfig
-from adapters.storage.eventstore import sqlite_path
+from adapters.storage import locks
+from adapters.storage.locks import RunLock
 from adapters.stripe.listing import StripeAccessError, StripeLister, StripeUnavailable
 from adapters.usecases.reconcile import RECONCILE, Reconciler
 from adapters.usecases.sync_runs import SyncRuns, recorded
@@ -37,72 +30,8 @@ MIN_WAIT, MAX_WAIT = 1.0, 60.0  # seconds between looks at what is due
 SETTLE_TIMEOUT = 60.0  # seconds to wait for the projector before comparing
 
 
-class RunLock(Protocol):
-    def acquire(self) -> bool: ...  # at once: False when another process holds it
-    def release(self) -> None: ...
-
-
-class AdvisoryLock:
-    """A PostgreSQL session advisory lock, on a connection of its own (released with it, also
-    when the process dies)."""
-
-    def __init__(self, database_url: str, name: str) -> None:
-        self.conninfo = libpq_url(database_url)
-        # Named by the schema, never by the host: hosts may reach one database by other names.
-        schema = dict(parse_qsl(urlsplit(database_url).query)).get("schema", "public")
-        digest = hashlib.sha256(f"{schema}|{name}".encode()).digest()
-        self.key = int.from_bytes(digest[:8], "big", signed=True)
-        self._conn: psycopg.Connection | None = None
-
-    def acquire(self) -> bool:
-        conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        if row is None or not row[0]:
-            conn.close()
-            return False
-        self._conn = conn
-        return True
-
-    def release(self) -> None:
-        if self._conn is not None:
-            self._conn.close()  # the session's locks go with it
-            self._conn = None
-
-
-class FileLock:
-    """An exclusive `flock` on a file beside the SQLite database: one process of this host."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # the lock goes with the descriptor
-            self._fd = None
-
-
-def libpq_url(database_url: str) -> str:
-    """The URL without our own `schema` parameter, which libpq does not know."""
-    parts = urlsplit(database_url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "schema"]
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
 def lock_for(database_url: str, app_id: str) -> RunLock:
-    if database_url.startswith("sqlite:"):
-        return FileLock(Path(f"{sqlite_path(database_url)}.reconcile-{app_id}.lock"))
-    return AdvisoryLock(database_url, f"reconcile:{app_id}")
+    return locks.lock_for(database_url, f"reconcile:{app_id}")
 
 
 class PeriodicReconcile:

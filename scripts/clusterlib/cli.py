@@ -79,12 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     cap.add_argument("--seconds", type=float, default=10.0)
     cap.add_argument("--hosts", default="1,2,3")
     cap.add_argument("--connections", type=int, default=32)
-    cap.add_argument(
-        "--one-projector",
-        action="store_true",
-        help="pause (SIGSTOP) every projector but app1's: what the hosts' duplicate projection "
-        "work costs",
-    )
     args = parser.parse_args(argv)
 
     if args.command != "report" and (why := net.can_make_namespaces()):
@@ -127,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "load":
         return 0 if load(cluster, args)["passed"] else 1
     if args.command == "run":
+        if net.namespaces():  # someone else's cluster: `down` below would tear it down
+            print(f"scripts/cluster: a cluster is up already ({', '.join(net.namespaces())})")
+            return 2
         try:
             cluster.up()
             return 0 if load(cluster, args)["passed"] else 1
@@ -148,7 +145,11 @@ def load_options(p: argparse.ArgumentParser) -> None:
         help="seconds after the schedule during which failed webhooks are retried",
     )
     p.add_argument("--fault", choices=FAULTS)
-    p.add_argument("--host", default="app2", help="the engine host the fault hits")
+    p.add_argument(
+        "--host",
+        default="app2",
+        help="the engine host the fault hits; `lease`: the one whose projector is active then",
+    )
     p.add_argument("--at", type=float, default=8.0, help="seconds into the schedule")
     p.add_argument(
         "--for",
@@ -218,6 +219,7 @@ class FaultPlan(threading.Thread):
         self.started = threading.Event()
         self.start_epoch = 0.0
         self.times: dict[str, float] = {}
+        self.lease_taken_by: str | None = None
         self.error: BaseException | None = None
 
     def begin(self, start_epoch: float) -> None:
@@ -236,6 +238,9 @@ class FaultPlan(threading.Thread):
     def _run(self) -> None:
         c = self.cluster
         self._sleep_until(self.at)
+        holder = c.lease_holder()
+        if self.host == "lease":
+            self.host = holder or "app1"
         self.times["fault"] = time.time()
         if self.kind == "kill-host":
             c.kill_host(self.host)
@@ -244,6 +249,8 @@ class FaultPlan(threading.Thread):
         elif self.kind == "cut-network":
             c.cut(self.host, up=False)
         self.times["fault_done"] = time.time()
+        if self.kind != "stop-postgres" and holder == self.host:
+            self._watch_takeover()
         self._sleep_until(self.at + self.duration)
         self.times["restore"] = time.time()
         if self.kind == "kill-host":
@@ -256,6 +263,16 @@ class FaultPlan(threading.Thread):
         names = {h.name for h in c.app_hosts}
         c.wait_balanced(names, timeout=90)
         self.times["all_up_in_haproxy"] = time.time()
+
+    def _watch_takeover(self) -> None:
+        """Until the fault is undone: when another host's projector took the lease over."""
+        while time.time() < self.start_epoch + self.at + self.duration:
+            holder = self.cluster.lease_holder(skip=self.host)
+            if holder is not None:
+                self.times["lease_taken"] = time.time()
+                self.lease_taken_by = holder
+                return
+            time.sleep(0.1)
 
 
 def load(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
@@ -342,6 +359,9 @@ def build_report(cluster, args, result, plan, samples, cpu_before, settled) -> d
             "during": checks.window(result, t["fault"], t["restore"]),
             "memory": checks.memory(samples, t["fault"], t["restore"] + 1),
         }
+        if "lease_taken" in t:  # the host hit held the projector's lease
+            report["fault"]["lease_taken_over_after_s"] = round(t["lease_taken"] - t["fault"], 2)
+            report["fault"]["lease_taken_by"] = plan.lease_taken_by
     report["settled_after_s"] = round(settled - result["start_epoch"], 2)
     if cluster.replica:
         report["replica"] = replica_figures(cluster, result)
@@ -407,11 +427,7 @@ def capacity(args: argparse.Namespace) -> int:
         cluster = Cluster(args.dir, count)
         try:
             cluster.up()
-            if args.one_projector:
-                paused = pause_projectors(cluster)
             rows.append(measure(cluster, count, args))
-            if args.one_projector:
-                rows[-1]["paused_projectors"] = paused
         finally:
             cluster.down()
     text = json.dumps(rows, indent=2)
@@ -423,23 +439,6 @@ def capacity(args: argparse.Namespace) -> int:
 def primary_commits(cluster: Cluster) -> int:
     rows = cluster.pg.sql("SELECT sum(xact_commit) FROM pg_stat_database")
     return int(rows[0][0] or 0)
-
-
-def pause_projectors(cluster: Cluster) -> list[int]:
-    """SIGSTOP the `entitlements project` processes of every host but the first."""
-    import signal
-
-    paused = []
-    for host in cluster.app_hosts[1:]:
-        for pid in net.pids_in(host.netns):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"project" in argv:
-                os.kill(pid, signal.SIGSTOP)
-                paused.append(pid)
-    return paused
 
 
 def measure(cluster: Cluster, count: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -131,6 +131,13 @@ class Cluster:
 
     # --- faults ----------------------------------------------------------------------------
 
+    def lease_holder(self, skip: str | None = None) -> str | None:
+        """The host whose projector holds the lease (its /metrics says so), if one answers."""
+        for host in self.app_hosts:
+            if host.name != skip and hosts.projector_active(host):
+                return host.name
+        return None
+
     def kill_host(self, name: str) -> list[int]:
         return hosts.kill_namespace(self.host(name).netns)
 

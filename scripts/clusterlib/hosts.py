@@ -325,6 +325,12 @@ def healthz(host: net.Host) -> tuple[int, bytes]:
     return http_get(f"http://{host.address}:{ENGINE_PORT}/healthz", timeout=4.0)
 
 
+def projector_active(host: net.Host) -> bool:
+    """The host's projector holds the lease: `entitlements_projector_active 1.0` on /metrics."""
+    status, body = http_get(f"http://{host.address}:{ENGINE_PORT}/metrics", timeout=1.0)
+    return status == 200 and b"\nentitlements_projector_active 1.0" in body
+
+
 def wait_healthy(host: net.Host, log: Path | None = None, timeout: float = 120.0) -> float:
     """Seconds until the host's /healthz answered 200. Otherwise the error says its last
     answer and the end of its log (the cluster's folder is gone once it is torn down)."""
