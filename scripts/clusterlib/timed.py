@@ -5,8 +5,8 @@ instant `at` in the fault window, when its answer changes with no webhook at all
 projector that takes the customid's `due` row from the shared schedule can apply it.
 
     cancel_at   an active subscription scheduled to end at `at` (`cancel_at`): 4, then -5
-    period_end  an active subscription whose period ended a leeway before `at`, no renewal
-                heard of: 5 (within the renewal leeway), then 0
+    period_end  an active subscription whose period ended a leeway and a second before `at`
+                (the leeway's last second is still within it), no renewal heard of: 5, then 0
     pass        a 30-day pass (`pass_30d`) bought 30 days before `at`: 3, then -5
 
 Built from the recorded fixtures (a basil `customer.subscription.updated`, a 2020-08-27
@@ -76,8 +76,8 @@ def _subscription(
     if kind == "cancel_at":  # a month's period, cut short at `at`
         start, end = now - DAY, now + 29 * DAY
         sub.update(cancel_at=at, cancel_at_period_end=False, canceled_at=now)
-    else:  # the period ended `leeway` before `at`; nothing since
-        start, end = at - leeway - DAY, at - leeway
+    else:  # the leeway after the period's end runs out at `at`; nothing heard since
+        start, end = at - leeway - 1 - DAY, at - leeway - 1
         sub.update(cancel_at=None, cancel_at_period_end=False, canceled_at=None)
         sub["cancellation_details"] = {"comment": None, "feedback": None, "reason": None}
     sub_id = fresh("sub")
