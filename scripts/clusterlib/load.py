@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import sys
 import time
@@ -268,7 +269,7 @@ class Client:
 
     def add_timed(self, start_epoch: float) -> None:
         """The time-driven customers' webhooks, first in the schedule."""
-        instants = [int(start_epoch + offset) for offset in self.args.timed]
+        instants = [math.ceil(start_epoch + offset) for offset in self.args.timed]
         self.timed = timed.build(
             Path(self.args.project_root), instants, int(start_epoch), self.args.renewal_leeway
         )
