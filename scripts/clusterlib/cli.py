@@ -102,6 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "report" and (why := net.can_make_namespaces()):
         print(f"scripts/cluster: {why}", file=sys.stderr)
         return 2
+    if args.command in ("up", "run", "capacity") and (busy := net.namespaces()):
+        # Another cluster (maybe another checkout's) is up: the namespaces' names are the
+        # machine's. Refuse before making anything, so that the teardown on failure below
+        # cannot take down what this invocation did not make.
+        print(
+            f"scripts/cluster: a cluster is up already ({', '.join(busy)}): "
+            "`scripts/cluster down` first if it is yours",
+            file=sys.stderr,
+        )
+        return 2
     if args.command in ("up", "run"):
         cluster = Cluster(args.dir, args.apps, args.replica, not args.no_outbound)
     else:
