@@ -340,11 +340,13 @@ def outbound_figures(
     counts = Counter(r["id"] for r in verified)
     first_at: dict[str, float] = {}
     firsts: dict[str, list[int]] = {}  # per customid, the sequences in order of first arrival
-    differing = []
+    differing, resent_after = [], []
     for r in verified:
         if r["id"] not in first_at:
             first_at[r["id"]] = r["t"]
             firsts.setdefault(r["customid"], []).append(r["sequence"])
+        else:
+            resent_after.append(r["t"] - first_at[r["id"]])
         logged = on_log.get(r["id"])
         if logged is not None and logged["sha256"] != r["sha256"]:
             differing.append(r["id"])
@@ -385,6 +387,11 @@ def outbound_figures(
         "received_once_or_more": sum(1 for i in on_log if counts[i]),
         "duplicates": sum(n - 1 for n in counts.values()),
         "changes_received_twice_or_more": sum(1 for n in counts.values() if n > 1),
+        # seconds from a change's first arrival to each later one (a lease run out: 10 + 5 s)
+        "resent_after_s": [
+            round(min(resent_after, default=0), 2),
+            round(max(resent_after, default=0), 2),
+        ],
         "lost": sorted(set(on_log) - set(counts)),
         "not_on_log": sorted(set(counts) - set(on_log)),
         "bodies_differing": differing[:5],

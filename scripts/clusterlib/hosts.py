@@ -35,6 +35,7 @@ SECRET = "whsec_cluster_secret_do_not_use_in_production"
 REST_KEY = "cluster-rest-key"
 OUTBOUND_SECRET = "whsec_cluster_outbound_do_not_use_in_production"
 RECEIVER_PORT = 9000
+RECEIVER_DELAY = 0.2  # seconds the endpoint takes to answer (clusterlib.receiver)
 ENGINE_PORT = 8000
 LB_PORT = 8080
 PG_PORT = 5432
@@ -365,6 +366,7 @@ def start_receiver(home: Path, record: Path) -> int:
         "PYTHONPATH": str(SCRIPTS_DIR),
         "CLUSTER_RECEIVER_LOG": str(record),
         "CLUSTER_RECEIVER_SECRET": OUTBOUND_SECRET,
+        "CLUSTER_RECEIVER_DELAY": str(RECEIVER_DELAY),
     }
     argv = [
         str(VENV_BIN / "uvicorn"), "clusterlib.receiver:app", "--host", net.HOOKS.address,

@@ -3,12 +3,15 @@ engine host's `[[apps.demo.endpoints]]` names. Each POST's signature is checked 
 endpoint's secret, as an app would (stripe's library); each one is recorded, one JSON line per
 request in the file `CLUSTER_RECEIVER_LOG`: when it came, the change's id, customid, sequence
 and cause, the entitlements it changes to, whether the signature verified, and a digest of the
-body (to compare with the change log's). A verified POST is answered 200, any other 400.
+body (to compare with the change log's). A verified POST is answered 200, any other 400,
+`CLUSTER_RECEIVER_DELAY` seconds after it came (an app's endpoint does some work first; and a
+host killed then has POSTs in flight that its lease must bring back).
 `GET /count` says how many POSTs came.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,6 +21,7 @@ import stripe
 
 LOG = os.environ.get("CLUSTER_RECEIVER_LOG", "received.jsonl")
 SECRET = os.environ.get("CLUSTER_RECEIVER_SECRET", "")
+DELAY = float(os.environ.get("CLUSTER_RECEIVER_DELAY", "0"))
 HEADER = b"entitlements-signature"
 
 received = 0
@@ -73,6 +77,7 @@ async def app(scope, receive, send):  # the bare ASGI interface
         signature = headers.get(HEADER)
         if not record(body, signature.decode() if signature else None):
             status = 400
+        await asyncio.sleep(DELAY)
     headers = [(b"content-length", str(len(answer)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": answer})
