@@ -345,11 +345,10 @@ def timed_instants(count: int, at: float, duration: float) -> list[float]:
     return [round(first + i * (last - first) / (count - 1), 2) for i in range(count)]
 
 
-def outbound_report(cluster, changes, result, plan, wait) -> tuple[dict[str, Any], list[str]]:
+def outbound_report(result, plan, wait, seen) -> tuple[dict[str, Any], list[str]]:
     """The outbound figures (the change log against the receiver's record) and what failed."""
-    statuses = dict(cluster.pg.sql("SELECT status, count(*) FROM deliveries GROUP BY status"))
     figures = checks.outbound_figures(
-        changes, checks.received(cluster.received), result["timed"], statuses
+        seen["changes"], seen["got"], result["timed"], seen["statuses"]
     )
     figures["settle"] = wait
     start = result["start_epoch"]
@@ -373,6 +372,14 @@ def build_report(
     cluster, args, result, plan, samples, cpu_before, settled, outbound_wait=None
 ) -> dict[str, Any]:
     stored, changes = checks.read_log(cluster.pg.local_url)
+    if outbound_wait is not None:  # now, before the checks below make changes of their own
+        seen = {
+            "changes": changes,
+            "got": checks.received(cluster.received),
+            "statuses": dict(
+                cluster.pg.sql("SELECT status, count(*) FROM deliveries GROUP BY status")
+            ),
+        }
     webhooks = checks.webhook_figures(result, stored)
     sample = result["customids"][:: max(1, len(result["customids"]) // 100)][:100]
     agree = checks.agreement(cluster.app_hosts, sample)
@@ -426,7 +433,7 @@ def build_report(
     if not agree["agreed"]:
         failures.append(f"hosts disagree: {agree['example']}")
     if outbound_wait is not None:
-        report["outbound"], failed = outbound_report(cluster, changes, result, plan, outbound_wait)
+        report["outbound"], failed = outbound_report(result, plan, outbound_wait, seen)
         failures += failed
     if plan and plan.kind == "stop-postgres":
         slowest = max(
