@@ -146,6 +146,26 @@ def test_postgres_stopped_under_load_webhooks_hear_503_within_2_s_then_all_recor
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_a_host_cut_off_the_network_under_load_loses_nothing_and_every_change_is_delivered(
+    cluster_dir: Path,
+):
+    """app3's only link down for 8 s (`ip link set eth0 down`) under load, its server and its
+    projector running but unreachable, and reaching neither PostgreSQL nor the endpoint: it is
+    taken out and put back in, every webhook is recorded once, every change delivered, each
+    change by time that fell meanwhile recorded once and delivered."""
+    report, done = run_cluster(
+        cluster_dir,
+        "--seconds", "16", "--rate", "50", "--query-rate", "10", "--drain", "40",
+        "--fault", "cut-network", "--host", "app3", "--at", "5", "--for", "8",
+    )  # fmt: skip
+    changes = [(name, state) for _, name, state in report["balancer_changes"]]
+    assert ("app3", "DOWN") in changes and changes[-1] == ("app3", "UP"), changes
+    assert_nothing_lost_none_twice_hosts_agree(report, sent=800 + TIMED)
+    assert report["outbound"]["timed"]["fell_in_fault_window"] == TIMED
+    assert_each_change_delivered_and_each_time_driven_change_once(report, duplicates_allowed=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_queries_read_a_hot_standby_and_the_apps_own_writes_are_read_at_once(cluster_dir: Path):
     """`[database] read_url` naming a streaming replica (made with pg_basebackup): the engine
     hosts' queries read it, and a `connect_stripe` answered by one host is seen at once by the
