@@ -340,13 +340,14 @@ def outbound_figures(
     counts = Counter(r["id"] for r in verified)
     first_at: dict[str, float] = {}
     firsts: dict[str, list[int]] = {}  # per customid, the sequences in order of first arrival
-    differing, resent_after = [], []
+    differing, resent_after, resent_from = [], [], Counter()
     for r in verified:
         if r["id"] not in first_at:
             first_at[r["id"]] = r["t"]
             firsts.setdefault(r["customid"], []).append(r["sequence"])
         else:
             resent_after.append(r["t"] - first_at[r["id"]])
+            resent_from[str(r.get("from"))] += 1
         logged = on_log.get(r["id"])
         if logged is not None and logged["sha256"] != r["sha256"]:
             differing.append(r["id"])
@@ -388,6 +389,7 @@ def outbound_figures(
         "duplicates": sum(n - 1 for n in counts.values()),
         "changes_received_twice_or_more": sum(1 for n in counts.values() if n > 1),
         # seconds from a change's first arrival to each later one (a lease run out: 10 + 5 s)
+        "resent_from": dict(sorted(resent_from.items())),  # the hosts that sent them again
         "resent_after_s": [
             round(min(resent_after, default=0), 2),
             round(max(resent_after, default=0), 2),
