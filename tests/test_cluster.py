@@ -1,4 +1,5 @@
-"""Several hosts, proven: `scripts/cluster` under load, one engine host killed with SIGKILL.
+"""Several hosts, proven: `scripts/cluster` under load and its faults (a host killed with
+SIGKILL, PostgreSQL stopped, a host's network cut).
 
 PostgreSQL, three engine hosts (each `serve` with its projector) and HAProxy, each in a network
 namespace of its own; webhooks (the realistic mix of `scripts/bench`) and queries through HAProxy,
@@ -7,8 +8,14 @@ killed with SIGKILL (the host whose projector holds the lease); it is started ag
 later. Then: every webhook acknowledged is stored, none twice, every webhook is acknowledged in
 the end, and every host answers alike.
 
+Every host names one outbound endpoint (a receiver in a namespace of its own, checking each
+signature), and 12 customers' answers change by time alone during the fault (a `cancel_at`, a
+period lapsed past the renewal leeway, a pass running out). Then: every change on the change log
+reached the endpoint at least once, in order per customid, and each time-driven change is on the
+change log exactly once and was delivered.
+
 Needs root and `ip netns` (CI runs as root on a fresh Debian machine; HAProxy and PostgreSQL
-are installed when missing); about a minute.
+are installed when missing); about two minutes for the four.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ sys.path.insert(0, str(PROJECT / "scripts"))
 from clusterlib import net
 
 pytestmark = pytest.mark.slow
+TIMED = 12  # scripts/cluster's default --timed
 
 
 @pytest.fixture
@@ -73,6 +81,27 @@ def assert_nothing_lost_none_twice_hosts_agree(report: dict, sent: int) -> None:
     assert report["passed"], report["failures"]
 
 
+def assert_each_change_delivered_and_each_time_driven_change_once(
+    report: dict, duplicates_allowed: bool
+) -> None:
+    outbound = report["outbound"]
+    assert outbound["settle"]["settled"], outbound["settle"]
+    changes = outbound["endpoint_changes"]
+    assert changes > TIMED
+    assert outbound["lost"] == [], "on the change log, never delivered"
+    assert outbound["received_once_or_more"] == changes
+    assert outbound["deliveries"] == {"delivered": changes}
+    assert outbound["not_on_log"] == outbound["bodies_differing"] == []
+    assert outbound["out_of_order"] == outbound["sequence_gaps"] == []
+    assert outbound["bad_signatures"] == 0
+    if not duplicates_allowed:
+        assert outbound["duplicates"] == 0
+    timed = outbound["timed"]
+    assert timed["expected"] == TIMED
+    assert timed["recorded_once"] == timed["delivered"] == TIMED, timed["customers"]
+    assert outbound["causes"]["time"] == TIMED + outbound["time_changes_of_others"]
+
+
 def test_the_host_holding_the_lease_killed_under_load_loses_nothing_and_hosts_agree(
     cluster_dir: Path,
 ):
@@ -91,7 +120,10 @@ def test_the_host_holding_the_lease_killed_under_load_loses_nothing_and_hosts_ag
     changes = [(name, state) for _, name, state in report["balancer_changes"]]
     assert (killed, "DOWN") in changes and changes[-1] == (killed, "UP"), changes
     assert fault["during"][f"direct{killed[-1]}"]["statuses"].get("200", 0) == 0
-    assert_nothing_lost_none_twice_hosts_agree(report, sent=1200)
+    assert_nothing_lost_none_twice_hosts_agree(report, sent=1200 + TIMED)
+    # The time-driven changes fell while the host (and the projector holding the lease) was dead.
+    assert report["outbound"]["timed"]["fell_in_fault_window"] == TIMED
+    assert_each_change_delivered_and_each_time_driven_change_once(report, duplicates_allowed=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -100,7 +132,8 @@ def test_postgres_stopped_under_load_webhooks_hear_503_within_2_s_then_all_recor
 ):
     """PostgreSQL stopped for 8 s under load: every webhook meanwhile is refused within 2 s
     (the engine's own answer, and HAProxy's once it took the hosts out), resident memory stays
-    put, and once it is back every webhook is recorded, once."""
+    put, and once it is back every webhook is recorded, once, every change delivered, and each
+    change by time that fell meanwhile recorded once and delivered."""
     report, done = run_cluster(
         cluster_dir,
         "--seconds", "16", "--rate", "50", "--query-rate", "10", "--drain", "40",
@@ -115,7 +148,31 @@ def test_postgres_stopped_under_load_webhooks_hear_503_within_2_s_then_all_recor
     memory = report["fault"]["memory"]
     for host, before in memory["peak_mb_before"].items():
         assert memory["peak_mb_during"][host] < before + 50, memory
-    assert_nothing_lost_none_twice_hosts_agree(report, sent=800)
+    assert_nothing_lost_none_twice_hosts_agree(report, sent=800 + TIMED)
+    # Every time-driven change fell while PostgreSQL was down, and was applied once it was back.
+    assert report["outbound"]["timed"]["fell_in_fault_window"] == TIMED
+    # A POST answered while its outcome could not be recorded is sent again: at least once.
+    assert_each_change_delivered_and_each_time_driven_change_once(report, duplicates_allowed=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_host_cut_off_the_network_under_load_loses_nothing_and_every_change_is_delivered(
+    cluster_dir: Path,
+):
+    """app3's only link down for 8 s (`ip link set eth0 down`) under load, its server and its
+    projector running but unreachable, and reaching neither PostgreSQL nor the endpoint: it is
+    taken out and put back in, every webhook is recorded once, every change delivered, each
+    change by time that fell meanwhile recorded once and delivered."""
+    report, done = run_cluster(
+        cluster_dir,
+        "--seconds", "16", "--rate", "50", "--query-rate", "10", "--drain", "40",
+        "--fault", "cut-network", "--host", "app3", "--at", "5", "--for", "8",
+    )  # fmt: skip
+    changes = [(name, state) for _, name, state in report["balancer_changes"]]
+    assert ("app3", "DOWN") in changes and changes[-1] == ("app3", "UP"), changes
+    assert_nothing_lost_none_twice_hosts_agree(report, sent=800 + TIMED)
+    assert report["outbound"]["timed"]["fell_in_fault_window"] == TIMED
+    assert_each_change_delivered_and_each_time_driven_change_once(report, duplicates_allowed=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -132,5 +189,6 @@ def test_queries_read_a_hot_standby_and_the_apps_own_writes_are_read_at_once(clu
     assert replica["engine_connections_on_standby"] >= 3, replica  # each host's read pool
     ryw = replica["read_your_writes"]
     assert ryw["links"] == 40 and ryw["seen_at_once"] == 40, ryw
-    assert_nothing_lost_none_twice_hosts_agree(report, sent=320)
+    assert_nothing_lost_none_twice_hosts_agree(report, sent=320 + TIMED)
+    assert_each_change_delivered_and_each_time_driven_change_once(report, duplicates_allowed=False)
     assert done.returncode == 0, done.stderr[-3000:]

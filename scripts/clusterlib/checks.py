@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from clusterlib import hosts, net
@@ -17,13 +19,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def stored_counts(database_url: str) -> Counter[str]:
-    """How many times each Stripe event id is recorded in the whole log (read, never written)."""
+def read_log(database_url: str) -> tuple[Counter[str], list[dict[str, Any]]]:
+    """The whole log, read once (never written): how many times each Stripe event id is
+    recorded, and every change announced (`ChangeLog.PermissionsChanged`, in log order)."""
     from adapters.storage.eventstore import open_event_log
     from domain.aggregates import Buyer
+    from domain.announcements import ChangeLog
 
     log = open_event_log(database_url)
     counts: Counter[str] = Counter()
+    changes: list[dict[str, Any]] = []
     try:
         start = 1
         while True:
@@ -34,10 +39,23 @@ def stored_counts(database_url: str) -> Counter[str]:
                 event = log.mapper.to_domain_event(notification)
                 if isinstance(event, Buyer.StripeEventRecorded):
                     counts[event.stripe_event_id] += 1
+                elif isinstance(event, ChangeLog.PermissionsChanged):
+                    data = json.loads(event.body)["data"]
+                    changes.append(
+                        {
+                            "id": event.change_id,
+                            "app": event.app_id,
+                            "customid": event.customid,
+                            "sequence": event.originator_version,
+                            "cause": data["cause"]["kind"],
+                            "to": [c["to"]["entitlement"] for c in data["changes"]],
+                            "sha256": hashlib.sha256(event.body.encode()).hexdigest(),
+                        }
+                    )
             start = batch[-1].id + 1
     finally:
         log.close()
-    return counts
+    return counts, changes
 
 
 def webhook_figures(result: dict[str, Any], stored: Counter[str]) -> dict[str, Any]:
@@ -250,3 +268,177 @@ def balancer_changes(samples: list[dict[str, Any]], since: float) -> list[list[A
                     changes.append([round(sample["t"] - since, 2), name, state])
                 last[name] = state
     return changes
+
+
+# --- Outbound webhooks and time-driven changes ------------------------------------------------
+
+
+def received(path: Path) -> list[dict[str, Any]]:
+    """The receiver's record, in the order the POSTs came (one process appends each line)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def outbound_settled(
+    sql, record: Path, timed: list[list[Any]], timeout: float = 90.0
+) -> dict[str, Any]:
+    """Wait until every time-driven instant has passed and its change is recorded, every change
+    is on the event log, no delivery waits, and the receiver has had each change at least
+    once; or `timeout`. `sql` runs a statement on the primary."""
+    start = time.monotonic()
+    last_instant = max((at for _, _, at, _ in timed), default=0)
+    customids = [customid for customid, *_ in timed]
+    state: dict[str, Any] = {}
+    while True:
+        try:
+            unappended = sql("SELECT count(*) FROM permission_changes WHERE appended = 0")
+            waiting = sql("SELECT count(*) FROM deliveries WHERE status IN ('pending', 'failed')")
+            delivered = {
+                r[0] for r in sql("SELECT change_id FROM deliveries WHERE status = 'delivered'")
+            }
+            timed_done = sql(
+                "SELECT count(*) FROM permission_changes WHERE customid = ANY(%s) "
+                "AND sequence >= 2",
+                (customids,),
+            )
+            unappended, waiting, timed_done = unappended[0][0], waiting[0][0], timed_done[0][0]
+            state = {
+                "unappended": unappended,
+                "waiting": waiting,
+                "timed_changed": timed_done,
+            }
+            heard = {r.get("id") for r in received(record)}
+            done = (
+                time.time() > last_instant + 1
+                and unappended == 0
+                and waiting == 0
+                and timed_done >= len(timed)
+                and delivered <= heard
+            )
+        except Exception as error:  # the database not back yet: not settled
+            state, done = {"error": repr(error)[:200]}, False
+        elapsed = time.monotonic() - start
+        if done or elapsed > timeout:
+            return {"settled": done, "waited_s": round(elapsed, 2), **state}
+        time.sleep(0.5)
+
+
+def outbound_figures(
+    changes: list[dict[str, Any]],
+    got: list[dict[str, Any]],
+    timed: list[list[Any]],
+    delivery_statuses: dict[str, int],
+) -> dict[str, Any]:
+    """The change log against what the receiver got: each change delivered at least once
+    (lost: on the log, never received), duplicates, order per customid, bodies as logged; and
+    each time-driven change recorded once on the log and delivered."""
+    on_log = {c["id"]: c for c in changes}
+    verified = [r for r in got if r.get("verified") and r.get("id")]
+    counts = Counter(r["id"] for r in verified)
+    first_at: dict[str, float] = {}
+    firsts: dict[str, list[int]] = {}  # per customid, the sequences in order of first arrival
+    differing, resent_after, resent_from = [], [], Counter()
+    for r in verified:
+        if r["id"] not in first_at:
+            first_at[r["id"]] = r["t"]
+            firsts.setdefault(r["customid"], []).append(r["sequence"])
+        else:
+            resent_after.append(r["t"] - first_at[r["id"]])
+            resent_from[str(r.get("from"))] += 1
+        logged = on_log.get(r["id"])
+        if logged is not None and logged["sha256"] != r["sha256"]:
+            differing.append(r["id"])
+    out_of_order = sorted(
+        customid
+        for customid, seqs in firsts.items()
+        if seqs != sorted(seqs) or len(set(seqs)) != len(seqs)
+    )
+    by_customid: dict[str, list[dict[str, Any]]] = {}
+    for change in changes:
+        by_customid.setdefault(change["customid"], []).append(change)
+    gaps = sorted(
+        customid
+        for customid, mine in by_customid.items()
+        if sorted(c["sequence"] for c in mine) != list(range(1, len(mine) + 1))
+    )
+    timed_rows, late = [], []
+    for customid, kind, at, to in timed:
+        by_time = [c for c in by_customid.get(customid, []) if c["cause"] == "time"]
+        row = {
+            "customid": customid,
+            "kind": kind,
+            "at": at,
+            "recorded": len(by_time),
+            "right_code": all(to in c["to"] for c in by_time) and bool(by_time),
+            "delivered": sum(counts[c["id"]] for c in by_time),
+        }
+        if by_time and by_time[0]["id"] in first_at:
+            row["delivered_after_s"] = round(first_at[by_time[0]["id"]] - at, 2)
+            late.append(row["delivered_after_s"])
+        timed_rows.append(row)
+    timed_ids = {customid for customid, *_ in timed}
+    return {
+        "endpoint_changes": len(on_log),
+        "deliveries": delivery_statuses,
+        "posts_received": len(got),
+        "bad_signatures": len(got) - len(verified),
+        "received_once_or_more": sum(1 for i in on_log if counts[i]),
+        "duplicates": sum(n - 1 for n in counts.values()),
+        "changes_received_twice_or_more": sum(1 for n in counts.values() if n > 1),
+        # seconds from a change's first arrival to each later one (a lease run out: 10 + 5 s)
+        "resent_from": dict(sorted(resent_from.items())),  # the hosts that sent them again
+        "resent_after_s": [
+            round(min(resent_after, default=0), 2),
+            round(max(resent_after, default=0), 2),
+        ],
+        "lost": sorted(set(on_log) - set(counts)),
+        "not_on_log": sorted(set(counts) - set(on_log)),
+        "bodies_differing": differing[:5],
+        "out_of_order": out_of_order[:5],
+        "sequence_gaps": gaps[:5],
+        "causes": dict(sorted(Counter(c["cause"] for c in changes).items())),
+        "time_changes_of_others": sum(
+            1 for c in changes if c["cause"] == "time" and c["customid"] not in timed_ids
+        ),
+        "timed": {
+            "expected": len(timed),
+            "recorded_once": sum(1 for r in timed_rows if r["recorded"] == 1 and r["right_code"]),
+            "recorded_twice_or_more": sum(1 for r in timed_rows if r["recorded"] > 1),
+            "not_recorded": sum(1 for r in timed_rows if r["recorded"] == 0),
+            "delivered": sum(1 for r in timed_rows if r["delivered"] >= 1),
+            "delivered_after_instant_s": {
+                "p50": percentile(late, 50),
+                "max": max(late, default=None),
+            },
+            "customers": timed_rows,
+        },
+    }
+
+
+def outbound_failures(figures: dict[str, Any], wait: dict[str, Any], faulted: bool) -> list[str]:
+    """What `outbound_figures` says went wrong: a change never delivered, a delivery of no
+    change, a body not as logged, out of order, a bad signature, a duplicate with no fault to
+    explain it (at least once: twice only across a crash), a time-driven change not recorded
+    exactly once or not delivered."""
+    failures = []
+    if not wait["settled"]:
+        failures.append(f"outbound deliveries not settled after {wait['waited_s']} s: {wait}")
+    if figures["lost"]:
+        failures.append(f"{len(figures['lost'])} changes on the change log never delivered")
+    for key in ("not_on_log", "bodies_differing", "out_of_order", "sequence_gaps"):
+        if figures[key]:
+            failures.append(f"outbound {key}: {figures[key][:3]}")
+    if figures["bad_signatures"]:
+        failures.append(f"{figures['bad_signatures']} outbound POSTs with a bad signature")
+    if figures["duplicates"] and not faulted:
+        failures.append(f"{figures['duplicates']} outbound duplicates with no fault")
+    timed = figures["timed"]
+    if not timed["expected"] == timed["recorded_once"] == timed["delivered"]:
+        failures.append(
+            f"time-driven changes: {timed['expected']} expected, {timed['recorded_once']} "
+            f"recorded once, {timed['delivered']} delivered"
+        )
+    return failures

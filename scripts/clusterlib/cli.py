@@ -4,8 +4,11 @@
               HAProxy in front health-checking /healthz
     down      stop every process of the cluster and delete its namespaces (idempotent)
     status    what runs, and HAProxy's view of the engine hosts
-    load      webhooks and queries through HAProxy, optionally with a fault in the middle; then
-              the checks (nothing acknowledged lost, nothing recorded twice, hosts agree)
+    load      webhooks and queries through HAProxy, optionally with a fault in the middle, and
+              customers whose answer changes by time alone during it; then the checks (nothing
+              acknowledged lost, nothing recorded twice, hosts agree; every change delivered
+              to the outbound endpoint at least once, in order; each time-driven change
+              recorded once and delivered)
     fault     one fault now: kill-host NAME | restart-host NAME | stop-postgres | start-postgres |
               cut-network NAME | restore-network NAME
     report    the last load's report again
@@ -35,6 +38,7 @@ FAULTS = ("kill-host", "stop-postgres", "cut-network")
 # Seconds within which a webhook is refused while PostgreSQL is down: the engine's
 # webhook_write_timeout (2 s) and the way there and back.
 REFUSAL_BOUND = 2.2
+NO_OUTBOUND = "no outbound endpoint (and so no time-driven customers in a load)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up")
     up.add_argument("--apps", type=int, default=3, help="engine hosts (default 3)")
     up.add_argument("--replica", action="store_true", help="queries read a hot standby")
+    up.add_argument("--no-outbound", action="store_true", help=NO_OUTBOUND)
     sub.add_parser("down")
     sub.add_parser("status")
     sub.add_parser("report")
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "run":
             p.add_argument("--apps", type=int, default=3)
             p.add_argument("--replica", action="store_true", help="queries read a hot standby")
+            p.add_argument("--no-outbound", action="store_true", help=NO_OUTBOUND)
         load_options(p)
     fault = sub.add_parser("fault")
     fault.add_argument(
@@ -79,13 +85,29 @@ def main(argv: list[str] | None = None) -> int:
     cap.add_argument("--seconds", type=float, default=10.0)
     cap.add_argument("--hosts", default="1,2,3")
     cap.add_argument("--connections", type=int, default=32)
+    cap.add_argument(
+        "--outbound",
+        action="store_true",
+        help="with the outbound endpoint (every change also sent): not in the figures of "
+        "docs/deploy.md",
+    )
     args = parser.parse_args(argv)
 
     if args.command != "report" and (why := net.can_make_namespaces()):
         print(f"scripts/cluster: {why}", file=sys.stderr)
         return 2
+    if args.command in ("up", "run", "capacity") and (busy := net.namespaces()):
+        # Another cluster (maybe another checkout's) is up: the namespaces' names are the
+        # machine's. Refuse before making anything, so that the teardown on failure below
+        # cannot take down what this invocation did not make.
+        print(
+            f"scripts/cluster: a cluster is up already ({', '.join(busy)}): "
+            "`scripts/cluster down` first if it is yours",
+            file=sys.stderr,
+        )
+        return 2
     if args.command in ("up", "run"):
-        cluster = Cluster(args.dir, args.apps, args.replica)
+        cluster = Cluster(args.dir, args.apps, args.replica, not args.no_outbound)
     else:
         cluster = Cluster.existing(args.dir)
     if args.command == "up":
@@ -163,6 +185,13 @@ def load_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=10,
         help="every Nth webhook's first attempt goes straight to an engine host",
+    )
+    p.add_argument(
+        "--timed",
+        type=int,
+        default=12,
+        help="customers whose answer changes by time alone, at instants spread over the fault "
+        "window (--at to --at + --for); 0: none (default %(default)s)",
     )
     p.add_argument("--json", type=Path, help="also write the report here")
 
@@ -286,6 +315,7 @@ def load(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         "direct": direct,
         "direct_every": args.direct_every,
         "out": str(cluster.home / f"load-{time.time_ns()}.json"),
+        "timed": timed_instants(args.timed, args.at, args.duration) if cluster.outbound else [],
     }
     plan = FaultPlan(cluster, args.fault, args.host, args.at, args.duration) if args.fault else None
     cpu_before = host_cpu(cluster)
@@ -306,13 +336,46 @@ def load(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
                 raise plan.error
         for host in cluster.app_hosts:  # all back, and caught up, before the checks
             hosts.wait_healthy(host, timeout=90)
+        if client.returncode != 0:
+            raise RuntimeError(f"the load client failed (exit {client.returncode})")
+        result = json.loads(Path(spec["out"]).read_text())
+        outbound_wait = None
+        if cluster.outbound:  # every change sent, every time-driven instant passed
+            outbound_wait = checks.outbound_settled(
+                cluster.pg.sql, cluster.received, result["timed"]
+            )
         settled = time.time()
-    if client.returncode != 0:
-        raise RuntimeError(f"the load client failed (exit {client.returncode})")
-    result = json.loads(Path(spec["out"]).read_text())
-    report = build_report(cluster, args, result, plan, sampler.samples, cpu_before, settled)
+    report = build_report(
+        cluster, args, result, plan, sampler.samples, cpu_before, settled, outbound_wait
+    )
     save(cluster, report, args.json)
     return report
+
+
+def timed_instants(count: int, at: float, duration: float) -> list[float]:
+    """`count` instants (seconds after the start) spread evenly over the fault window, from a
+    second after the fault to a second before it is undone (the client rounds each up to a
+    whole second: Stripe's times are whole seconds)."""
+    first, last = at + 1, at + max(1, duration - 1)
+    if count <= 1:
+        return [first] * count
+    return [round(first + i * (last - first) / (count - 1), 2) for i in range(count)]
+
+
+def outbound_report(result, plan, wait, seen) -> tuple[dict[str, Any], list[str]]:
+    """The outbound figures (the change log against the receiver's record) and what failed."""
+    figures = checks.outbound_figures(
+        seen["changes"], seen["got"], result["timed"], seen["statuses"]
+    )
+    figures["settle"] = wait
+    start = result["start_epoch"]
+    for row in figures["timed"]["customers"]:
+        row["at_s"] = round(row["at"] - start, 2)  # seconds after the start, as the fault's
+    if plan and figures["timed"]["customers"]:
+        begin, end = plan.times["fault_done"], plan.times["restore"]
+        instants = [row["at"] for row in figures["timed"]["customers"]]
+        figures["timed"]["fell_in_fault_window"] = sum(1 for t in instants if begin <= t < end)
+    return figures, checks.outbound_failures(figures, wait, faulted=plan is not None)
 
 
 def host_cpu(cluster: Cluster) -> dict[str, float]:
@@ -322,8 +385,18 @@ def host_cpu(cluster: Cluster) -> dict[str, float]:
     return found
 
 
-def build_report(cluster, args, result, plan, samples, cpu_before, settled) -> dict[str, Any]:
-    stored = checks.stored_counts(cluster.pg.local_url)
+def build_report(
+    cluster, args, result, plan, samples, cpu_before, settled, outbound_wait=None
+) -> dict[str, Any]:
+    stored, changes = checks.read_log(cluster.pg.local_url)
+    if outbound_wait is not None:  # now, before the checks below make changes of their own
+        seen = {
+            "changes": changes,
+            "got": checks.received(cluster.received),
+            "statuses": dict(
+                cluster.pg.sql("SELECT status, count(*) FROM deliveries GROUP BY status")
+            ),
+        }
     webhooks = checks.webhook_figures(result, stored)
     sample = result["customids"][:: max(1, len(result["customids"]) // 100)][:100]
     agree = checks.agreement(cluster.app_hosts, sample)
@@ -379,6 +452,9 @@ def build_report(cluster, args, result, plan, samples, cpu_before, settled) -> d
         failures.append(f"read-your-writes broken: {ryw['missing']}")
     if not agree["agreed"]:
         failures.append(f"hosts disagree: {agree['example']}")
+    if outbound_wait is not None:
+        report["outbound"], failed = outbound_report(result, plan, outbound_wait, seen)
+        failures += failed
     if plan and plan.kind == "stop-postgres":
         slowest = max(
             (w["not_2xx_max_ms"] for w in report["fault"]["during"].values()), default=0.0
@@ -424,7 +500,7 @@ def capacity(args: argparse.Namespace) -> int:
     """For each host count: webhooks closed loop, then queries closed loop; CPU per request."""
     rows = []
     for count in [int(n) for n in args.hosts.split(",")]:
-        cluster = Cluster(args.dir, count)
+        cluster = Cluster(args.dir, count, outbound=args.outbound)
         try:
             cluster.up()
             rows.append(measure(cluster, count, args))

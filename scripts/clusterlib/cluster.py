@@ -20,17 +20,21 @@ class Cluster:
     home: Path = hosts.DEFAULT_DIR
     apps: int = 3
     replica: bool = False  # a hot standby the engine hosts' queries read ([database] read_url)
+    outbound: bool = True  # an endpoint (clusterlib.receiver) every change is sent to
 
     def __post_init__(self) -> None:
         self.pg = hosts.Postgres(self.home / "db", net.DB)
         self.standby = hosts.Postgres(self.home / "replica", net.REPLICA)
         self.haproxy_sock = self.home / "haproxy.sock"
+        self.received = self.home / "received.jsonl"  # the receiver's record, a line a POST
 
     @classmethod
     def existing(cls, home: Path) -> Cluster:
         """The cluster `up` made in `home` (its shape from state.json)."""
         state = hosts.read_state(home)
-        return cls(home, state.get("apps", 3), state.get("replica", False))
+        return cls(
+            home, state.get("apps", 3), state.get("replica", False), state.get("outbound", False)
+        )
 
     @property
     def app_hosts(self) -> list[net.Host]:
@@ -59,11 +63,17 @@ class Cluster:
         if self.home.exists():  # a fresh database each time; earlier logs go too
             shutil.rmtree(self.home)
         self.home.mkdir(parents=True)
-        state = {"apps": self.apps, "replica": self.replica, "up_since": time.time()}
+        state = {
+            "apps": self.apps,
+            "replica": self.replica,
+            "outbound": self.outbound,
+            "up_since": time.time(),
+        }
         hosts.write_state(self.home, state)
         started = time.monotonic()
         net.make_switch()
-        for host in [net.LB, net.DB, *self.app_hosts, *([net.REPLICA] if self.replica else [])]:
+        extra = [*([net.REPLICA] if self.replica else []), *([net.HOOKS] if self.outbound else [])]
+        for host in [net.LB, net.DB, *self.app_hosts, *extra]:
             net.make_host(host)
         log(f"network: {net.SUBNET}.0/24, namespaces {', '.join(net.namespaces())}")
         self.pg.init()
@@ -75,8 +85,14 @@ class Cluster:
             self.standby.start()
             read_url = self.standby.url
             log(f"hot standby: {read_url} (pg_basebackup -R of the primary)")
+        endpoint = None
+        if self.outbound:
+            hosts.start_receiver(self.home, self.received)
+            endpoint = hosts.receiver_url()
+            log(f"outbound endpoint: {endpoint} (every change; record {self.received})")
         for host in self.app_hosts:
-            hosts.engine_config(self.home / f"{host.name}.toml", self.pg.url, host, read_url)
+            config = self.home / f"{host.name}.toml"
+            hosts.engine_config(config, self.pg.url, host, read_url, endpoint)
         # The first host creates the tables; the others then start together.
         self.start_engine(self.app_hosts[0])
         hosts.wait_healthy(self.app_hosts[0], self.home / f"{self.app_hosts[0].name}.log")

@@ -33,6 +33,9 @@ DEFAULT_DIR = Path("/tmp/ent-cluster")
 APP_ID = "demo"
 SECRET = "whsec_cluster_secret_do_not_use_in_production"
 REST_KEY = "cluster-rest-key"
+OUTBOUND_SECRET = "whsec_cluster_outbound_do_not_use_in_production"
+RECEIVER_PORT = 9000
+RECEIVER_DELAY = 0.2  # seconds the endpoint takes to answer (clusterlib.receiver)
 ENGINE_PORT = 8000
 LB_PORT = 8080
 PG_PORT = 5432
@@ -249,12 +252,12 @@ class Postgres:
         )  # fmt: skip
         self.data.chmod(0o700)
 
-    def sql(self, statement: str) -> list[tuple]:
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
         """One statement over the Unix socket (root namespace, no network)."""
         import psycopg
 
         with psycopg.connect(self.local_url, autocommit=True, connect_timeout=3) as conn:
-            return conn.execute(statement).fetchall()
+            return conn.execute(statement, params).fetchall()
 
     def start(self) -> None:
         options = (
@@ -297,10 +300,19 @@ class Postgres:
 
 
 def engine_config(
-    path: Path, database_url: str, host: net.Host, read_url: str | None = None
+    path: Path,
+    database_url: str,
+    host: net.Host,
+    read_url: str | None = None,
+    endpoint: str | None = None,
 ) -> Path:
     catalogue = PROJECT_ROOT / "adapters" / "demo-catalogue.json"
     reads = f'read_url = "{read_url}"\n' if read_url else ""
+    endpoints = (
+        f'\n[[apps.{APP_ID}.endpoints]]\nurl = "{endpoint}"\nsecret = "{OUTBOUND_SECRET}"\n'
+        if endpoint
+        else ""
+    )
     path.write_text(
         f'[database]\nurl = "{database_url}"\n{reads}\n'
         f'[server]\nhost = "{host.address}"\nport = {ENGINE_PORT}\nworkers = 1\n'
@@ -310,6 +322,7 @@ def engine_config(
         f'webhook_secrets = ["{SECRET}"]\nrest_api_keys = ["{REST_KEY}"]\n'
         'grace_period = "P3D"\nrenewal_leeway = "P1D"\nrefund_policy = "full"\n'
         f'catalogue = "{catalogue}"\n'
+        f"{endpoints}"
     )
     return path
 
@@ -346,6 +359,32 @@ def wait_healthy(host: net.Host, log: Path | None = None, timeout: float = 120.0
         f"{host.name} not healthy after {timeout:.0f} s; last /healthz: {status} "
         f"{body[:300]!r}; its log ends:\n{tail}"
     )
+
+
+def receiver_url() -> str:
+    return f"http://{net.HOOKS.address}:{RECEIVER_PORT}/hooks"
+
+
+def start_receiver(home: Path, record: Path) -> int:
+    """The outbound endpoint (clusterlib.receiver under uvicorn) in its own namespace."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SCRIPTS_DIR),
+        "CLUSTER_RECEIVER_LOG": str(record),
+        "CLUSTER_RECEIVER_SECRET": OUTBOUND_SECRET,
+        "CLUSTER_RECEIVER_DELAY": str(RECEIVER_DELAY),
+    }
+    argv = [
+        str(VENV_BIN / "uvicorn"), "clusterlib.receiver:app", "--host", net.HOOKS.address,
+        "--port", str(RECEIVER_PORT), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    pid = spawn(net.HOOKS.netns, argv, home / "receiver.log", env)
+    start = time.monotonic()
+    while http_get(f"http://{net.HOOKS.address}:{RECEIVER_PORT}/count")[0] != 200:
+        if time.monotonic() - start > 30 or not alive(pid):
+            raise RuntimeError(f"the outbound receiver did not start: see {home / 'receiver.log'}")
+        time.sleep(0.1)
+    return pid
 
 
 HAPROXY_CFG = """\

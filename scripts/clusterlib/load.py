@@ -10,6 +10,10 @@ growing delay (`retry_delays`), until it does or the drain time is over. Every `
 first attempt goes straight to an engine host instead of the load balancer (what a host itself
 answers when the database is away); retries always go to the load balancer.
 
+Time-driven customers (`timed`: seconds after the start): one webhook each, sent first, that
+leaves a customid entitled until that instant, when its answer changes by time alone
+(clusterlib.timed).
+
 Queries: `GET /v1/permissions` at `query_rate` about random customers with an acknowledged event.
 
 Writes one JSON document (ARGS' `out`): every attempt (start, latency, status, target), every
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import sys
 import time
@@ -30,6 +35,7 @@ from typing import Any
 from benchlib.events import build_stream
 
 from adapters.stripe.signature import sign
+from clusterlib import timed
 
 EVENTS_PER_CUSTOMER = 6.3  # the mean of benchlib.events' lifecycles
 
@@ -113,6 +119,8 @@ class Args:
     queries_only: bool = False
     preload: int = 0  # events whose customers the queries ask about (queries_only)
     project_root: str = "."
+    timed: list[float] = field(default_factory=list)  # instants (s after the start), see above
+    renewal_leeway: int = 86400  # the app's, in seconds: when a lapsed period changes the answer
 
 
 @dataclass
@@ -139,6 +147,7 @@ class Client:
         self.acked_owners: list[int] = []
         self.start = 0.0
         self.retrying: set[asyncio.Task] = set()
+        self.timed: list[timed.Timed] = []
         self.path = f"/v1/stripe/webhooks/{args.app_id}".encode()
 
     def now(self) -> float:
@@ -229,7 +238,11 @@ class Client:
             await self.closed(range(args.preload), 32, lambda i: self.deliver(i, "lb"))
             await self.drain(30.0)
         self.start = time.monotonic()
-        print(f"start {time.time()}", flush=True)  # the caller times its faults from here
+        start_epoch = time.time()
+        if args.timed and not args.preload:
+            self.add_timed(start_epoch)
+            count = len(self.events)
+        print(f"start {start_epoch}", flush=True)  # the caller times its faults from here
         if args.closed_connections:
             if args.queries_only:
                 await self.closed(None, args.closed_connections, lambda i: self.query())
@@ -253,6 +266,20 @@ class Client:
             elapsed = self.now()
             await self.drain(args.seconds + args.drain_seconds - self.now())
         return self.report(elapsed)
+
+    def add_timed(self, start_epoch: float) -> None:
+        """The time-driven customers' webhooks, first in the schedule."""
+        instants = [math.ceil(start_epoch + offset) for offset in self.args.timed]
+        self.timed = timed.build(
+            Path(self.args.project_root), instants, int(start_epoch), self.args.renewal_leeway
+        )
+        first = []
+        for customer in self.timed:
+            self.customids.append(customer.customid)
+            self.stripe_customers.append("")  # none to link (read_your_writes skips them)
+            event_id = json.loads(customer.body)["id"]
+            first.append(Event(customer.body, event_id, len(self.customids) - 1))
+        self.events = first + self.events
 
     async def closed(self, todo, connections: int, make) -> None:
         cursor = iter(todo) if todo is not None else None
@@ -284,11 +311,14 @@ class Client:
             "attempts": self.attempts,
             "queries": self.queries,
             "customids": sorted({self.customids[o] for o in self.acked_owners}),
+            # [customid, kind, instant, the entitlement it changes to] (clusterlib.timed)
+            "timed": [customer.expected() for customer in self.timed],
             # (customid, its Stripe customer) of some customers written to
             "customers": [
                 [self.customids[o], self.stripe_customers[o]]
-                for o in sorted(set(self.acked_owners))[:200]
-            ],
+                for o in sorted(set(self.acked_owners))
+                if self.stripe_customers[o]
+            ][:200],
         }
 
 

@@ -5,6 +5,7 @@
     ent-db       PostgreSQL, 10.213.0.10
     ent-app1..3  engine hosts, 10.213.0.11..13
     ent-replica  a hot standby, 10.213.0.20 (when asked for)
+    ent-hooks    the outbound webhooks' receiver, 10.213.0.30 (an app's endpoint)
 
 Every link is made inside these namespaces (`ip -n`): the root namespace gets no address, no
 route and no interface, and no namespace has a default route, so no packet can leave the subnet.
@@ -36,6 +37,7 @@ class Host:
 LB = Host("lb", f"{SUBNET}.5")
 DB = Host("db", f"{SUBNET}.10")
 REPLICA = Host("replica", f"{SUBNET}.20")
+HOOKS = Host("hooks", f"{SUBNET}.30")
 
 
 def app_host(number: int) -> Host:
