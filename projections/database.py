@@ -27,6 +27,31 @@ def reconnect_every_second() -> None:
 reconnect_every_second()
 
 
+# PostgreSQL connections notice a dead peer within seconds, on both ends (the defaults take
+# minutes to hours): the client when what it sent is not acknowledged, or the server stops
+# answering keepalives; the server when the client does. A host cut off the network in the
+# middle of a transaction would otherwise keep its row locks (and the lease's advisory lock)
+# for as long as the cut lasts, and every other host's projector would wait on them.
+CLIENT_TCP = {
+    "keepalives": 1,
+    "keepalives_idle": 2,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 3000,  # milliseconds
+}
+SERVER_TCP = {
+    "tcp_keepalives_idle": "2",
+    "tcp_keepalives_interval": "1",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "5000",  # milliseconds: later than the client gives up
+}
+
+
+def server_tcp_options() -> str:
+    """SERVER_TCP as libpq's `options` (set for the session as it starts)."""
+    return " ".join(f"-c {name}={value}" for name, value in SERVER_TCP.items())
+
+
 def database_timeout() -> str:
     """Seconds to wait for a database lock or a pooled connection before failing (a webhook then
     gets 503, /healthz says unreachable), so that an outage is answered promptly rather than

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from projections.database import database_timeout, sqlite_path
+from projections.database import CLIENT_TCP, database_timeout, server_tcp_options, sqlite_path
 
 Row = tuple[Any, ...]
 CHECKPOINT_PAGES = 16384  # WAL pages (4 KiB) between checkpoints of the read models' file
@@ -216,11 +216,12 @@ class PostgresViewStore:
 def _pool(conninfo: str, options: str | None, max_size: int, configure: Any = None) -> Any:
     from psycopg_pool import ConnectionPool
 
+    session = f"{options} {server_tcp_options()}" if options else server_tcp_options()
     return ConnectionPool(
         conninfo,
         min_size=1,
         max_size=max_size,
-        kwargs={"options": options} if options else {},
+        kwargs={"options": session, **CLIENT_TCP},
         configure=configure,
         open=True,
         timeout=float(database_timeout()),  # fail promptly while the database is down

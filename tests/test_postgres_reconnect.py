@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from projections.store import PostgresViewStore
 from tests.test_faults import (
     DB_TIMEOUT,
     Server,
@@ -56,3 +57,24 @@ def test_postgres_back_after_an_outage_is_used_again_within_2_s(
         assert took < 2.0, f"first 200 {took:.1f} s after PostgreSQL was back"
     finally:
         server.stop()
+
+
+def test_read_model_sessions_have_postgres_notice_a_dead_client_within_seconds(
+    postgres_url: str,
+) -> None:
+    """A host cut off the network in the middle of a projector's transaction would otherwise
+    keep its row locks (and hold every other host's projector) for as long as the cut lasts:
+    the server's keepalives (2 s idle, then 3 probes 1 s apart) end such a session."""
+    store = PostgresViewStore(postgres_url)
+    settings = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+    asked = "SELECT " + ", ".join("current_setting(?)" for _ in settings)
+    try:
+        with store.transaction() as cursor:
+            cursor.execute(asked, settings)
+            assert cursor.fetchone() == ("2", "1", "3")
+            cursor.execute("SELECT current_schema()")
+            (schema,) = cursor.fetchone()
+        assert store.rows(asked, settings) == [("2", "1", "3")]  # the read pool's too
+        assert postgres_url.endswith(f"schema={schema}")  # the schema is still the one named
+    finally:
+        store.close()

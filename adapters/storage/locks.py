@@ -20,24 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from projections.database import sqlite_path
-
-# The lock's connection notices a dead peer within seconds, on both ends: the client when a
-# query is not acknowledged (a holder cut off stops at once, see `held`), the server when the
-# client stops answering keepalives (a standby can take over): the defaults take minutes.
-CLIENT_TCP = {
-    "keepalives": 1,
-    "keepalives_idle": 2,
-    "keepalives_interval": 1,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 3000,  # milliseconds
-}
-SERVER_TCP = {
-    "tcp_keepalives_idle": "2",
-    "tcp_keepalives_interval": "1",
-    "tcp_keepalives_count": "3",
-    "tcp_user_timeout": "5000",  # milliseconds: later than the client gives up
-}
+from projections.database import CLIENT_TCP, SERVER_TCP, sqlite_path
 
 
 class RunLock(Protocol):
