@@ -238,21 +238,24 @@ def test_questions_read_together_get_the_answers_each_would_get_alone(client, en
 
 
 def test_questions_waiting_beyond_the_bound_are_refused_with_503_and_retry_after(settings_doc):
-    release = threading.Event()
+    reading, release = threading.Event(), threading.Event()
 
     def slow_read(questions):  # the database, slow to answer
+        reading.set()
         release.wait(10)
         return [b'{"subscriberId":"x","all":[]}' for _ in questions]
 
     with unprojected(settings_doc) as (engine, client):
         engine.grouped_reads = GroupedReads(slow_read, max_waiting=2)
-        waiting = [threading.Thread(target=ask, args=(client, f"c{i}")) for i in range(3)]
-        for thread in waiting:
+        asking = [threading.Thread(target=ask, args=(client, f"c{i}")) for i in range(3)]
+        asking[0].start()  # read at once, slowly: the next ones wait meanwhile
+        assert reading.wait(10)
+        for thread in asking[1:]:
             thread.start()
         _until(lambda: len(engine.grouped_reads._waiting) == 2)
         refused = ask(client, "one-too-many")
         release.set()
-        for thread in waiting:
+        for thread in asking:
             thread.join()
         engine.grouped_reads.close()
     assert (refused.status_code, refused.headers["Retry-After"]) == (503, "1")
