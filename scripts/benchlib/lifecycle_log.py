@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import itertools
 import sys
+import zlib
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
 if str(PROJECT / "tests") not in sys.path:
     sys.path.insert(0, str(PROJECT / "tests"))
 
-from lifecycles import FATES, PRODUCTS, lifecycle  # noqa: E402
+from lifecycles import DAY, FATES, PRODUCTS, T0, event, invoice, lifecycle  # noqa: E402
 
 from adapters.bootstrap import Engine, bootstrap  # noqa: E402
 from adapters.config import settings_from_dict  # noqa: E402
@@ -70,6 +71,16 @@ def build_log(url: str, size: int, catalogue: Path | None = None) -> dict[str, i
         return {"events": total, "customers": customer}
     finally:
         engine.close()
+
+
+def renewal_body(index: int, event_id: str) -> str:
+    """A new Stripe event about customer `index` of the log: a later invoice of its
+    subscription, paid (`invoice.paid`), with its own event and invoice ids."""
+    customer = f"cus_gen{index}"
+    paid_at = T0 + (index % 6) * DAY + 60 * DAY  # after every event of its lifecycle
+    number = zlib.crc32(event_id.encode()) + 2  # lifecycles use invoices 0 and 1
+    paid = invoice(number, customer, f"sub_{customer}_0", PRODUCTS[index % 2], paid_at, True)
+    return event(event_id, "invoice.paid", paid_at, paid)
 
 
 def customers_recorded(engine: Engine) -> int:

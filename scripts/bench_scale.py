@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""Growth (issue 19): do ingest and query rates stay flat as one PostgreSQL database grows, how
+many bytes does an event take, and how long does a rebuild take at each size?
+
+One database (`scale` on the server) is grown step by step to each size N of `--sizes` (events in
+the log, as the followers count them: per Stripe webhook a receipt and the event, plus one
+registration per new buyer; ~7.7 per customer of the `tests/lifecycles.py` mix, so 10^7 events
+are ~1.3 million customers). At each size:
+
+1. grow: customers' lifecycles recorded in bulk by the engine (`benchlib.lifecycle_log`, the path
+   `scripts/bench_rebuild.py` builds its logs with), in a child at `--nice`, no projector running;
+2. rebuild: `entitlements rebuild` (the operator's command, at `--nice`), timed: it builds the
+   read models every later step reads, from the first event;
+3. storage: `pg_total_relation_size` of the event log's tables (indexes included) per log event,
+   and of the read models apart;
+4. `entitlements serve` on the database (1 worker and its projector, as `scripts/bench` runs it):
+   - W3-style: `GET /v1/permissions` for random existing customers, closed loop (wrk, 64
+     connections), each query a customer picked at random among all of them (so at 10^6
+     customers nearly every answer is read from the database, not from the answer cache);
+   - the same at a fixed rate (`--query-rate`, open loop, latency from each request's scheduled
+     send): p50/p99;
+   - W1-style: signed webhooks, closed loop, half new customers (the fixture mix of `scripts/bench`,
+     4-6 KB bodies) and half a new `invoice.paid` for a random existing customer.
+
+Each measurement lasts `--seconds`. Prints one table and writes every figure as JSON under
+`bench-results/`. The database stays in `--work-dir` (a throwaway server in `<work-dir>/postgres`
+unless `--postgres-url` is given): a later run grows it further or reuses it as it is.
+
+    .venv/bin/python scripts/bench_scale.py --sizes 10000,100000
+    .venv/bin/python scripts/bench_scale.py --sizes 100000,1000000,10000000 --work-dir var/scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+from benchlib.events import build_stream  # noqa: E402
+from benchlib.lifecycle_log import APP_ID, build_log, renewal_body  # noqa: E402
+from benchlib.loadgen import (  # noqa: E402
+    get_request,
+    post_request,
+    write_records,
+)
+from benchlib.report import machine_info  # noqa: E402
+from benchlib.servers import Server, engine_config, start_engine  # noqa: E402
+from benchlib.storage import ThrowawayPostgres, server_version  # noqa: E402
+from benchlib.workloads import API_KEY, SECRET, closed, paced  # noqa: E402
+
+from adapters.stripe.signature import sign  # noqa: E402
+
+RESULTS = PROJECT / "bench-results"
+DATABASE = "scale"
+WEBHOOK_PATH = f"/v1/stripe/webhooks/{APP_ID}"
+CATALOGUE = {  # the products of tests/lifecycles.py, so that its customers' answers mean something
+    "skus": [
+        {"skuId": "basic", "productId": "prod_basic"},
+        {"skuId": "pro", "productId": "prod_pro"},
+        {"skuId": "pass", "productId": "prod_pass", "duration": "P30D"},
+        {"skuId": "premium_monthly", "productId": "prod_premium"},  # the W1 fixture mix's
+    ],
+    "permissions": [
+        {"permissionId": "access", "skuIds": ["basic", "pro", "pass", "premium_monthly"]},
+        {"permissionId": "pro", "skuIds": ["pro"]},
+    ],
+}
+W1_CEILING = 6000  # webhooks/s prepared per second of `--seconds` (more than the engine takes)
+W3_CEILING = 30000  # queries/s prepared likewise: each record asked once (wrk's `once` mode)
+WARMUP_SECONDS = 2.0
+LOG_TABLE = "entitlements_events"  # the event log: Stripe events, receipts, registrations
+RECEIPT_TOPIC = "entitlements.webhook_receipt.received"  # one per Stripe webhook recorded
+
+
+# --- the database ---------------------------------------------------------------------------
+
+
+def database_url(server_url: str) -> str:
+    """The `scale` database on the server, created if missing (never dropped: it is the log)."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+        if exists.fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    return server_url.rsplit("/", 1)[0] + f"/{DATABASE}"
+
+
+def grow(url: str, size: int, catalogue: Path, nice: int) -> dict[str, Any]:
+    """The log grown to `size` events by a child process at niceness `nice`; what it holds."""
+    command = ["nice", "-n", str(nice), sys.executable, __file__, "--child-grow", str(size)]
+    command += ["--url", url, "--catalogue", str(catalogue)]
+    started = time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    built = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**built, "grow_s": round(time.perf_counter() - started, 1)}
+
+
+def rebuild(config: Path, nice: int, log: Path) -> dict[str, Any]:
+    """`entitlements rebuild`, timed from start to exit (opening the engine included)."""
+    exe = str(Path(sys.executable).with_name("entitlements"))
+    command = ["nice", "-n", str(nice), exe, "--config", str(config), "rebuild"]
+    started = time.perf_counter()
+    with log.open("ab") as err:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True, check=True)
+    seconds = time.perf_counter() - started
+    said = re.search(r"rebuilt \S+: (\d+) events in ([\d.]+) s", done.stdout)
+    events = int(said.group(1)) if said else 0
+    return {
+        "rebuild_s": round(seconds, 1),
+        "rebuild_own_s": float(said.group(2)) if said else None,  # as the command reports it
+        "rebuild_events_per_s": round(events / seconds) if seconds else None,
+        "rebuild_output": done.stdout.strip(),
+    }
+
+
+def storage(url: str) -> dict[str, Any]:
+    """Bytes on disk: the event log's table (heap, TOAST and indexes), the read models (every
+    other table), the whole database; per log event (its highest notification id) and per
+    Stripe webhook (its receipts)."""
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog',"
+            " 'information_schema') ORDER BY 2 DESC"
+        ).fetchall()
+        database = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        events, webhooks = conn.execute(
+            f"SELECT max(notification_id), count(*) FILTER (WHERE topic = %s) FROM {LOG_TABLE}",
+            (RECEIPT_TOPIC,),
+        ).fetchone() or (0, 0)
+    sizes = {name: size for name, size in tables}
+    log_bytes = sizes[LOG_TABLE]
+    return {
+        "webhooks": webhooks,
+        "log_bytes": log_bytes,
+        "read_model_bytes": sum(sizes.values()) - log_bytes,
+        "database_bytes": database[0] if database else None,
+        "bytes_per_event": round(log_bytes / events) if events else None,
+        "bytes_per_webhook": round(log_bytes / webhooks) if webhooks else None,
+        "tables": sizes,
+    }
+
+
+# --- the load -------------------------------------------------------------------------------
+
+
+def query_records(path: Path, customers: int, count: int, rng: random.Random) -> Path:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    picks = (rng.randrange(customers) for _ in range(count))
+    return write_records(
+        path, (get_request(f"/v1/permissions?customid=user_cus_gen{i}", headers) for i in picks)
+    )
+
+
+def webhook_records(path: Path, customers: int, count: int, rng: random.Random) -> Path:
+    """`count` signed webhooks, one in two about a new customer (the fixture mix of W1), the
+    other a new invoice paid by a random existing customer of the log; signed now."""
+    tag = os.urandom(4).hex()
+    fresh = build_stream(PROJECT, count // 2 // 6 + 64, tag=f"scale{tag}").bodies[: count // 2]
+    existing = [
+        renewal_body(rng.randrange(customers), f"evt_scale_{tag}_{k}")
+        for k in range(count - len(fresh))
+    ]
+    bodies = [body for pair in zip(fresh, existing, strict=False) for body in pair]
+    bodies += existing[len(fresh) :]
+    now = int(time.time())
+    return write_records(
+        path, (post_request(WEBHOOK_PATH, sign(body, SECRET, now), body) for body in bodies)
+    )
+
+
+def wait_until_projected(server: Server, timeout: float) -> float:
+    """Seconds until the server's read models have applied every event (W1's backlog)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        health = httpx.get(server.base_url + "/healthz", timeout=10).json()
+        if all(p["lag"] == 0 for p in health.get("projections", {}).values()):
+            break
+        time.sleep(0.2)
+    return round(time.monotonic() - started, 1)
+
+
+def measure_server(
+    config: Path, work: Path, customers: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    rng = random.Random(customers)
+    seconds, connections = args.seconds, args.connections
+    warm = query_records(work / "w3-warmup.records", customers, 20_000, rng)
+    queries = query_records(work / "w3.records", customers, int(W3_CEILING * seconds), rng)
+    at_rate = query_records(
+        work / "w3-paced.records", customers, int(args.query_rate * seconds) + 100, rng
+    )
+    out: dict[str, Any] = {}
+    with start_engine(config, 1, work / "engine.log") as server:
+        started = time.monotonic()
+        server.wait_idle(timeout=120)
+        out["server_idle_after_s"] = round(time.monotonic() - started, 1)
+        say(f"W3: GET /v1/permissions, random customers of {customers:,}, {seconds:.0f} s")
+        closed(server, warm, WARMUP_SECONDS, connections, once=True)
+        out["w3"] = closed(server, queries, seconds, connections, once=True).as_dict()
+        say(f"W3 at {args.query_rate:.0f}/s offered (open loop)")
+        out["w3_paced"] = paced(server, at_rate, seconds, args.query_rate).as_dict()
+        say(f"W1: webhooks, half new customers, half existing ones, {seconds:.0f} s")
+        # Signed just before the run: Stripe's tolerance is 300 s.
+        posts = webhook_records(work / "w1.records", customers, int(W1_CEILING * seconds), rng)
+        w1 = closed(server, posts, seconds, connections, once=True)
+        out["w1"] = w1.as_dict()
+        out["w1_projected_after_s"] = wait_until_projected(server, 120)
+    return out
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- one size, the table --------------------------------------------------------------------
+
+
+def measure_size(url: str, size: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    catalogue = work / "catalogue.json"
+    config = engine_config(work / "engine.toml", url, APP_ID, SECRET, API_KEY, catalogue)
+    say(f"grow the log to {size:,} events (nice {args.nice})")
+    row: dict[str, Any] = {"size": size, **grow(url, size, catalogue, args.nice)}
+    say(f"log: {row['events']:,} events, {row['customers']:,} customers ({row['grow_s']} s)")
+    if args.rebuild:
+        say("entitlements rebuild")
+        row.update(rebuild(config, args.nice, work / "rebuild.log"))
+        say(f"rebuilt in {row['rebuild_s']} s")
+    row.update(storage(url))
+    row.update(measure_server(config, work, row["customers"], args))
+    return row
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = ("events", "customers", "grow s", "rebuild s", "rebuild ev/s", "B/event")
+    header += ("log MB", "models MB", "webhooks/s", "wh p99 ms", "queries/s", "q p99 ms")
+    header += ("paced p50", "paced p99")
+    print("  ".join(f"{h:>12}" for h in header))
+    for row in rows:
+        w1, w3, paced_ = row["w1"], row["w3"], row["w3_paced"]
+        cells = (
+            f"{row['events']:,}",
+            f"{row['customers']:,}",
+            f"{row['grow_s']:.0f}",
+            f"{row['rebuild_s']:.1f}" if "rebuild_s" in row else "-",
+            f"{row.get('rebuild_events_per_s') or 0:,}",
+            f"{row['bytes_per_event']:,}",
+            f"{row['log_bytes'] / 1e6:,.0f}",
+            f"{row['read_model_bytes'] / 1e6:,.0f}",
+            f"{w1['rate']:,.0f}",
+            f"{w1['p99_ms']:.1f}",
+            f"{w3['rate']:,.0f}",
+            f"{w3['p99_ms']:.1f}",
+            f"{paced_['p50_ms']:.1f}",
+            f"{paced_['p99_ms']:.1f}",
+        )
+        print("  ".join(f"{c:>12}" for c in cells))
+    for row in rows:
+        bad = {k: (row[k]["non2xx"], row[k]["errors"]) for k in ("w1", "w3", "w3_paced")}
+        if any(n or e for n, e in bad.values()):
+            print(f"{row['events']:,} events: (non-2xx, errors) {bad}")
+
+
+@contextlib.contextmanager
+def postgres(url: str | None, work: Path) -> Iterator[str]:
+    """The given server, or a throwaway one whose data stays in the work dir."""
+    if url:
+        yield url
+        return
+    server = ThrowawayPostgres(PROJECT, work / "postgres")
+    try:
+        yield server.start()
+    finally:
+        server.close()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="10000,100000", help="log events, comma-separated")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=PROJECT / "var" / "bench-scale",
+        help="where the database and the run's files stay (default: var/bench-scale)",
+    )
+    parser.add_argument("--postgres-url", help="a server (default: a throwaway one in work-dir)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="each measurement's length")
+    parser.add_argument("--connections", type=int, default=64, help="closed-loop connections")
+    parser.add_argument("--query-rate", type=float, default=1000.0, help="open-loop queries/s")
+    parser.add_argument("--nice", type=int, default=10, help="niceness of growing and rebuilding")
+    parser.add_argument(
+        "--no-rebuild",
+        dest="rebuild",
+        action="store_false",
+        help="skip the rebuild (the read models must then be current already)",
+    )
+    parser.add_argument("--out", type=Path, help="JSON file (default: bench-results/scale-*)")
+    parser.add_argument("--child-grow", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--catalogue", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child_grow:
+        print(json.dumps(build_log(args.url, args.child_grow, args.catalogue)))
+        return 0
+    sizes = sorted(int(float(s)) for s in args.sizes.split(","))
+    work = args.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "catalogue.json").write_text(json.dumps(CATALOGUE))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report: dict[str, Any] = {"workload": "growth (issue 19)", "machine": machine_info()}
+    report["options"] = {k: str(v) for k, v in vars(args).items() if not k.startswith("child")}
+    report["rows"] = []
+    out = args.out or RESULTS / f"scale-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with postgres(args.postgres_url, work) as server_url:
+        url = database_url(server_url)
+        report["database"] = server_version(url)
+        for size in sizes:
+            report["rows"].append(measure_size(url, size, work, args))
+            out.write_text(json.dumps(report, indent=2))  # what is measured so far, kept
+    print_table(report["rows"])
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
