@@ -55,6 +55,7 @@ from benchlib.lifecycle_log import APP_ID, build_log, renewal_body  # noqa: E402
 from benchlib.loadgen import (  # noqa: E402
     get_request,
     post_request,
+    run_client,
     write_records,
 )
 from benchlib.report import machine_info  # noqa: E402
@@ -65,7 +66,8 @@ from benchlib.workloads import API_KEY, SECRET, closed, paced  # noqa: E402
 from adapters.stripe.signature import sign  # noqa: E402
 
 RESULTS = PROJECT / "bench-results"
-DATABASE = "scale"
+DATABASE = "scale"  # the database grown from run to run
+REFERENCE = "scale_ref"  # a small one, made afresh beside each size
 WEBHOOK_PATH = f"/v1/stripe/webhooks/{APP_ID}"
 CATALOGUE = {  # the products of tests/lifecycles.py, so that its customers' answers mean something
     "skus": [
@@ -89,13 +91,15 @@ RECEIPT_TOPIC = "entitlements.webhook_receipt.received"  # one per Stripe webhoo
 # --- the database ---------------------------------------------------------------------------
 
 
-def database_url(server_url: str) -> str:
-    """The `scale` database on the server, created if missing (never dropped: it is the log)."""
+def database_url(server_url: str, name: str, fresh: bool = False) -> str:
+    """Database `name` on the server, created if missing; dropped first if `fresh`."""
     with psycopg.connect(server_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+        if fresh:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
         if exists.fetchone() is None:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    return server_url.rsplit("/", 1)[0] + f"/{DATABASE}"
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def grow(url: str, size: int, catalogue: Path, nice: int) -> dict[str, Any]:
@@ -158,9 +162,16 @@ def storage(url: str) -> dict[str, Any]:
 # --- the load -------------------------------------------------------------------------------
 
 
-def query_records(path: Path, customers: int, count: int, rng: random.Random) -> Path:
+def query_records(
+    path: Path, customers: int, count: int, rng: random.Random, each_once: bool = False
+) -> Path:
+    """`count` permission queries about random customers of the log; `each_once`: no customer
+    twice (at most every customer once), so that no answer comes from the answer cache."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    picks = (rng.randrange(customers) for _ in range(count))
+    if each_once:
+        picks = iter(rng.sample(range(customers), min(count, customers)))
+    else:
+        picks = (rng.randrange(customers) for _ in range(count))
     return write_records(
         path, (get_request(f"/v1/permissions?customid=user_cus_gen{i}", headers) for i in picks)
     )
@@ -195,26 +206,35 @@ def wait_until_projected(server: Server, timeout: float) -> float:
 
 
 def measure_server(
-    config: Path, work: Path, customers: int, args: argparse.Namespace
+    config: Path, work: Path, name: str, customers: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     rng = random.Random(customers)
     seconds, connections = args.seconds, args.connections
+    first = query_records(
+        work / "w3-once.records", customers, int(W3_CEILING * seconds), rng, each_once=True
+    )
     warm = query_records(work / "w3-warmup.records", customers, 20_000, rng)
     queries = query_records(work / "w3.records", customers, int(W3_CEILING * seconds), rng)
     at_rate = query_records(
         work / "w3-paced.records", customers, int(args.query_rate * seconds) + 100, rng
     )
     out: dict[str, Any] = {}
-    with start_engine(config, 1, work / "engine.log") as server:
+    with start_engine(config, 1, work / f"engine-{name}.log") as server:
         started = time.monotonic()
         server.wait_idle(timeout=120)
         out["server_idle_after_s"] = round(time.monotonic() - started, 1)
-        say(f"W3: GET /v1/permissions, random customers of {customers:,}, {seconds:.0f} s")
+        say(f"{name} W3: GET /v1/permissions, each customer once (none cached), {seconds:.0f} s")
+        # The asyncio client, which stops when the records run out (wrk runs its whole duration).
+        before = server.cpu_seconds()
+        once = run_client(server.base_url, first, seconds, connections, None, once=True)
+        once.server_cpu = (server.cpu_seconds() - before) / once.seconds
+        out["w3_once"] = once.as_dict()
+        say(f"{name} W3: random customers of {customers:,}, {seconds:.0f} s")
         closed(server, warm, WARMUP_SECONDS, connections, once=True)
         out["w3"] = closed(server, queries, seconds, connections, once=True).as_dict()
-        say(f"W3 at {args.query_rate:.0f}/s offered (open loop)")
+        say(f"{name} W3 at {args.query_rate:.0f}/s offered (open loop)")
         out["w3_paced"] = paced(server, at_rate, seconds, args.query_rate).as_dict()
-        say(f"W1: webhooks, half new customers, half existing ones, {seconds:.0f} s")
+        say(f"{name} W1: webhooks, half new customers, half existing ones, {seconds:.0f} s")
         # Signed just before the run: Stripe's tolerance is 300 s.
         posts = webhook_records(work / "w1.records", customers, int(W1_CEILING * seconds), rng)
         w1 = closed(server, posts, seconds, connections, once=True)
@@ -230,49 +250,83 @@ def say(message: str) -> None:
 # --- one size, the table --------------------------------------------------------------------
 
 
-def measure_size(url: str, size: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+def measure_database(
+    url: str, name: str, size: int, work: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Grow database `name` to `size` events, rebuild it, weigh it, serve it and load it."""
     catalogue = work / "catalogue.json"
-    config = engine_config(work / "engine.toml", url, APP_ID, SECRET, API_KEY, catalogue)
-    say(f"grow the log to {size:,} events (nice {args.nice})")
+    config = engine_config(work / f"{name}.toml", url, APP_ID, SECRET, API_KEY, catalogue)
+    say(f"{name}: grow the log to {size:,} events (nice {args.nice})")
     row: dict[str, Any] = {"size": size, **grow(url, size, catalogue, args.nice)}
-    say(f"log: {row['events']:,} events, {row['customers']:,} customers ({row['grow_s']} s)")
+    say(f"{name}: {row['events']:,} events, {row['customers']:,} customers ({row['grow_s']} s)")
     if args.rebuild:
-        say("entitlements rebuild")
+        say(f"{name}: entitlements rebuild")
         row.update(rebuild(config, args.nice, work / "rebuild.log"))
-        say(f"rebuilt in {row['rebuild_s']} s")
+        say(f"{name}: rebuilt in {row['rebuild_s']} s")
     row.update(storage(url))
-    row.update(measure_server(config, work, row["customers"], args))
+    row.update(measure_server(config, work, name, row["customers"], args))
+    return row
+
+
+def measure_size(
+    server_url: str, size: int, work: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The grown database at `size`, then the reference (a fresh small database) measured the
+    same way in the same minutes: the machine is shared, so what changes with size is read
+    from the ratios to the reference, not from rates measured minutes apart."""
+    row = measure_database(database_url(server_url, DATABASE), DATABASE, size, work, args)
+    reference = database_url(server_url, REFERENCE, fresh=True)
+    row["reference"] = measure_database(reference, REFERENCE, args.reference_size, work, args)
+    row["ratios"] = {
+        kind: round(row[kind]["rate"] / row["reference"][kind]["rate"], 2)
+        for kind in ("w1", "w3", "w3_once")
+        if row["reference"][kind]["rate"]
+    }
+    if row.get("rebuild_events_per_s") and row["reference"].get("rebuild_events_per_s"):
+        ratio = row["rebuild_events_per_s"] / row["reference"]["rebuild_events_per_s"]
+        row["ratios"]["rebuild"] = round(ratio, 2)
     return row
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("events", "customers", "grow s", "rebuild s", "rebuild ev/s", "B/event")
-    header += ("log MB", "models MB", "webhooks/s", "wh p99 ms", "queries/s", "q p99 ms")
-    header += ("paced p50", "paced p99")
-    print("  ".join(f"{h:>12}" for h in header))
+    """One line per size, then its reference (measured right after it); `x ref` is the size's
+    rate over the reference's."""
+    header = ("database", "events", "customers", "grow s", "rebuild s", "rebuild/s", "B/event")
+    header += ("B/webhook", "log MB", "models MB", "webhooks/s", "wh p99 ms", "queries/s")
+    header += ("q p99 ms", "once/s", "once p99", "paced p50", "paced p99")
+    print("  ".join(f"{h:>11}" for h in header))
     for row in rows:
-        w1, w3, paced_ = row["w1"], row["w3"], row["w3_paced"]
-        cells = (
-            f"{row['events']:,}",
-            f"{row['customers']:,}",
-            f"{row['grow_s']:.0f}",
-            f"{row['rebuild_s']:.1f}" if "rebuild_s" in row else "-",
-            f"{row.get('rebuild_events_per_s') or 0:,}",
-            f"{row['bytes_per_event']:,}",
-            f"{row['log_bytes'] / 1e6:,.0f}",
-            f"{row['read_model_bytes'] / 1e6:,.0f}",
-            f"{w1['rate']:,.0f}",
-            f"{w1['p99_ms']:.1f}",
-            f"{w3['rate']:,.0f}",
-            f"{w3['p99_ms']:.1f}",
-            f"{paced_['p50_ms']:.1f}",
-            f"{paced_['p99_ms']:.1f}",
-        )
-        print("  ".join(f"{c:>12}" for c in cells))
+        for name, line in ((DATABASE, row), (REFERENCE, row["reference"])):
+            w1, w3, once, paced_ = line["w1"], line["w3"], line["w3_once"], line["w3_paced"]
+            cells = (
+                name,
+                f"{line['events']:,}",
+                f"{line['customers']:,}",
+                f"{line['grow_s']:.0f}",
+                f"{line['rebuild_s']:.1f}" if "rebuild_s" in line else "-",
+                f"{line.get('rebuild_events_per_s') or 0:,}",
+                f"{line['bytes_per_event']:,}",
+                f"{line['bytes_per_webhook']:,}",
+                f"{line['log_bytes'] / 1e6:,.0f}",
+                f"{line['read_model_bytes'] / 1e6:,.0f}",
+                f"{w1['rate']:,.0f}",
+                f"{w1['p99_ms']:.1f}",
+                f"{w3['rate']:,.0f}",
+                f"{w3['p99_ms']:.1f}",
+                f"{once['rate']:,.0f}",
+                f"{once['p99_ms']:.1f}",
+                f"{paced_['p50_ms']:.1f}",
+                f"{paced_['p99_ms']:.1f}",
+            )
+            print("  ".join(f"{c:>11}" for c in cells))
+        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios"].items())
+        print(f"  {row['events']:,} events against the reference: {ratios}")
     for row in rows:
-        bad = {k: (row[k]["non2xx"], row[k]["errors"]) for k in ("w1", "w3", "w3_paced")}
-        if any(n or e for n, e in bad.values()):
-            print(f"{row['events']:,} events: (non-2xx, errors) {bad}")
+        for line in (row, row["reference"]):
+            kinds = ("w1", "w3", "w3_once", "w3_paced")
+            bad = {k: (line[k]["non2xx"], line[k]["errors"]) for k in kinds}
+            if any(n or e for n, e in bad.values()):
+                print(f"{line['events']:,} events: (non-2xx, errors) {bad}")
 
 
 @contextlib.contextmanager
@@ -303,6 +357,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="each measurement's length")
     parser.add_argument("--connections", type=int, default=64, help="closed-loop connections")
     parser.add_argument("--query-rate", type=float, default=1000.0, help="open-loop queries/s")
+    parser.add_argument(
+        "--reference-size",
+        type=int,
+        default=100_000,
+        help="events of the reference database measured beside each size (default 10^5)",
+    )
     parser.add_argument("--nice", type=int, default=10, help="niceness of growing and rebuilding")
     parser.add_argument(
         "--no-rebuild",
@@ -333,10 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / f"scale-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with postgres(args.postgres_url, work) as server_url:
-        url = database_url(server_url)
-        report["database"] = server_version(url)
+        report["database"] = server_version(server_url)
         for size in sizes:
-            report["rows"].append(measure_size(url, size, work, args))
+            report["rows"].append(measure_size(server_url, size, work, args))
             out.write_text(json.dumps(report, indent=2))  # what is measured so far, kept
     print_table(report["rows"])
     print(f"wrote {out}")
