@@ -2,10 +2,10 @@
 """Growth (issue 19): do ingest and query rates stay flat as one PostgreSQL database grows, how
 many bytes does an event take, and how long does a rebuild take at each size?
 
-One database (`scale` on the server) is grown step by step to each size N of `--sizes` (events in
-the log, as the followers count them: per Stripe webhook a receipt and the event, plus one
-registration per new buyer; ~7.7 per customer of the `tests/lifecycles.py` mix, so 10^7 events
-are ~1.3 million customers). At each size:
+One database (`--database`, `scale` by default) is grown step by step to each size N of
+`--sizes` (events in the log, as the followers count them: per Stripe webhook a receipt and the
+event, plus one registration per new buyer; ~8.8 per customer of the `tests/lifecycles.py` mix,
+so 10^7 events are ~1.13 million customers). At each size:
 
 1. grow: customers' lifecycles recorded in bulk by the engine (`benchlib.lifecycle_log`, the path
    `scripts/bench_rebuild.py` builds its logs with), in a child at `--nice`, no projector running;
@@ -25,8 +25,9 @@ are ~1.3 million customers). At each size:
    - W1-style: signed webhooks, closed loop, half new customers (the fixture mix of `scripts/bench`,
      4-6 KB bodies) and half a new `invoice.paid` for a random existing customer.
 
-Then the same on a reference database (`--reference-size` events, made afresh), in the same
-minutes: the machine is shared, so a change with size is read from the ratio to the reference.
+Before and after each size, the same on a reference database (`--reference-size` events, made
+afresh each time): the machine is shared, so a change with size is read from the ratio to the
+references' mean, measured in the same minutes.
 Each measurement lasts `--seconds`. Prints one table and writes every figure as JSON under
 `bench-results/`. The database stays in `--work-dir` (a throwaway server in `<work-dir>/postgres`
 unless `--postgres-url` is given): a later run grows it further or reuses it as it is.
@@ -71,7 +72,6 @@ from benchlib.workloads import API_KEY, SECRET, closed, paced  # noqa: E402
 from adapters.stripe.signature import sign  # noqa: E402
 
 RESULTS = PROJECT / "bench-results"
-DATABASE = "scale"  # the database grown from run to run
 REFERENCE = "scale_ref"  # a small one, made afresh beside each size
 WEBHOOK_PATH = f"/v1/stripe/webhooks/{APP_ID}"
 CATALOGUE = {  # the products of tests/lifecycles.py, so that its customers' answers mean something
@@ -152,8 +152,8 @@ def settle(url: str) -> dict[str, Any]:
 
 def storage(url: str) -> dict[str, Any]:
     """Bytes on disk: the event log's table (heap, TOAST and indexes), the read models (every
-    other table), the whole database; per log event (its highest notification id) and per
-    Stripe webhook (its receipts)."""
+    other table, live generation), the whole database; per log event (its highest notification
+    id) and per Stripe webhook (its receipts)."""
     with psycopg.connect(url) as conn:
         tables = conn.execute(
             "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
@@ -166,12 +166,17 @@ def storage(url: str) -> dict[str, Any]:
             f"SELECT max(notification_id), count(*) FILTER (WHERE topic = %s) FROM {LOG_TABLE}",
             (RECEIPT_TOPIC,),
         ).fetchone() or (0, 0)
+        live = conn.execute("SELECT max(generation) FROM projection_generations").fetchone()
     sizes = {name: size for name, size in tables}
     log_bytes = sizes[LOG_TABLE]
+    # The read models' live generation; the one before it stays until the next rebuild.
+    others = {n: b for n, b in sizes.items() if re.search(r"_g\d+$", n)}
+    older = sum(b for n, b in others.items() if not n.endswith(f"_g{live[0] if live else 0}"))
     return {
         "webhooks": webhooks,
         "log_bytes": log_bytes,
-        "read_model_bytes": sum(sizes.values()) - log_bytes,
+        "read_model_bytes": sum(sizes.values()) - log_bytes - older,
+        "older_generation_bytes": older,
         "database_bytes": database[0] if database else None,
         "bytes_per_event": round(log_bytes / events) if events else None,
         "bytes_per_webhook": round(log_bytes / webhooks) if webhooks else None,
@@ -271,7 +276,7 @@ def say(message: str) -> None:
 
 
 def measure_database(
-    url: str, name: str, size: int, work: Path, args: argparse.Namespace
+    url: str, name: str, size: int, work: Path, args: argparse.Namespace, rebuild_it: bool = True
 ) -> dict[str, Any]:
     """Grow database `name` to `size` events, rebuild it, weigh it, serve it and load it."""
     catalogue = work / "catalogue.json"
@@ -279,7 +284,7 @@ def measure_database(
     say(f"{name}: grow the log to {size:,} events (nice {args.nice})")
     row: dict[str, Any] = {"size": size, **grow(url, size, catalogue, args.nice)}
     say(f"{name}: {row['events']:,} events, {row['customers']:,} customers ({row['grow_s']} s)")
-    if args.rebuild:
+    if rebuild_it:
         say(f"{name}: entitlements rebuild")
         row.update(rebuild(config, args.nice, work / "rebuild.log"))
         say(f"{name}: rebuilt in {row['rebuild_s']} s")
@@ -293,32 +298,37 @@ def measure_database(
 def measure_size(
     server_url: str, size: int, work: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """The grown database at `size`, then the reference (a fresh small database) measured the
-    same way in the same minutes: the machine is shared, so what changes with size is read
-    from the ratios to the reference, not from rates measured minutes apart."""
-    row = measure_database(database_url(server_url, DATABASE), DATABASE, size, work, args)
-    reference = database_url(server_url, REFERENCE, fresh=True)
-    row["reference"] = measure_database(reference, REFERENCE, args.reference_size, work, args)
-    row["ratios"] = {
-        kind: round(row[kind]["rate"] / row["reference"][kind]["rate"], 2)
-        for kind in ("w1", "w3", "w3_once")
-        if row["reference"][kind]["rate"]
-    }
-    if row.get("rebuild_events_per_s") and row["reference"].get("rebuild_events_per_s"):
-        ratio = row["rebuild_events_per_s"] / row["reference"]["rebuild_events_per_s"]
-        row["ratios"]["rebuild"] = round(ratio, 2)
+    """The grown database at `size`, between two measurements of the reference (a small
+    database made afresh each time) in the same minutes: the machine is shared, so what changes
+    with size is read from the ratios to the references' mean, not from rates minutes apart."""
+    before = measure_database(
+        database_url(server_url, REFERENCE, fresh=True), REFERENCE, args.reference_size, work, args
+    )
+    grown = database_url(server_url, args.database)
+    row = measure_database(grown, args.database, size, work, args, args.rebuild)
+    after = measure_database(
+        database_url(server_url, REFERENCE, fresh=True), REFERENCE, args.reference_size, work, args
+    )
+    row["references"] = [before, after]
+    row["ratios"] = {}
+    for kind in ("w1", "w3", "w3_once"):
+        mean = (before[kind]["rate"] + after[kind]["rate"]) / 2
+        row["ratios"][kind] = round(row[kind]["rate"] / mean, 2) if mean else None
+    if args.rebuild:
+        mean = (before["rebuild_events_per_s"] + after["rebuild_events_per_s"]) / 2
+        row["ratios"]["rebuild"] = round(row["rebuild_events_per_s"] / mean, 2)
     return row
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """One line per size, then its reference (measured right after it); `x ref` is the size's
-    rate over the reference's."""
+    """One line per size, between its two references (measured right before and after it)."""
     header = ("database", "events", "customers", "grow s", "rebuild s", "rebuild/s", "B/event")
     header += ("B/webhook", "log MB", "models MB", "webhooks/s", "wh p99 ms", "queries/s")
     header += ("q p99 ms", "once/s", "once p99", "paced p50", "paced p99")
     print("  ".join(f"{h:>11}" for h in header))
     for row in rows:
-        for name, line in ((DATABASE, row), (REFERENCE, row["reference"])):
+        before, after = row["references"]
+        for name, line in ((REFERENCE, before), ("grown", row), (REFERENCE, after)):
             w1, w3, once, paced_ = line["w1"], line["w3"], line["w3_once"], line["w3_paced"]
             cells = (
                 name,
@@ -342,9 +352,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             )
             print("  ".join(f"{c:>11}" for c in cells))
         ratios = ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios"].items())
-        print(f"  {row['events']:,} events against the reference: {ratios}")
+        print(f"  {row['events']:,} events against the references' mean: {ratios}")
     for row in rows:
-        for line in (row, row["reference"]):
+        for line in (row, *row["references"]):
             kinds = ("w1", "w3", "w3_once", "w3_paced")
             bad = {k: (line[k]["non2xx"], line[k]["errors"]) for k in kinds}
             if any(n or e for n, e in bad.values()):
@@ -379,6 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="each measurement's length")
     parser.add_argument("--connections", type=int, default=64, help="closed-loop connections")
     parser.add_argument("--query-rate", type=float, default=1000.0, help="open-loop queries/s")
+    parser.add_argument("--database", default="scale", help="the grown database's name")
     parser.add_argument(
         "--reference-size",
         type=int,
@@ -390,7 +401,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-rebuild",
         dest="rebuild",
         action="store_false",
-        help="skip the rebuild (the read models must then be current already)",
+        help="no rebuild of the grown database (its read models must be current already)",
     )
     parser.add_argument("--out", type=Path, help="JSON file (default: bench-results/scale-*)")
     parser.add_argument("--child-grow", type=int, help=argparse.SUPPRESS)
