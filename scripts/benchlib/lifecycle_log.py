@@ -27,7 +27,6 @@ from adapters.usecases.ingest import Webhook  # noqa: E402
 
 APP_ID = "demo"
 CUSTOMERS_PER_BATCH = 1000  # ~3,300 Stripe events, ~7,700 log events per transaction
-LOG_EVENTS_PER_CUSTOMER = 7.67  # receipts, Stripe events and a registration, over the mix
 
 
 def open_engine(url: str, catalogue: Path | None = None) -> Engine:
@@ -57,7 +56,7 @@ def build_log(url: str, size: int, catalogue: Path | None = None) -> dict[str, i
     try:
         customer = customers_recorded(engine)
         while (total := engine.log.recorder.max_notification_id() or 0) < size:
-            remaining = (size - total) // 8 + 1  # ~7.7 log events per customer
+            remaining = (size - total) // 8 + 1  # ~8.8 log events per customer
             count = min(CUSTOMERS_PER_BATCH, remaining)
             bodies = customer_bodies(customer, count)
             webhooks = [Webhook(APP_ID, parse_event(raw)[0], raw) for raw in bodies]
