@@ -39,33 +39,18 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
-sys.path.insert(0, str(PROJECT / "tests"))
 
-from lifecycles import FATES, PRODUCTS, lifecycle  # noqa: E402
+from benchlib.lifecycle_log import build_log, open_engine  # noqa: E402
 
-from adapters.bootstrap import Engine, bootstrap  # noqa: E402
-from adapters.config import settings_from_dict  # noqa: E402
+from adapters.bootstrap import Engine  # noqa: E402
 from adapters.process.runtime_tuning import tune_for_server  # noqa: E402
-from adapters.stripe.envelope import parse_event  # noqa: E402
-from adapters.usecases.ingest import Webhook  # noqa: E402
 from projections.rebuild import rebuild  # noqa: E402
 
-APP_ID = "demo"
 PAGE = 1000  # notifications per read, as the rebuild reads them
-CUSTOMERS_PER_BATCH = 1000  # ~3,300 Stripe events, ~7,700 log events per transaction
 RESULTS = PROJECT / "bench-results"
 
 
-# --- engine and log -------------------------------------------------------------------------
-
-
-def open_engine(url: str) -> Engine:
-    """An engine on `url`; no projector runs: nothing projects behind our back."""
-    doc = {
-        "database": {"url": url},
-        "apps": {APP_ID: {"webhook_secrets": ["whsec_x"], "rest_api_keys": ["k"]}},
-    }
-    return bootstrap(settings_from_dict(doc, env={}))
+# --- the log ----------------------------------------------------------------------------------
 
 
 def log_url(backend: str, work_dir: Path, size: int, pg_url: str | None) -> str:
@@ -80,59 +65,6 @@ def log_url(backend: str, work_dir: Path, size: int, pg_url: str | None) -> str:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     separator = "&" if "?" in pg_url else "?"
     return f"{pg_url}{separator}schema={schema}"
-
-
-def customer_bodies(first: int, count: int) -> list[str]:
-    """Stripe webhook bodies of `count` customers from `first` on (the mix of
-    `lifecycles.population`), interleaved as real traffic is: one event of each in turn."""
-    lives = [
-        lifecycle(i, PRODUCTS[i % 2], i % 6, FATES[i % len(FATES)], i % 3 == 0)
-        for i in range(first, first + count)
-    ]
-    return [body for turn in itertools.zip_longest(*lives) for body in turn if body]
-
-
-def build_log(url: str, size: int) -> dict[str, int]:
-    """Append customers' lifecycles until the log holds at least `size` events; a log already
-    that large is reused as it is. Returns how many events and customers the log holds."""
-    engine = open_engine(url)
-    try:
-        customer = _customers_recorded(engine)
-        while (total := engine.log.recorder.max_notification_id() or 0) < size:
-            remaining = (size - total) // 8 + 1  # ~7.7 log events per customer
-            count = min(CUSTOMERS_PER_BATCH, remaining)
-            bodies = customer_bodies(customer, count)
-            webhooks = [Webhook(APP_ID, parse_event(raw)[0], raw) for raw in bodies]
-            outcomes = engine.ingestor.record_many(webhooks)
-            errors = [o for o in outcomes if isinstance(o, Exception)]
-            if errors:
-                raise errors[0]
-            customer += count
-            _progress(f"build {size:,}: {total:,} events")
-        print(file=sys.stderr)
-        return {"events": total, "customers": customer}
-    finally:
-        engine.close()
-
-
-def _customers_recorded(engine: Engine) -> int:
-    """How many generated customers the log already holds (they are numbered from 0)."""
-    from domain.aggregates import buyer_id
-
-    low, high = 0, 1
-    while engine.log.last_version(buyer_id(APP_ID, f"cus_gen{high - 1}")) is not None:
-        low, high = high, high * 2
-    while low < high:  # the first customer not recorded lies in [low, high)
-        middle = (low + high) // 2
-        if engine.log.last_version(buyer_id(APP_ID, f"cus_gen{middle}")) is not None:
-            low = middle + 1
-        else:
-            high = middle
-    return low
-
-
-def _progress(text: str) -> None:
-    print(f"\r{text}", end="", file=sys.stderr, flush=True)
 
 
 # --- what a child process measures ----------------------------------------------------------

@@ -120,8 +120,16 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
-def engine_config(path: Path, database_url: str, app_id: str, secret: str, api_key: str) -> Path:
-    catalogue = PROJECT_ROOT / "adapters" / "demo-catalogue.json"
+def engine_config(
+    path: Path,
+    database_url: str,
+    app_id: str,
+    secret: str,
+    api_key: str,
+    catalogue: Path | None = None,
+) -> Path:
+    """A config for `entitlements serve`; the demo catalogue unless `catalogue` is given."""
+    catalogue = catalogue or PROJECT_ROOT / "adapters" / "demo-catalogue.json"
     path.write_text(
         f'[database]\nurl = "{database_url}"\n\n'
         f'[server]\nhost = "127.0.0.1"\nmax_body_bytes = 1048576\n'
