@@ -15,6 +15,13 @@
     run       up, load (with --fault), down, whatever happens; exit status 1 if a check failed
     capacity  webhooks/s and queries/s with 1, 2 and 3 engine hosts, CPU per request
 
+`up` and `capacity` make a fresh, empty PostgreSQL unless given --pgdata DIR: an existing data
+directory (e.g. the 10^7 events of scripts/bench_scale.py) started in place as the postgres user,
+with one pg_hba.conf line added for the cluster's subnet, and never deleted; --dbname NAME its
+database, --config-from FILE the engine configuration whose app (secrets, keys, catalogue) the
+database holds. Then capacity's queries ask about that app's existing customers (a random sample
+of the grants read model), not only new ones.
+
 Everything is bounded: each load lasts --seconds, retries at most --drain more; `run` tears the
 cluster down in `finally`, and `down` is safe to repeat.
 """
@@ -58,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--apps", type=int, default=3, help="engine hosts (default 3)")
     up.add_argument("--replica", action="store_true", help="queries read a hot standby")
     up.add_argument("--no-outbound", action="store_true", help=NO_OUTBOUND)
+    existing_database_options(up)
     sub.add_parser("down")
     sub.add_parser("status")
     sub.add_parser("report")
@@ -91,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with the outbound endpoint (every change also sent): not in the figures of "
         "docs/deploy.md",
     )
+    existing_database_options(cap)
+    cap.add_argument(
+        "--query-sample",
+        type=int,
+        default=100_000,
+        help="with --pgdata: existing customers the queries pick from (default %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     if args.command != "report" and (why := net.can_make_namespaces()):
@@ -106,10 +121,25 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.command in ("up", "run"):
+    if getattr(args, "pgdata", None) and (why := hosts.unusable_pgdata(args.pgdata)):
+        print(f"scripts/cluster: --pgdata {args.pgdata}: {why}", file=sys.stderr)
+        return 2
+    if args.command == "up":
+        cluster = Cluster(
+            args.dir, args.apps, args.replica, not args.no_outbound,
+            args.pgdata, args.dbname, args.config_from,
+        )  # fmt: skip
+    elif args.command == "run":
         cluster = Cluster(args.dir, args.apps, args.replica, not args.no_outbound)
     else:
         cluster = Cluster.existing(args.dir)
+    if args.command == "load" and cluster.pgdata:
+        print(
+            "scripts/cluster: `load` checks the whole event log: not on a --pgdata cluster "
+            "(`capacity --pgdata` measures one)",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "up":
         try:
             cluster.up()
@@ -154,6 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "capacity":
         return capacity(args)
     return 2
+
+
+def existing_database_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pgdata",
+        type=Path,
+        help="an existing PostgreSQL data directory, used in place (never deleted) instead of "
+        "a fresh database",
+    )
+    p.add_argument("--dbname", default="postgres", help="the database (default %(default)s)")
+    p.add_argument(
+        "--config-from",
+        type=Path,
+        help="an engine configuration file whose [apps.*] section the hosts serve (the app the "
+        "--pgdata database was made for)",
+    )
 
 
 def load_options(p: argparse.ArgumentParser) -> None:
@@ -215,9 +261,9 @@ def do_fault(cluster: Cluster, kind: str, host: str) -> int:
 def client_process(cluster: Cluster, spec: dict[str, Any]) -> subprocess.Popen[str]:
     path = cluster.home / f"client-{time.time_ns()}.json"
     spec = {
-        "secret": hosts.SECRET,
-        "app_id": hosts.APP_ID,
-        "rest_key": hosts.REST_KEY,
+        "secret": cluster.app.secret,
+        "app_id": cluster.app.app_id,
+        "rest_key": cluster.app.rest_key,
         "project_root": str(hosts.PROJECT_ROOT),
         "target": list(cluster.lb_target),
         **spec,
@@ -500,14 +546,18 @@ def capacity(args: argparse.Namespace) -> int:
     """For each host count: webhooks closed loop, then queries closed loop; CPU per request."""
     rows = []
     for count in [int(n) for n in args.hosts.split(",")]:
-        cluster = Cluster(args.dir, count, outbound=args.outbound)
+        cluster = Cluster(
+            args.dir, count, outbound=args.outbound, pgdata=args.pgdata, dbname=args.dbname,
+            config_from=args.config_from,
+        )  # fmt: skip
         try:
             cluster.up()
             rows.append(measure(cluster, count, args))
         finally:
             cluster.down()
     text = json.dumps(rows, indent=2)
-    (args.dir.parent / "ent-cluster-capacity.json").write_text(text)
+    name = "ent-cluster-capacity-pgdata.json" if args.pgdata else "ent-cluster-capacity.json"
+    (args.dir.parent / name).write_text(text)
     print(text)
     return 0
 
@@ -517,8 +567,39 @@ def primary_commits(cluster: Cluster) -> int:
     return int(rows[0][0] or 0)
 
 
+def database_figures(cluster: Cluster) -> dict[str, Any]:
+    """How big the database is: its event log, the app's customers in the grants read model."""
+    generation = cluster.pg.sql(
+        "SELECT generation FROM projection_generations WHERE name = 'customer_grants'"
+    )
+    live = generation[0][0] if generation else 1
+    table = "customer_grants" + (f"_g{live}" if live > 1 else "")  # projections.generations
+    events = cluster.pg.sql("SELECT coalesce(max(notification_id), 0) FROM entitlements_events")
+    customers = cluster.pg.sql(
+        f"SELECT count(*) FROM {table} WHERE app_id = %s", (cluster.app.app_id,)
+    )
+    return {"table": table, "events": events[0][0], "customers": customers[0][0]}
+
+
+def existing_customids(cluster: Cluster, table: str, customers: int, sample: int) -> list[str]:
+    """About `sample` customids of the app picked at random from the whole grants table."""
+    percent = min(100.0, 100.0 * sample / max(1, customers))
+    rows = cluster.pg.sql(
+        f"SELECT customid FROM {table} TABLESAMPLE BERNOULLI ({percent}) WHERE app_id = %s",
+        (cluster.app.app_id,),
+    )
+    return [r[0] for r in rows][:sample]
+
+
 def measure(cluster: Cluster, count: int, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"hosts": count}
+    sample: list[str] = []
+    if cluster.pgdata:
+        row["database"] = database_figures(cluster)
+        sample = existing_customids(
+            cluster, row["database"]["table"], row["database"]["customers"], args.query_sample
+        )
+        row["database"]["queried_customers"] = len(sample)
     for kind in ("webhooks", "queries"):
         spec: dict[str, Any] = {
             "seconds": args.seconds,
@@ -531,6 +612,8 @@ def measure(cluster: Cluster, count: int, args: argparse.Namespace) -> dict[str,
             spec["webhook_rate"] = 3000  # sizes the stream: more than can be sent
         else:
             spec.update(queries_only=True, preload=600, webhook_rate=1)
+            if sample:  # the existing customers instead of 600 new ones
+                spec.update(preload=0, query_customids=sample)
         client = client_process(cluster, spec)
         line = client.stdout.readline() if client.stdout else ""
         before = host_cpu(cluster)

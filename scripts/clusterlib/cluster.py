@@ -21,9 +21,21 @@ class Cluster:
     apps: int = 3
     replica: bool = False  # a hot standby the engine hosts' queries read ([database] read_url)
     outbound: bool = True  # an endpoint (clusterlib.receiver) every change is sent to
+    # An existing PostgreSQL data directory used in place of a fresh one (never deleted), the
+    # database there, and the engine configuration whose app the hosts serve (--config-from).
+    pgdata: Path | None = None
+    dbname: str = "postgres"
+    config_from: Path | None = None
 
     def __post_init__(self) -> None:
-        self.pg = hosts.Postgres(self.home / "db", net.DB)
+        if self.pgdata is not None:
+            self.pgdata = self.pgdata.resolve()
+            if self.pgdata.is_relative_to(self.home.resolve()):
+                raise SystemExit(f"--pgdata {self.pgdata} is inside {self.home}: `up` empties it")
+            if self.replica:
+                raise SystemExit("--replica copies the primary: not with --pgdata")
+        self.app = hosts.App.from_config(self.config_from) if self.config_from else hosts.App()
+        self.pg = hosts.Postgres(self.home / "db", net.DB, self.pgdata, self.dbname)
         self.standby = hosts.Postgres(self.home / "replica", net.REPLICA)
         self.haproxy_sock = self.home / "haproxy.sock"
         self.received = self.home / "received.jsonl"  # the receiver's record, a line a POST
@@ -32,8 +44,15 @@ class Cluster:
     def existing(cls, home: Path) -> Cluster:
         """The cluster `up` made in `home` (its shape from state.json)."""
         state = hosts.read_state(home)
+        pgdata, config_from = state.get("pgdata"), state.get("config_from")
         return cls(
-            home, state.get("apps", 3), state.get("replica", False), state.get("outbound", False)
+            home,
+            state.get("apps", 3),
+            state.get("replica", False),
+            state.get("outbound", False),
+            Path(pgdata) if pgdata else None,
+            state.get("dbname", "postgres"),
+            Path(config_from) if config_from else None,
         )
 
     @property
@@ -60,13 +79,16 @@ class Cluster:
             )
         hosts.pg_bin()
         hosts.haproxy_bin()
-        if self.home.exists():  # a fresh database each time; earlier logs go too
+        if self.home.exists():  # a fresh database each time (unless --pgdata); earlier logs go too
             shutil.rmtree(self.home)
         self.home.mkdir(parents=True)
         state = {
             "apps": self.apps,
             "replica": self.replica,
             "outbound": self.outbound,
+            "pgdata": str(self.pgdata) if self.pgdata else None,
+            "dbname": self.dbname,
+            "config_from": str(self.config_from.resolve()) if self.config_from else None,
             "up_since": time.time(),
         }
         hosts.write_state(self.home, state)
@@ -92,7 +114,7 @@ class Cluster:
             log(f"outbound endpoint: {endpoint} (every change; record {self.received})")
         for host in self.app_hosts:
             config = self.home / f"{host.name}.toml"
-            hosts.engine_config(config, self.pg.url, host, read_url, endpoint)
+            hosts.engine_config(config, self.pg.url, host, read_url, endpoint, self.app)
         # The first host creates the tables; the others then start together.
         self.start_engine(self.app_hosts[0])
         hosts.wait_healthy(self.app_hosts[0], self.home / f"{self.app_hosts[0].name}.log")

@@ -12,12 +12,15 @@ import ctypes
 import glob
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import threading
 import time
+import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,30 +190,53 @@ def haproxy_bin() -> str:
     return found
 
 
+def unusable_pgdata(data: Path) -> str | None:
+    """Why an existing data directory cannot be the cluster's (checked before anything is made:
+    `down` after a failed `up` would otherwise stop a server someone else runs on it)."""
+    if not (data / "PG_VERSION").is_file():
+        return "not a PostgreSQL data directory (no PG_VERSION)"
+    if (data / "postmaster.pid").exists():
+        return "in use (postmaster.pid): stop its server first"
+    return None
+
+
 def as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv]
 
 
 class Postgres:
     """One server on a host of its own; its Unix socket (in the cluster directory) lets checks
-    from the root namespace read it without a network."""
+    from the root namespace read it without a network.
 
-    def __init__(self, home: Path, host: net.Host) -> None:
-        self.home, self.host = home, host
-        self.data, self.sock, self.log = home / "data", home / "sock", home / "postgres.log"
+    `data`: an existing data directory used in place (`scripts/cluster up --pgdata`) instead of a
+    fresh one in `home`: never initialised, never deleted (only `home`, with the socket and the
+    log, is the cluster's); `dbname`: the database the engine hosts use there."""
+
+    def __init__(
+        self, home: Path, host: net.Host, data: Path | None = None, dbname: str = "postgres"
+    ) -> None:
+        self.home, self.host, self.dbname = home, host, dbname
+        self.existing = data is not None
+        self.data = data if data is not None else home / "data"
+        self.sock, self.log = home / "sock", home / "postgres.log"
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@{self.host.address}:{PG_PORT}/postgres"
+        return f"postgresql://postgres@{self.host.address}:{PG_PORT}/{self.dbname}"
 
     @property
     def local_url(self) -> str:
-        return f"postgresql://postgres@/postgres?host={self.sock}&port={PG_PORT}"
+        return f"postgresql://postgres@/{self.dbname}?host={self.sock}&port={PG_PORT}"
 
     def init(self) -> None:
         bin_dir = pg_bin()
         self.home.mkdir(parents=True, exist_ok=True)
         self.sock.mkdir(exist_ok=True)
+        if self.existing:
+            shutil.chown(self.home, "postgres", "postgres")
+            shutil.chown(self.sock, "postgres", "postgres")
+            self.adopt(bin_dir)
+            return
         if not (self.data / "PG_VERSION").exists():
             self.data.mkdir(mode=0o700, exist_ok=True)
             shutil.chown(self.home, "postgres", "postgres")
@@ -235,6 +261,26 @@ class Postgres:
             with (self.data / "pg_hba.conf").open("a") as hba:
                 hba.write(f"host all all {net.SUBNET}.0/24 trust\n")
                 hba.write(f"host replication all {net.SUBNET}.0/24 trust\n")
+
+    def adopt(self, bin_dir: Path) -> None:
+        """Checks that an existing data directory can be started as it is by the postgres user
+        with these binaries, and lets the cluster's subnet in (one pg_hba.conf line, added once;
+        the only change made to it besides what the server itself writes)."""
+        version = (self.data / "PG_VERSION").read_text().strip()
+        if version != bin_dir.parent.name:
+            raise RuntimeError(f"{self.data} is PostgreSQL {version}; the binaries are {bin_dir}")
+        owner = self.data.stat().st_uid
+        if owner != pwd.getpwnam("postgres").pw_uid:
+            raise RuntimeError(
+                f"{self.data} is not the postgres user's: chown -R postgres:postgres {self.data}"
+            )
+        if why := unusable_pgdata(self.data):
+            raise RuntimeError(f"{self.data}: {why}")
+        hba = self.data / "pg_hba.conf"
+        line = f"host all all {net.SUBNET}.0/24 trust"
+        if line not in hba.read_text().splitlines():
+            with hba.open("a") as out:
+                out.write(f"# scripts/cluster: its engine hosts\n{line}\n")
 
     def init_standby(self, primary: Postgres) -> None:
         """A streaming replica of `primary` (hot standby), from a base backup taken over the
@@ -299,17 +345,66 @@ class Postgres:
 # --- Engine hosts and HAProxy ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class App:
+    """The one app the engine hosts serve, and what the load client signs and asks with."""
+
+    app_id: str = APP_ID
+    secret: str = SECRET
+    rest_key: str = REST_KEY
+    settings: tuple[tuple[str, Any], ...] = (
+        ("grace_period", "P3D"),
+        ("renewal_leeway", "P1D"),
+        ("refund_policy", "full"),
+        ("catalogue", str(PROJECT_ROOT / "adapters" / "demo-catalogue.json")),
+    )
+
+    @classmethod
+    def from_config(cls, path: Path) -> App:
+        """The app of an engine configuration file (its only [apps.*] section, outbound
+        endpoints left out): e.g. the one a database was made with, so that the cluster's
+        webhooks are that app's and its queries find that app's customers."""
+        apps = tomllib.loads(path.read_text()).get("apps", {})
+        if len(apps) != 1:
+            raise SystemExit(f"{path}: one [apps.*] section expected, found {sorted(apps)}")
+        ((app_id, section),) = apps.items()
+        settings = {k: v for k, v in section.items() if k not in ("endpoints",)}
+        secrets, keys = settings.pop("webhook_secrets"), settings.pop("rest_api_keys")
+        return cls(app_id, secrets[0], keys[0], tuple(sorted(settings.items())))
+
+    def section(self) -> str:
+        lines = [
+            f"[apps.{self.app_id}]",
+            f"webhook_secrets = [{toml_value(self.secret)}]",
+            f"rest_api_keys = [{toml_value(self.rest_key)}]",
+        ]
+        lines += [f"{key} = {toml_value(value)}" for key, value in self.settings]
+        return "\n".join(lines) + "\n"
+
+
+def toml_value(value: Any) -> str:
+    """A TOML scalar or array of them (JSON's strings, numbers and arrays are TOML's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise ValueError(f"not copied into the engine hosts' configuration: {value!r}")
+
+
 def engine_config(
     path: Path,
     database_url: str,
     host: net.Host,
     read_url: str | None = None,
     endpoint: str | None = None,
+    app: App | None = None,
 ) -> Path:
-    catalogue = PROJECT_ROOT / "adapters" / "demo-catalogue.json"
+    app = app or App()
     reads = f'read_url = "{read_url}"\n' if read_url else ""
     endpoints = (
-        f'\n[[apps.{APP_ID}.endpoints]]\nurl = "{endpoint}"\nsecret = "{OUTBOUND_SECRET}"\n'
+        f'\n[[apps.{app.app_id}.endpoints]]\nurl = "{endpoint}"\nsecret = "{OUTBOUND_SECRET}"\n'
         if endpoint
         else ""
     )
@@ -318,10 +413,7 @@ def engine_config(
         f'[server]\nhost = "{host.address}"\nport = {ENGINE_PORT}\nworkers = 1\n'
         # What the cluster measures is capacity, not the per-key REST limit (100/s).
         "rate_limit_per_second = 0\n\n"
-        f"[apps.{APP_ID}]\n"
-        f'webhook_secrets = ["{SECRET}"]\nrest_api_keys = ["{REST_KEY}"]\n'
-        'grace_period = "P3D"\nrenewal_leeway = "P1D"\nrefund_policy = "full"\n'
-        f'catalogue = "{catalogue}"\n'
+        f"{app.section()}"
         f"{endpoints}"
     )
     return path

@@ -14,7 +14,8 @@ Time-driven customers (`timed`: seconds after the start): one webhook each, sent
 leaves a customid entitled until that instant, when its answer changes by time alone
 (clusterlib.timed).
 
-Queries: `GET /v1/permissions` at `query_rate` about random customers with an acknowledged event.
+Queries: `GET /v1/permissions` at `query_rate` about random customers with an acknowledged event,
+or, given `query_customids` (customers of an existing database), about random ones of those.
 
 Writes one JSON document (ARGS' `out`): every attempt (start, latency, status, target), every
 event's id and whether it was acknowledged, per-second counts, and the customids written to.
@@ -118,6 +119,7 @@ class Args:
     closed_connections: int = 0  # > 0: closed loop (capacity runs), no pacing
     queries_only: bool = False
     preload: int = 0  # events whose customers the queries ask about (queries_only)
+    query_customids: list[str] = field(default_factory=list)  # else the acknowledged ones
     project_root: str = "."
     timed: list[float] = field(default_factory=list)  # instants (s after the start), see above
     renewal_leeway: int = 86400  # the app's, in seconds: when a lapsed period changes the answer
@@ -194,9 +196,12 @@ class Client:
             await self.deliver(index, "lb")
 
     async def query(self) -> None:
-        if not self.acked_owners:
+        if self.args.query_customids:
+            customid = random.choice(self.args.query_customids)
+        elif self.acked_owners:
+            customid = self.customids[random.choice(self.acked_owners)]
+        else:
             return
-        customid = self.customids[random.choice(self.acked_owners)]
         raw = (
             f"GET /v1/permissions?customid={customid} HTTP/1.1\r\nHost: cluster\r\n"
             f"Authorization: Bearer {self.args.rest_key}\r\n\r\n"
