@@ -570,7 +570,7 @@ def primary_commits(cluster: Cluster) -> int:
 def database_figures(cluster: Cluster) -> dict[str, Any]:
     """How big the database is: its event log, the app's customers in the grants read model."""
     generation = cluster.pg.sql(
-        "SELECT generation FROM projection_generations WHERE name = 'customer_grants'"
+        "SELECT generation FROM projection_generations WHERE name = 'buyer_read_models'"
     )
     live = generation[0][0] if generation else 1
     table = "customer_grants" + (f"_g{live}" if live > 1 else "")  # projections.generations
@@ -600,6 +600,8 @@ def measure(cluster: Cluster, count: int, args: argparse.Namespace) -> dict[str,
             cluster, row["database"]["table"], row["database"]["customers"], args.query_sample
         )
         row["database"]["queried_customers"] = len(sample)
+        if not sample:
+            raise RuntimeError(f"no customer of app {cluster.app.app_id} in {row['database']}")
     for kind in ("webhooks", "queries"):
         spec: dict[str, Any] = {
             "seconds": args.seconds,
