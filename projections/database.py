@@ -8,6 +8,7 @@ It lives on the read side because the read side may not import the adapters; the
 from __future__ import annotations
 
 import os
+from typing import Any
 
 
 class UnsupportedDatabase(ValueError):
@@ -47,9 +48,13 @@ SERVER_TCP = {
 }
 
 
-def server_tcp_options() -> str:
-    """SERVER_TCP as libpq's `options` (set for the session as it starts)."""
-    return " ".join(f"-c {name}={value}" for name, value in SERVER_TCP.items())
+def ask_server_keepalives(conn: Any) -> None:
+    """SERVER_TCP for this session, asked once connected (a statement rather than the startup
+    `options`, which poolers such as PgBouncer refuse unless told to ignore them)."""
+    settings = ", ".join("set_config(%s, %s, false)" for _ in SERVER_TCP)
+    conn.execute(f"SELECT {settings}", [v for kv in SERVER_TCP.items() for v in kv])
+    if not conn.autocommit:  # a pooled connection is handed out idle, not in a transaction
+        conn.commit()
 
 
 def database_timeout() -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from projections.database import CLIENT_TCP, database_timeout, server_tcp_options, sqlite_path
+from projections.database import CLIENT_TCP, ask_server_keepalives, database_timeout, sqlite_path
 
 Row = tuple[Any, ...]
 CHECKPOINT_PAGES = 16384  # WAL pages (4 KiB) between checkpoints of the read models' file
@@ -216,13 +216,17 @@ class PostgresViewStore:
 def _pool(conninfo: str, options: str | None, max_size: int, configure: Any = None) -> Any:
     from psycopg_pool import ConnectionPool
 
-    session = f"{options} {server_tcp_options()}" if options else server_tcp_options()
+    def configured(conn: Any) -> None:
+        ask_server_keepalives(conn)
+        if configure is not None:
+            configure(conn)
+
     return ConnectionPool(
         conninfo,
         min_size=1,
         max_size=max_size,
-        kwargs={"options": session, **CLIENT_TCP},
-        configure=configure,
+        kwargs={**({"options": options} if options else {}), **CLIENT_TCP},
+        configure=configured,
         open=True,
         timeout=float(database_timeout()),  # fail promptly while the database is down
     )

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from projections.database import CLIENT_TCP, SERVER_TCP, sqlite_path
+from projections.database import CLIENT_TCP, ask_server_keepalives, sqlite_path
 
 
 class RunLock(Protocol):
@@ -44,8 +44,7 @@ class AdvisoryLock:
     def acquire(self) -> bool:
         conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5, **CLIENT_TCP)
         try:
-            settings = ", ".join("set_config(%s, %s, false)" for _ in SERVER_TCP)
-            conn.execute(f"SELECT {settings}", [v for kv in SERVER_TCP.items() for v in kv])
+            ask_server_keepalives(conn)
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         except BaseException:
             conn.close()
