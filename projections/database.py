@@ -40,6 +40,7 @@ CLIENT_TCP = {
     "keepalives_count": 3,
     "tcp_user_timeout": 3000,  # milliseconds
 }
+POOLED_TCP_USER_TIMEOUT = 30000  # milliseconds: pooled connections (projections/store.py)
 SERVER_TCP = {
     "tcp_keepalives_idle": "2",
     "tcp_keepalives_interval": "1",

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from projections.database import CLIENT_TCP, ask_server_keepalives, database_timeout, sqlite_path
+from projections.database import (
+    CLIENT_TCP,
+    POOLED_TCP_USER_TIMEOUT,
+    ask_server_keepalives,
+    database_timeout,
+    sqlite_path,
+)
 
 Row = tuple[Any, ...]
 CHECKPOINT_PAGES = 16384  # WAL pages (4 KiB) between checkpoints of the read models' file
@@ -225,7 +231,13 @@ def _pool(conninfo: str, options: str | None, max_size: int, configure: Any = No
         conninfo,
         min_size=1,
         max_size=max_size,
-        kwargs={**({"options": options} if options else {}), **CLIENT_TCP},
+        # A pooled connection may send a large pipelined batch to a server busy for seconds:
+        # unacknowledged data is given longer than on the lease's own connection.
+        kwargs={
+            **({"options": options} if options else {}),
+            **CLIENT_TCP,
+            "tcp_user_timeout": POOLED_TCP_USER_TIMEOUT,
+        },
         configure=configured,
         open=True,
         timeout=float(database_timeout()),  # fail promptly while the database is down

@@ -110,6 +110,28 @@ def test_a_clean_stop_hands_the_lease_to_the_standby(engines, projectors):
     assert second.engine.follower.applied > 0
 
 
+def test_a_projector_failing_as_it_takes_over_releases_the_lease_to_the_other(engines):
+    """Whatever fails once the lease is held (here: the follower's thread cannot start), the
+    lease is released, so the other projector takes over rather than nobody ever applying."""
+    failing, other = (LeasedProjector(engine, 0.02, **QUICK) for engine in engines[:2])
+
+    def cannot_start(poll_interval: float) -> threading.Thread:
+        raise RuntimeError("can't start new thread")
+
+    failing.engine.follower.start_background = cannot_start  # type: ignore[method-assign]
+    failing.start()
+    try:
+        time.sleep(0.3)  # it took the lease (nobody else wanted it), failed, and released it
+        other.start()
+        assert eventually(lambda: the_active([other]))
+        ingest(engines[2], [lifetime("taken")])
+        eventually(lambda: premium(engines[2], "taken"))
+        assert other.engine.follower.applied > 0
+    finally:
+        other.stop()
+        failing.stop()
+
+
 def test_after_a_rebuild_switches_generations_the_active_projector_follows_the_new_one(
     engines, projectors
 ):

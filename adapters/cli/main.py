@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -199,7 +200,11 @@ LEASE_LOST = 75  # EX_TEMPFAIL: `serve` (or systemd) starts the projector again,
 def _exit_at_once() -> None:
     """The lease is lost, so another projector may be applying already: nothing more of this
     one may commit. The process ends now; its open transactions die with it."""
-    logging.shutdown()  # the lines queued, the lease's loss among them
+    # The lines queued (the lease's loss among them) are written, for a second at most: a
+    # stalled stderr must not keep this process applying.
+    flushing = threading.Thread(target=logging.shutdown, daemon=True)
+    flushing.start()
+    flushing.join(1.0)
     os._exit(LEASE_LOST)
 
 

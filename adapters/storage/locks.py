@@ -86,6 +86,9 @@ class FileLock:
         except BlockingIOError:
             os.close(fd)
             return False
+        except BaseException:  # no locks on this file system: tried every second, never leaked
+            os.close(fd)
+            raise
         self._fd = fd
         return True
 

@@ -86,7 +86,11 @@ class LeasedProjector:
                     log.warning("projector lease unavailable: %s", error)
                 unreachable, acquired = True, False
             if acquired:
-                self._while_active()
+                try:
+                    self._while_active()
+                except Exception:  # the lease was released: stand by, and try again
+                    log.exception("projector failed while active; standing by")
+                    self._stop.wait(self.retry)
             else:
                 self._stop.wait(self.retry)
 
@@ -94,12 +98,12 @@ class LeasedProjector:
         """The projector's work, until stopped or the lease is lost."""
         engine = self.engine
         log.info("projector active: holds the lease, follows the event log")
-        self._set_role(True)
-        engine.follower.start_background(self.poll_interval)
-        if engine.outbound is not None:  # the changes this projector records, sent on
-            engine.outbound.publishing.set()
         lost = False
-        try:
+        try:  # whatever happens from here, the lease is released at the end
+            self._set_role(True)
+            engine.follower.start_background(self.poll_interval)
+            if engine.outbound is not None:  # the changes this projector records, sent on
+                engine.outbound.publishing.set()
             while not self._stop.wait(self.check):
                 if not self.lease.held():
                     lost = True
