@@ -15,7 +15,7 @@ from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.domain import DomainEvent
-from eventsourcing.persistence import IntegrityError, ProgrammingError
+from eventsourcing.persistence import IntegrityError, InternalError, ProgrammingError
 from psycopg.sql import SQL, Identifier
 
 from adapters.storage.transcoding import OrjsonTranscoder
@@ -141,13 +141,14 @@ def _postgres_env(parts: Any) -> dict[str, str]:
     return env
 
 
-def open_event_log(database_url: str, attempts: int = 5) -> EventLog:
+def open_event_log(database_url: str, attempts: int = 10) -> EventLog:
     """Several processes starting at once on an empty PostgreSQL schema race to create its
-    tables and types (`CREATE ... IF NOT EXISTS` is not atomic there): the losers try again."""
+    tables, types and functions (`CREATE ... IF NOT EXISTS` is not atomic there): the losers
+    (a unique violation, a duplicate object, "tuple concurrently updated") try again."""
     for attempt in range(attempts):
         try:
             return EventLog(env=store_env(database_url))
-        except (IntegrityError, ProgrammingError):
+        except (IntegrityError, InternalError, ProgrammingError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.1 * (attempt + 1))
