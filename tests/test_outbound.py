@@ -303,11 +303,7 @@ def test_after_three_days_of_failures_it_is_dead_and_can_be_redelivered(
     setup_catalogue(client)
     lifetime(client, "u1")
     receiver.wait_for(1)
-    # Its retries began three days ago: the next failure is its last.
-    with engine.views.transaction() as cursor:
-        cursor.execute(
-            "UPDATE deliveries SET retry_since = ?, next_attempt_at = 0", (time.time() - 3 * DAY,)
-        )
+    retrying_for_three_days(engine)  # the next failure is its last
     sending.poke()
     receiver.wait_for(2)
     dead = eventually(lambda: listed(client, "dead"))
@@ -333,10 +329,7 @@ def test_a_dead_change_does_not_hold_up_the_next(client, sending, receivers, eng
     setup_catalogue(client)
     lifetime(client, "u1")
     receiver.wait_for(1)
-    with engine.views.transaction() as cursor:
-        cursor.execute(
-            "UPDATE deliveries SET retry_since = ?, next_attempt_at = 0", (time.time() - 3 * DAY,)
-        )
+    retrying_for_three_days(engine)
     smaller = {**CATALOGUE, "permissions": [{"permissionId": "premium", "skuIds": ["pass_30d"]}]}
     setup_catalogue(client, smaller)
     sending.poke()
@@ -345,6 +338,14 @@ def test_a_dead_change_does_not_hold_up_the_next(client, sending, receivers, eng
 
 
 # --- The admin's routes and commands ------------------------------------------------------
+
+
+def retrying_for_three_days(engine: Engine) -> None:
+    """Every delivery's retries began three days ago, and its next attempt is due now."""
+    with engine.views.transaction() as cursor:
+        cursor.execute(
+            "UPDATE deliveries SET retry_since = ?, next_attempt_at = 0", (time.time() - 3 * DAY,)
+        )
 
 
 def listed(client: TestClient, status: str | None = None, auth=AUTH) -> list[dict[str, Any]]:
